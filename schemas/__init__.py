@@ -1,0 +1,1 @@
+"""Record types, pyarrow schemas of every cache table, and configuration dataclasses."""

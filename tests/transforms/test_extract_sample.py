@@ -1,0 +1,63 @@
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.config import ExtractConfig, VideoConfig
+from schemas.records import ManifestRecord
+from tests import media
+from tests.beam_helpers import in_process_pipeline
+from transforms.extract_sample import ExtractSampleFn, SampleExtractor
+
+
+@pytest.fixture()
+def record(tmp_path) -> ManifestRecord:
+    return ManifestRecord(
+        sample_id="a",
+        manifest_row=0,
+        video=media.video(str(tmp_path / "a.mp4"), seconds=2.0),
+        audio=media.wav(str(tmp_path / "a.wav"), seconds=1.0),
+        text=media.text(str(tmp_path / "a.txt"), "hello world"),
+        extra={"label": "pos"},
+    )
+
+
+def test_a_good_sample_yields_features_then_its_samples_row(record, tokenizer):
+    rows = list(SampleExtractor(ExtractConfig(), tokenizer).extract(record))
+    tables = [table for table, _ in rows]
+    assert tables[-1] == "samples"
+    assert tables.count("frames") == 2 and tables.count("audio") == 2 and tables.count("text") == 1
+    assert "errors" not in tables
+    samples = rows[-1][1]
+    assert samples["status"] == "ok" and samples["label"] == "pos"
+    assert (samples["n_frames"], samples["n_audio_windows"], samples["n_tokens"]) == (2, 2, 4)
+    assert samples["video_duration_s"] == pytest.approx(2.0) and samples["audio_duration_s"] == pytest.approx(1.0)
+    assert {row["source"] for table, row in rows if table == "audio"} == {"video", "audio"}
+
+
+def test_content_hash_follows_file_content(record, tokenizer, tmp_path):
+    extractor = SampleExtractor(ExtractConfig(), tokenizer)
+    first = list(extractor.extract(record))[-1][1]["content_hash"]
+    assert list(extractor.extract(record))[-1][1]["content_hash"] == first
+    media.text(record.text, "hello there")
+    assert list(extractor.extract(record))[-1][1]["content_hash"] != first
+
+
+def test_rows_already_produced_are_kept_when_another_modality_fails(record, tokenizer, tmp_path):
+    broken = ManifestRecord(sample_id="a", manifest_row=0, video=record.video, text=media.text(str(tmp_path / "b.txt"), b"\xff\xfe"))
+    rows = list(SampleExtractor(ExtractConfig(), tokenizer).extract(broken))
+    tables = [table for table, _ in rows]
+    assert tables.count("frames") == 2 and tables.count("errors") == 1
+    assert rows[-1][1]["status"] == "partial"
+
+
+def test_dofn_in_a_pipeline(record, tokenizer_path):
+    config = ExtractConfig(video=VideoConfig(fps=2.0))
+    with in_process_pipeline() as pipeline:
+        tables = (
+            pipeline
+            | beam.Create([record])
+            | beam.ParDo(ExtractSampleFn(config, tokenizer_path))
+            | beam.Map(lambda pair: pair[0])
+            | beam.combiners.Count.PerElement()
+        )
+        assert_that(tables, equal_to([("frames", 4), ("audio", 2), ("text", 1), ("samples", 1)]))
