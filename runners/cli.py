@@ -24,9 +24,17 @@ logger = logging.getLogger("mmfeat")
 EXIT_OK, EXIT_TOO_MANY_FAILURES, EXIT_USAGE = 0, 1, 2
 
 
-def _add_extract(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes (after its name, as users type them)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return common
+
+
+def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "extract",
+        parents=[common],
         help="decode a corpus into a Parquet feature cache",
         description="Decode a corpus into a Parquet cache. Options not listed here are passed to Beam as pipeline options.",
     )
@@ -64,8 +72,8 @@ def _add_extract(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     return parser
 
 
-def _add_sample_corpus(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("make-sample-corpus", help="write a small synthetic corpus with labels")
+def _add_sample_corpus(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("make-sample-corpus", parents=[common], help="write a small synthetic corpus with labels")
     parser.add_argument("directory", help="folder to create")
     parser.add_argument("--n", type=int, default=40, help="number of samples (default 40)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -74,10 +82,10 @@ def _add_sample_corpus(subparsers: argparse._SubParsersAction) -> None:
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions)."""
     parser = argparse.ArgumentParser(prog="mmfeat", description="Multimodal corpora to a Parquet feature cache.")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    extract = _add_extract(subparsers)
-    _add_sample_corpus(subparsers)
+    common = _common_options()
+    extract = _add_extract(subparsers, common)
+    _add_sample_corpus(subparsers, common)
     return parser, extract
 
 

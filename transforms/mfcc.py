@@ -5,6 +5,10 @@ Frames are analysed without centre padding: frame ``k`` covers samples
 reference (``power_to_db(ref=1.0, top_db=None)``) rather than the window's
 maximum. Both make every frame a function of its own samples only, so the
 result is the same however the stream is cut into windows or chunks.
+
+The mel projection runs with BLAS limited to one thread: a multi-threaded
+matrix product rounds differently, and worker processes of distributed
+runners (Dask pins BLAS to one thread) must produce bit-identical features.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Iterable, Iterator
 
 import librosa
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from schemas.config import AudioConfig
 from schemas.errors import ErrorKind, SampleFailure, Stage
@@ -45,6 +50,11 @@ def mfcc_frames(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
     """
     if len(samples) < config.n_fft:
         return np.zeros((0, config.n_mfcc), dtype=np.float32)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _mfcc_single_threaded(samples, config=config)
+
+
+def _mfcc_single_threaded(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
     mel_power = librosa.feature.melspectrogram(
         y=np.ascontiguousarray(samples, dtype=np.float32),
         sr=config.sample_rate,

@@ -57,7 +57,7 @@ def test_missing_output_is_an_argparse_error(small_manifest, capsys):
 
 def test_extract_prints_a_summary_and_exits_0_despite_bad_files(tmp_path, small_manifest, capsys):
     output = str(tmp_path / "out")
-    assert main(["extract", "--manifest", small_manifest, "--output", output, "--run-id", "r1"]) == 0
+    assert main(["extract", "--manifest", small_manifest, "--output", output, "--run-id", "r1", "--log-level", "WARNING"]) == 0
     printed = capsys.readouterr().out
     assert "samples   3 (ok 1, partial 0, failed 2)" in printed
     assert "text/not_utf8 1" in printed and "read/missing_file 1" in printed

@@ -96,3 +96,15 @@ def test_audio_shorter_than_one_window_is_too_short():
         list(MfccStream(AudioConfig()).windows([np.zeros(399, np.float32)]))
     assert caught.value.kind == ErrorKind.TOO_SHORT
     assert "399 samples" in caught.value.message
+
+
+def test_mfcc_is_bit_identical_whatever_the_blas_thread_count():
+    """Workers of distributed runners run BLAS on one thread; features must not depend on it."""
+    from threadpoolctl import threadpool_limits
+
+    signal = np.random.default_rng(2).standard_normal(16000 * 5).astype(np.float32) * 0.1
+    results = []
+    for threads in (1, 2, 8):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            results.append(mfcc_frames(signal, config=AudioConfig()))
+    assert all(np.array_equal(results[0], other) for other in results[1:])
