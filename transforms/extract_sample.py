@@ -45,6 +45,11 @@ class _SampleState:
         self.audio_duration_s: Optional[float] = None
         self.file_hashes: dict[str, str] = {}
 
+    def feature_row(self, table: str, columns: dict[str, Any]) -> TableRow:
+        """A row of a feature table for this sample (counted, so the status can tell partial from failed)."""
+        self.feature_rows += 1
+        return table, {"sample_id": self.record.sample_id, **columns}
+
     def error_row(self, stage: str, kind: str, message: str, uri: Optional[str]) -> TableRow:
         self.n_errors += 1
         return "errors", {
@@ -121,15 +126,16 @@ class SampleExtractor:
         try:
             for frame in sampler.sample(path):
                 state.n_frames += 1
-                state.feature_rows += 1
-                yield "frames", {
-                    "sample_id": state.record.sample_id,
-                    "frame_index": frame.frame_index,
-                    "timestamp_s": frame.timestamp_s,
-                    "image": frame.jpeg,
-                    "width": frame.width,
-                    "height": frame.height,
-                }
+                yield state.feature_row(
+                    "frames",
+                    {
+                        "frame_index": frame.frame_index,
+                        "timestamp_s": frame.timestamp_s,
+                        "image": frame.jpeg,
+                        "width": frame.width,
+                        "height": frame.height,
+                    },
+                )
         except SampleFailure as failure:
             yield state.error_row(failure.stage, failure.kind, failure.message, uri)
         state.video_duration_s = sampler.duration_s if state.n_frames else None
@@ -151,31 +157,27 @@ class SampleExtractor:
         stream = MfccStream(audio_config)
         for window in stream.windows(_prepend(first, chunks)):
             state.n_audio_windows += 1
-            state.feature_rows += 1
-            yield "audio", {
-                "sample_id": state.record.sample_id,
-                "source": source,
-                "window_index": window.window_index,
-                "sample_rate": audio_config.sample_rate,
-                "start_s": window.start_s,
-                "end_s": window.end_s,
-                "frame_times_s": window.frame_times_s,
-                "mfcc": window.mfcc,
-            }
+            yield state.feature_row(
+                "audio",
+                {
+                    "source": source,
+                    "window_index": window.window_index,
+                    "sample_rate": audio_config.sample_rate,
+                    "start_s": window.start_s,
+                    "end_s": window.end_s,
+                    "frame_times_s": window.frame_times_s,
+                    "mfcc": window.mfcc,
+                },
+            )
         state.audio_duration_s = stream.duration_s
 
     def _text(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         text = decode_utf8(media_io.read_bytes(path), uri=uri)
         tokens = self.tokenizer.encode(text)
         state.n_tokens = len(tokens.ids)
-        state.feature_rows += 1
-        yield "text", {
-            "sample_id": state.record.sample_id,
-            "text": text,
-            "token_ids": tokens.ids,
-            "n_tokens_full": tokens.n_full,
-            "truncated": tokens.truncated,
-        }
+        yield state.feature_row(
+            "text", {"text": text, "token_ids": tokens.ids, "n_tokens_full": tokens.n_full, "truncated": tokens.truncated}
+        )
 
 
 def _prepend(first: Optional[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

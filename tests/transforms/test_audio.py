@@ -5,6 +5,7 @@ import pytest
 from schemas.config import AudioConfig
 from schemas.errors import ErrorKind, SampleFailure
 from tests import media
+from tests.memory import peak_rss_growth_mb
 from transforms.audio_decode import decode_mono
 from transforms.media_writers import write_media
 from transforms.mfcc import MfccStream, mfcc_frames
@@ -108,3 +109,31 @@ def test_mfcc_is_bit_identical_whatever_the_blas_thread_count():
         with threadpool_limits(limits=threads, user_api="blas"):
             results.append(mfcc_frames(signal, config=AudioConfig()))
     assert all(np.array_equal(results[0], other) for other in results[1:])
+
+
+def test_long_audio_is_processed_with_bounded_memory(tmp_path):
+    """30 minutes of audio (110 MiB as float32 samples, far more as one spectrogram) stay under 60 MiB of growth."""
+    path = str(tmp_path / "long.flac")
+    minutes, rate = 30, 16000
+    noise = np.random.default_rng(0).standard_normal(minutes * 60 * rate).astype(np.float32) * 0.1
+    media.write_wav(path, noise, sample_rate=rate)
+    del noise
+    printed, growth_mb = peak_rss_growth_mb(
+        setup="""
+            import numpy as np
+            from schemas.config import AudioConfig
+            from transforms.audio_decode import decode_mono
+            from transforms.mfcc import MfccStream, mfcc_frames
+            mfcc_frames(np.zeros(16000, np.float32), config=AudioConfig())
+        """,
+        work=f"""
+            stream = MfccStream(AudioConfig())
+            frames = sum(len(w.mfcc) for w in stream.windows(decode_mono({path!r}, sample_rate=16000)))
+            print(frames, stream.duration_s)
+        """,
+    )
+    frames, duration = printed.split()
+    assert int(frames) == 1 + (minutes * 60 * rate - 400) // 160
+    assert float(duration) == pytest.approx(minutes * 60)
+    samples_mb = minutes * 60 * rate * 4 / 2**20
+    assert growth_mb < 60 < samples_mb, f"peak RSS grew {growth_mb} MiB for {samples_mb:.0f} MiB of samples"

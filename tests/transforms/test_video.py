@@ -1,8 +1,3 @@
-import os
-import subprocess
-import sys
-import textwrap
-
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +5,7 @@ import pytest
 from schemas.config import VideoConfig
 from schemas.errors import ErrorKind, SampleFailure
 from tests import media
+from tests.memory import peak_rss_growth_mb
 from transforms.media_writers import write_media
 from transforms.video import FrameSampler, resized_shape
 
@@ -102,21 +98,16 @@ def test_decoding_streams_without_holding_decoded_frames(tmp_path):
     ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
     frames = (np.clip(ramp + (k % 50) * 4, 0, 255).astype(np.uint8).repeat(height, 0).repeat(3, 2) for k in range(n))
     write_media(path, frames=frames, width=width, height=height, fps=15)
-    script = textwrap.dedent(
-        f"""
-        import resource, sys
-        import cv2
-        from schemas.config import VideoConfig
-        from transforms.video import FrameSampler
-        cap = cv2.VideoCapture({path!r}); cap.grab(); cap.release()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        frames = list(FrameSampler(VideoConfig(fps=1.0)).sample({path!r}))
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(len(frames), (after - before) // 1024)
-        """
+    printed, growth_mb = peak_rss_growth_mb(
+        setup=f"""
+            import cv2
+            from schemas.config import VideoConfig
+            from transforms.video import FrameSampler
+            capture = cv2.VideoCapture({path!r}); capture.grab(); capture.release()
+        """,
+        work=f"print(len(list(FrameSampler(VideoConfig(fps=1.0)).sample({path!r}))))",
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=os.getcwd())
-    kept, growth_mb = map(int, out.stdout.split())
+    kept = int(printed)
     decoded_mb = width * height * 3 * n / 2**20
     assert kept == 20
     assert growth_mb < 100 < decoded_mb, f"peak RSS grew {growth_mb} MB while decoding {decoded_mb:.0f} MB of frames"
