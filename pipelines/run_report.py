@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.tables import STATUSES, TABLE_NAMES
+from schemas.tables import EMBEDDINGS_DIR, SKIPPED_TABLE, STATUSES, TABLE_NAMES
 
 REPORTED_PACKAGES = (
     "mmfeat", "apache-beam", "torch", "librosa", "opencv-python-headless", "pyarrow",
@@ -29,6 +29,17 @@ def table_files(directory: str, table: str) -> list[str]:
     """Parquet files of ``table`` under ``directory``, sorted (empty when the folder is absent)."""
     pattern = FileSystems.join(directory, table, "*.parquet")
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def embedding_tables(directory: str) -> list[str]:
+    """Embedding set table names present under ``directory`` (``embeddings/<modality>/<set>``)."""
+    pattern = FileSystems.join(directory, EMBEDDINGS_DIR, "*", "*", "*.parquet")
+    tables = set()
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        set_dir, _ = FileSystems.split(metadata.path)
+        modality_dir, set_name = FileSystems.split(set_dir)
+        tables.add(f"{EMBEDDINGS_DIR}/{FileSystems.split(modality_dir)[1]}/{set_name}")
+    return sorted(tables)
 
 
 def read_columns(paths: Iterable[str], columns: list[str]) -> pa.Table:
@@ -50,12 +61,16 @@ def count_rows(paths: Iterable[str]) -> int:
 
 
 def check_accounting(directory: str, n_inputs: int) -> None:
-    """Verify that ``samples`` holds each manifest row exactly once.
+    """Verify that each manifest row appears exactly once, as a ``samples`` row or as unchanged (``_skipped``).
 
     Raises:
         AccountingError: with the missing and duplicated ``manifest_row`` values.
     """
-    rows = read_columns(table_files(directory, "samples"), ["manifest_row"]).column("manifest_row").to_pylist()
+    rows = [
+        row
+        for table in ("samples", SKIPPED_TABLE)
+        for row in read_columns(table_files(directory, table), ["manifest_row"]).column("manifest_row").to_pylist()
+    ]
     counts = collections.Counter(rows)
     duplicated = sorted(r for r, c in counts.items() if c > 1)
     missing = sorted(set(range(n_inputs)) - set(counts))
@@ -79,15 +94,16 @@ def package_versions() -> dict[str, str]:
 
 
 def summarise(directory: str) -> dict[str, Any]:
-    """Counts of a cache folder: samples by status, rows per table, failures by stage and kind."""
+    """Counts of a cache or staging folder: samples by status (and unchanged), rows per table, failures by stage and kind."""
     statuses = read_columns(table_files(directory, "samples"), ["status"]).column("status").to_pylist()
     errors = read_columns(table_files(directory, "errors"), ["stage", "error_kind"])
     by_status = collections.Counter(statuses)
     stages = errors.column("stage").to_pylist()
     kinds = errors.column("error_kind").to_pylist()
     return {
-        "samples": {status: by_status.get(status, 0) for status in STATUSES} | {"total": len(statuses)},
-        "rows": {table: count_rows(table_files(directory, table)) for table in TABLE_NAMES},
+        "samples": {status: by_status.get(status, 0) for status in STATUSES}
+        | {"unchanged": count_rows(table_files(directory, SKIPPED_TABLE)), "total": len(statuses)},
+        "rows": {table: count_rows(table_files(directory, table)) for table in [*TABLE_NAMES, *embedding_tables(directory)]},
         "failures": {
             "by_stage": dict(sorted(collections.Counter(stages).items())),
             "by_kind": dict(sorted(collections.Counter(kinds).items())),

@@ -15,8 +15,11 @@ from pipelines.manifest import Corpus, read_folder, read_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.beam_args import check_beam_args
 from runners.presets import RUNNER_PRESETS, build_runner
-from schemas.config import AudioConfig, ExtractConfig, TextConfig, VideoConfig
+from schemas.config import DEVICES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig
 from schemas.errors import ConfigError
+from transforms.encoders.base import resolve_device
+from transforms.encoders.registry import choices as encoder_choices
+from transforms.encoders.registry import resolve_encoders
 from transforms.text import resolve_tokenizer_path
 
 logger = logging.getLogger("mmfeat")
@@ -45,7 +48,7 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     parser.add_argument("--runner", default="direct", choices=sorted(RUNNER_PRESETS), help="runner preset (default: direct)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes for the direct runner (default 1)")
     parser.add_argument("--run-id", help="name of this run (default: a UTC timestamp)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a cache already at --output")
+    parser.add_argument("--overwrite", action="store_true", help="replace the cache at --output instead of extending it")
     video = parser.add_argument_group("video")
     sampling = video.add_mutually_exclusive_group()
     sampling.add_argument("--fps", type=float, default=VideoConfig.fps, help="frames kept per second (default 1.0)")
@@ -62,6 +65,25 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     text = parser.add_argument_group("text")
     text.add_argument("--tokenizer", help="tokenizer.json (or its folder); default: all-MiniLM-L6-v2's")
     text.add_argument("--max-tokens", type=int, default=TextConfig.max_tokens, help="token ids kept per text (default 256)")
+    encode = parser.add_argument_group("embeddings")
+    defaults = EncodeConfig()
+    encode.add_argument("--text-encoder", default=defaults.text_encoder,
+                        help=f"{', '.join(encoder_choices('text'))}, or a Hugging Face folder (default {defaults.text_encoder})")
+    encode.add_argument("--image-encoder", default=defaults.image_encoder,
+                        help=f"{', '.join(encoder_choices('video'))}, a Hugging Face vision folder or a TorchScript file")
+    encode.add_argument("--audio-encoder", default=defaults.audio_encoder,
+                        help=f"{', '.join(encoder_choices('audio'))}, a Hugging Face audio folder or a TorchScript file over MFCCs")
+    encode.add_argument("--no-embed", action="store_true", help="skip every encoder (features only)")
+    encode.add_argument("--device", default=defaults.device, choices=DEVICES, help="auto = CUDA when available")
+    encode.add_argument("--precision", default=defaults.precision, choices=PRECISIONS, help="fp16/bf16 autocast on CUDA")
+    encode.add_argument("--min-batch-size", type=int, default=defaults.min_batch_size)
+    encode.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, help="items per inference batch")
+    encode.add_argument("--max-batch-tokens", type=int, default=defaults.max_batch_tokens, help="padded tokens per text batch")
+    encode.add_argument("--max-batch-frames", type=int, default=defaults.max_batch_frames, help="frames per image batch")
+    encode.add_argument("--max-batch-audio-s", type=float, default=defaults.max_batch_audio_s, help="padded seconds per audio batch")
+    encode.add_argument("--embedding-dtype", default=defaults.embedding_dtype, choices=["float32", "float16"])
+    encode.add_argument("--trust-remote-code", action="store_true", help="allow model folders that ship their own code")
+    parser.add_argument("--recompute", action="store_true", help="recompute every sample even when the cache has it")
     parser.add_argument("--num-shards", type=int, default=0, help="files per table (default 0 = one per 100 samples)")
     parser.add_argument(
         "--max-failure-ratio",
@@ -108,6 +130,24 @@ def _config_from(args: argparse.Namespace) -> ExtractConfig:
     )
 
 
+def _encode_config_from(args: argparse.Namespace) -> EncodeConfig:
+    none = "none"
+    return EncodeConfig(
+        text_encoder=none if args.no_embed else args.text_encoder,
+        image_encoder=none if args.no_embed else args.image_encoder,
+        audio_encoder=none if args.no_embed else args.audio_encoder,
+        device=args.device,
+        precision=args.precision,
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_frames=args.max_batch_frames,
+        max_batch_audio_s=args.max_batch_audio_s,
+        embedding_dtype=args.embedding_dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
 def format_summary(report: RunReport) -> str:
     """A few lines a person reads at the end of a run."""
     s = report.summary
@@ -115,7 +155,8 @@ def format_summary(report: RunReport) -> str:
     failures = s["failures"]["by_stage_and_kind"]
     lines = [
         f"mmfeat extract: run {report.run_id} -> {report.output}",
-        f"  samples   {samples['total']} (ok {samples['ok']}, partial {samples['partial']}, failed {samples['failed']})",
+        f"  samples   {samples['total'] + samples['unchanged']} (ok {samples['ok']}, partial {samples['partial']}, "
+        f"failed {samples['failed']}, unchanged {samples['unchanged']})",
         "  rows      " + ", ".join(f"{table} {count}" for table, count in rows.items()),
         "  failures  " + (", ".join(f"{key} {n}" for key, n in failures.items()) or "none"),
         f"  wall time {s['wall_time_s']:.1f} s",
@@ -125,12 +166,15 @@ def format_summary(report: RunReport) -> str:
 
 def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[str]) -> int:
     config = _config_from(args)
+    encode = _encode_config_from(args)
+    device = resolve_device(encode.device)
     tokenizer_path = resolve_tokenizer_path(config.text.tokenizer)
     check_beam_args(beam_args, own_options=own_options)
     run_id = validate_run_id(args.run_id or default_run_id())
     choice = build_runner(args.runner, args, beam_args)
     corpus: Corpus = read_manifest(args.manifest) if args.manifest else read_folder(args.input)
     check_output(args.output, overwrite=args.overwrite)
+    encoders = resolve_encoders(encode, config)
     report = run_extract(
         corpus,
         output=args.output,
@@ -140,6 +184,10 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
         options=choice.options,
         run_id=run_id,
         overwrite=args.overwrite,
+        encoders=encoders,
+        encode=encode,
+        device=device,
+        recompute=args.recompute,
     )
     print(format_summary(report))
     ratio = report.n_failed / max(1, report.n_inputs)

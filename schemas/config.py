@@ -123,3 +123,56 @@ class ExtractConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
         return dataclasses.asdict(self)
+
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """Which encoders embed each modality, and how inference runs.
+
+    Encoder values: a built-in name (see ``transforms.encoders.registry``), a
+    path to a Hugging Face model folder or a TorchScript file, or ``none``.
+
+    Attributes:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        precision: ``fp32``, or ``fp16``/``bf16`` autocast on CUDA.
+        min_batch_size, max_batch_size: items per inference batch (Beam's ``batch_elements_kwargs``).
+        max_batch_tokens: text budget: padded tokens in one batch.
+        max_batch_frames: video budget: frames in one batch.
+        max_batch_audio_s: audio budget: padded seconds of audio in one batch.
+        embedding_dtype: ``float32`` or ``float16`` for stored vectors.
+        trust_remote_code: allow Hugging Face folders that ship their own model code.
+    """
+
+    text_encoder: str = "minilm"
+    image_encoder: str = "efficientnet-lite0"
+    audio_encoder: str = "builtin:mfcc-stats"
+    device: str = "auto"
+    precision: str = "fp32"
+    min_batch_size: int = 1
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    max_batch_frames: int = 256
+    max_batch_audio_s: float = 600.0
+    embedding_dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.device in DEVICES, f"--device must be one of {DEVICES} (got {self.device!r})")
+        _require(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {self.precision!r})")
+        _require(
+            self.precision == "fp32" or self.device != "cpu",
+            f"--precision {self.precision} runs on CUDA only; use --precision fp32 with --device cpu",
+        )
+        _require(1 <= self.min_batch_size <= self.max_batch_size, "--min-batch-size must be in 1..--max-batch-size")
+        _require(self.max_batch_tokens >= 1, "--max-batch-tokens must be >= 1")
+        _require(self.max_batch_frames >= 1, "--max-batch-frames must be >= 1")
+        _require(self.max_batch_audio_s > 0, "--max-batch-audio-s must be > 0")
+        _require(self.embedding_dtype in ("float32", "float16"), "--embedding-dtype must be float32 or float16")
+
+    def encoder_for(self, modality: str) -> str:
+        """The encoder value of ``modality`` (``video``, ``audio`` or ``text``)."""
+        return {"video": self.image_encoder, "audio": self.audio_encoder, "text": self.text_encoder}[modality]

@@ -20,6 +20,7 @@ class Stage:
     VIDEO = "video"
     AUDIO = "audio"
     TEXT = "text"
+    EMBED = "embed"
 
 
 class ErrorKind:
@@ -40,6 +41,7 @@ class ErrorKind:
     TOO_SHORT = "too_short"
     NOT_UTF8 = "not_utf8"
     EMPTY_TEXT = "empty_text"
+    ENCODER_FAILED = "encoder_failed"
     INTERNAL = "internal"
 
 

@@ -35,12 +35,17 @@ SAMPLES_BASE = pa.schema(
         pa.field("n_audio_windows", pa.int32(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("n_errors", pa.int32(), nullable=False),
+        pa.field("manifest_ok", pa.bool_(), nullable=False),
+        pa.field("features_fingerprint", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
     ]
 )
 """One row per manifest row, always. ``manifest_row`` is the 0-based record
-number in the manifest (unique); ``sample_id`` is unique among rows whose
-status is not ``failed`` (a duplicate id keeps the first row and fails the
-others). Extra manifest columns are appended by ``samples_schema``."""
+number in the manifest of the run that wrote the row; ``sample_id`` is unique
+among rows whose ``manifest_ok`` is true (a duplicate id keeps the first row
+and fails the others, with ``manifest_ok`` false). ``features_fingerprint``
+hashes the feature config; ``run_id`` names the run that computed the row.
+Extra manifest columns are appended by ``samples_schema``."""
 
 FRAMES = pa.schema(
     [
@@ -98,8 +103,38 @@ ERRORS = pa.schema(
 )
 """One row per failure (a sample can have several)."""
 
+SKIPPED = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("manifest_row", pa.int64(), nullable=False),
+    ]
+)
+"""Manifest rows an incremental run found already cached (staging only: counted, never committed)."""
+
 FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
 TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")
+SKIPPED_TABLE = "_skipped"
+EMBEDDINGS_DIR = "embeddings"
+
+
+def embeddings_schema(dim: int, *, float16: bool = False) -> pa.Schema:
+    """Schema of one embedding set (one modality, one encoder): ``vector`` is a fixed-size list of ``dim`` floats."""
+    value_type = pa.float16() if float16 else pa.float32()
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("modality", pa.string(), nullable=False),
+            pa.field("encoder", pa.string(), nullable=False),
+            pa.field("encoder_fingerprint", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(value_type, dim), nullable=False),
+        ]
+    )
+
+
+def embedding_table_name(modality: str, encoder: str, fingerprint: str) -> str:
+    """Folder of one embedding set under the cache, e.g. ``embeddings/text/minilm-l6-1a2b3c4d5e6f``."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in encoder.split("/")[-1].lower()).strip("-") or "encoder"
+    return f"{EMBEDDINGS_DIR}/{modality}/{slug}-{fingerprint[:12]}"
 
 
 def samples_schema(extra_fields: list[pa.Field]) -> pa.Schema:
@@ -115,8 +150,8 @@ def samples_schema(extra_fields: list[pa.Field]) -> pa.Schema:
 
 
 def table_schemas(extra_fields: list[pa.Field]) -> dict[str, pa.Schema]:
-    """All table schemas of one extraction run, keyed by table name."""
-    return {"samples": samples_schema(extra_fields), **FEATURE_TABLES}
+    """The feature and bookkeeping table schemas of one extraction run, keyed by table name."""
+    return {"samples": samples_schema(extra_fields), **FEATURE_TABLES, SKIPPED_TABLE: SKIPPED}
 
 
 def with_metadata(schema: pa.Schema, *, table: str, run_id: str, config: Mapping[str, Any]) -> pa.Schema:

@@ -5,12 +5,21 @@ the pipeline has a single chain that every Beam runner executes once (see
 ARCHITECTURE.md and the DaskRunner notes in FACTS.md). Any failure is caught
 where it happens and becomes an ``errors`` row; rows already produced for
 the sample are kept, and its status says so (``ok``/``partial``/``failed``).
+
+Besides cache rows, a sample yields one *encoder item* per modality that an
+encoder will embed, under the table name ``_encode/<modality>``: the pipeline
+routes those to ``RunInference`` instead of the cache.
+
+Incremental runs: a sample whose files (content hash) and feature config are
+already in the cache yields only a ``_skipped`` marker, plus encoder items for
+the modalities whose current encoder has not embedded it yet.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 import apache_beam as beam
@@ -19,7 +28,7 @@ import numpy as np
 from schemas.config import ExtractConfig
 from schemas.errors import ErrorKind, SampleFailure, Stage
 from schemas.records import ManifestRecord
-from schemas.tables import STATUS_FAILED, STATUS_OK, STATUS_PARTIAL
+from schemas.tables import SKIPPED_TABLE, STATUS_FAILED, STATUS_OK, STATUS_PARTIAL
 from transforms import media_io
 from transforms.audio_decode import decode_mono
 from transforms.mfcc import MfccStream, mfcc_frames
@@ -29,21 +38,53 @@ from transforms.video import FrameSampler
 logger = logging.getLogger(__name__)
 
 TableRow = tuple[str, dict[str, Any]]
+ENCODE_PREFIX = "_encode/"
 
 
+def encode_table(modality: str) -> str:
+    """Pseudo-table name under which encoder items of ``modality`` travel."""
+    return ENCODE_PREFIX + modality
+
+
+@dataclass(frozen=True)
+class EncodeRequest:
+    """What the extraction must hand to the encoder of one modality: payload fields and the encoder's fingerprint."""
+
+    modality: str
+    needs: frozenset[str]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class KnownSample:
+    """What the cache already holds for a sample (from earlier runs)."""
+
+    content_hash: Optional[str]
+    features_fingerprint: str
+    modalities_with_features: frozenset[str]
+    embedded: frozenset[tuple[str, str]] = frozenset()  # (modality, encoder fingerprint)
+
+
+@dataclass
 class _SampleState:
-    """What has been produced for one sample so far (counts, durations, errors)."""
+    """What has been produced for one sample so far (counts, durations, errors, encoder payloads)."""
 
-    def __init__(self, record: ManifestRecord) -> None:
-        self.record = record
-        self.n_frames = 0
-        self.n_audio_windows = 0
-        self.n_tokens = 0
-        self.n_errors = 0
-        self.feature_rows = 0
-        self.video_duration_s: Optional[float] = None
-        self.audio_duration_s: Optional[float] = None
-        self.file_hashes: dict[str, str] = {}
+    record: ManifestRecord
+    n_frames: int = 0
+    n_audio_windows: int = 0
+    n_tokens: int = 0
+    n_errors: int = 0
+    feature_rows: int = 0
+    video_duration_s: Optional[float] = None
+    audio_duration_s: Optional[float] = None
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audio_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # by source: "audio" file or "video" track
+
+    def content_hash(self) -> Optional[str]:
+        if not self.file_hashes:
+            return None
+        return hashlib.sha256(json.dumps(self.file_hashes, sort_keys=True).encode()).hexdigest()
 
     def feature_row(self, table: str, columns: dict[str, Any]) -> TableRow:
         """A row of a feature table for this sample (counted, so the status can tell partial from failed)."""
@@ -66,17 +107,14 @@ class _SampleState:
             return STATUS_OK
         return STATUS_PARTIAL if self.feature_rows else STATUS_FAILED
 
-    def samples_row(self) -> TableRow:
+    def samples_row(self, *, features_fingerprint: str, run_id: str) -> TableRow:
         record = self.record
-        content_hash = None
-        if self.file_hashes:
-            content_hash = hashlib.sha256(json.dumps(self.file_hashes, sort_keys=True).encode()).hexdigest()
         return "samples", {
             **record.extra,
             "sample_id": record.sample_id,
             "manifest_row": record.manifest_row,
             "status": self.status(),
-            "content_hash": content_hash,
+            "content_hash": self.content_hash(),
             "video": record.video,
             "audio": record.audio,
             "text": record.text,
@@ -86,46 +124,135 @@ class _SampleState:
             "n_audio_windows": self.n_audio_windows,
             "n_tokens": self.n_tokens,
             "n_errors": self.n_errors,
+            "manifest_ok": record.error is None,
+            "features_fingerprint": features_fingerprint,
+            "run_id": run_id,
         }
+
+
+Step = Callable[[str, str, "_SampleState"], Iterator[TableRow]]
 
 
 class SampleExtractor:
-    """Turns a ``ManifestRecord`` into table rows (frames, audio windows, tokens, errors, then its samples row)."""
+    """Turns a ``ManifestRecord`` into table rows and encoder items.
 
-    def __init__(self, config: ExtractConfig, tokenizer: TextTokenizer) -> None:
+    Args:
+        config: the feature configuration.
+        tokenizer: the tokenizer of the ``text`` table.
+        features_fingerprint: hash of everything that determines the features (recorded per sample).
+        run_id: recorded per sample.
+        requests: the encoders to feed, by modality.
+        known: what the cache already holds, by sample id (empty: compute everything).
+    """
+
+    def __init__(
+        self,
+        config: ExtractConfig,
+        tokenizer: TextTokenizer,
+        *,
+        features_fingerprint: str = "",
+        run_id: str = "",
+        requests: Optional[dict[str, EncodeRequest]] = None,
+        known: Optional[dict[str, KnownSample]] = None,
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        self.features_fingerprint = features_fingerprint
+        self.run_id = run_id
+        self.requests = requests or {}
+        self.known = known or {}
 
     def extract(self, record: ManifestRecord) -> Iterator[TableRow]:
-        """Yield every row of ``record``; the ``samples`` row comes last. Never raises for bad input."""
+        """Yield every row of ``record`` (the ``samples`` row after its features), then its encoder items.
+
+        Never raises for bad input.
+        """
         state = _SampleState(record)
         if record.error is not None:
             yield state.error_row(Stage.MANIFEST, record.error.kind, record.error.message, None)
-            yield state.samples_row()
+            yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
             return
-        steps: dict[str, Callable[[str, str, _SampleState], Iterator[TableRow]]] = {
-            "video": self._video,
-            "audio": self._audio_file,
-            "text": self._text,
-        }
-        for modality, uri in record.uris().items():
+        readable, failures = self._hash_files(state)
+        known = self.known.get(record.sample_id)
+        if known is not None and known.content_hash == state.content_hash() and known.features_fingerprint == self.features_fingerprint:
+            yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row}
+            missing = {
+                m for m, request in self.requests.items()
+                if m in known.modalities_with_features and (m, request.fingerprint) not in known.embedded
+            }
+            if missing:
+                yield from self._reembed(state, readable, missing)
+            return
+        yield from failures
+        steps = self._steps()
+        for modality, uri in readable.items():
+            yield from self._run_step(steps[modality], uri, state, stage=modality)
+        yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
+        yield from self._encoder_items(state)
+
+    def _hash_files(self, state: _SampleState) -> tuple[dict[str, str], list[TableRow]]:
+        """Check and hash each file; returns the readable ``{modality: uri}`` and error rows for the others."""
+        readable, failures = {}, []
+        for modality, uri in state.record.uris().items():
             try:
                 media_io.check_readable(uri)
                 state.file_hashes[modality] = media_io.sha256_of(uri)
-                with media_io.local_copy(uri) as path:
-                    yield from steps[modality](uri, path, state)
+                readable[modality] = uri
             except SampleFailure as failure:
-                yield state.error_row(failure.stage, failure.kind, failure.message, uri)
+                failures.append(state.error_row(failure.stage, failure.kind, failure.message, uri))
             except Exception as error:  # a bug or an unforeseen input: recorded, never fatal
-                logger.exception("unexpected failure on %s (%s)", record.sample_id, uri)
-                yield state.error_row(modality, ErrorKind.INTERNAL, f"{type(error).__name__}: {error}", uri)
-        yield state.samples_row()
+                logger.exception("unexpected failure reading %s", uri)
+                failures.append(state.error_row(Stage.READ, ErrorKind.INTERNAL, f"{type(error).__name__}: {error}", uri))
+        return readable, failures
+
+    def _steps(self) -> dict[str, Step]:
+        return {"video": self._video, "audio": self._audio_file, "text": self._text}
+
+    def _run_step(self, step: Step, uri: str, state: _SampleState, *, stage: str) -> Iterator[TableRow]:
+        try:
+            with media_io.local_copy(uri) as path:
+                yield from step(uri, path, state)
+        except SampleFailure as failure:
+            yield state.error_row(failure.stage, failure.kind, failure.message, uri)
+        except Exception as error:  # a bug or an unforeseen input: recorded, never fatal
+            logger.exception("unexpected failure on %s (%s)", state.record.sample_id, uri)
+            yield state.error_row(stage, ErrorKind.INTERNAL, f"{type(error).__name__}: {error}", uri)
+
+    def _reembed(self, state: _SampleState, readable: dict[str, str], missing: set[str]) -> Iterator[TableRow]:
+        """Decode only what the missing encoders need; rows of this pass are not cached again (they are already)."""
+        for modality in sorted(missing):
+            if modality == "audio" and "audio" not in readable:
+                uri, step = readable.get("video"), self._video_sound_track  # the sound came from the video
+            else:
+                uri, step = readable.get(modality), self._steps()[modality]
+            if uri is None:
+                continue
+            for table, row in self._run_step(step, uri, state, stage=modality):
+                if table == "errors":
+                    logger.warning("re-embedding %s: %s", state.record.sample_id, row["message"])
+        yield from (item for item in self._encoder_items(state) if item[0][len(ENCODE_PREFIX):] in missing)
+
+    def _encoder_items(self, state: _SampleState) -> Iterator[TableRow]:
+        audio = state.audio_payloads.get("audio") or state.audio_payloads.get("video")
+        if audio is not None:
+            state.payloads["audio"] = audio
+        for modality, request in self.requests.items():
+            payload = state.payloads.get(modality)
+            if payload is None:
+                continue
+            item = {"sample_id": state.record.sample_id, "manifest_row": state.record.manifest_row,
+                    "payload": {k: v for k, v in payload.items() if k in request.needs}}
+            yield encode_table(modality), item
 
     def _video(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         sampler = FrameSampler(self.config.video)
+        keep_frames = "frames" in self.requests.get("video", EncodeRequest("video", frozenset(), "")).needs
+        jpegs: list[bytes] = []
         try:
             for frame in sampler.sample(path):
                 state.n_frames += 1
+                if keep_frames:
+                    jpegs.append(frame.jpeg)
                 yield state.feature_row(
                     "frames",
                     {
@@ -138,12 +265,17 @@ class SampleExtractor:
                 )
         except SampleFailure as failure:
             yield state.error_row(failure.stage, failure.kind, failure.message, uri)
+        if jpegs:
+            state.payloads["video"] = {"frames": jpegs}
         state.video_duration_s = sampler.duration_s if state.n_frames else None
         # The sound track is independent of the pictures: it is read even when frames failed.
         try:
             yield from self._audio_stream(path, state, source="video", require_stream=False)
         except SampleFailure as failure:
             yield state.error_row(failure.stage, failure.kind, f"sound track: {failure.message}", uri)
+
+    def _video_sound_track(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
+        yield from self._audio_stream(path, state, source="video", require_stream=False)
 
     def _audio_file(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         yield from self._audio_stream(path, state, source="audio", require_stream=True)
@@ -154,9 +286,14 @@ class SampleExtractor:
         first = next(chunks, None)
         if first is None and not require_stream:
             return  # a video without sound has no audio rows
+        needs = self.requests["audio"].needs if "audio" in self.requests else frozenset()
+        waveform: list[np.ndarray] = []
+        mfccs: list[np.ndarray] = []
         stream = MfccStream(audio_config)
-        for window in stream.windows(_prepend(first, chunks)):
+        for window in stream.windows(_collect(_prepend(first, chunks), waveform if "waveform" in needs else None)):
             state.n_audio_windows += 1
+            if "mfcc" in needs:
+                mfccs.append(window.mfcc)
             yield state.feature_row(
                 "audio",
                 {
@@ -170,11 +307,17 @@ class SampleExtractor:
                 },
             )
         state.audio_duration_s = stream.duration_s
+        if needs:
+            state.audio_payloads[source] = {
+                "mfcc": np.concatenate(mfccs) if mfccs else None,
+                "waveform": np.concatenate(waveform) if waveform else None,
+            }
 
     def _text(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         text = decode_utf8(media_io.read_bytes(path), uri=uri)
         tokens = self.tokenizer.encode(text)
         state.n_tokens = len(tokens.ids)
+        state.payloads["text"] = {"text": text}
         yield state.feature_row(
             "text", {"text": text, "token_ids": tokens.ids, "n_tokens_full": tokens.n_full, "truncated": tokens.truncated}
         )
@@ -186,6 +329,14 @@ def _prepend(first: Optional[np.ndarray], rest: Iterator[np.ndarray]) -> Iterato
     yield from rest
 
 
+def _collect(chunks: Iterator[np.ndarray], sink: Optional[list[np.ndarray]]) -> Iterator[np.ndarray]:
+    """Pass ``chunks`` through, keeping a copy in ``sink`` when one is given (an encoder needs the waveform)."""
+    for chunk in chunks:
+        if sink is not None:
+            sink.append(chunk)
+        yield chunk
+
+
 class ExtractSampleFn(beam.DoFn):
     """Beam wrapper of ``SampleExtractor``: ``ManifestRecord`` in, ``(table, row)`` out (one output only).
 
@@ -193,16 +344,26 @@ class ExtractSampleFn(beam.DoFn):
     warmed in ``setup()``, once per worker, not on the first element.
     """
 
-    def __init__(self, config: ExtractConfig, tokenizer_path: str) -> None:
+    def __init__(
+        self,
+        config: ExtractConfig,
+        tokenizer_path: str,
+        *,
+        features_fingerprint: str = "",
+        run_id: str = "",
+        requests: Optional[dict[str, EncodeRequest]] = None,
+        known: Optional[dict[str, KnownSample]] = None,
+    ) -> None:
         self._config = config
         self._tokenizer_path = tokenizer_path
+        self._options = {"features_fingerprint": features_fingerprint, "run_id": run_id, "requests": requests, "known": known}
         self._extractor: Optional[SampleExtractor] = None
         self._samples = beam.metrics.Metrics.counter("mmfeat", "samples")
         self._failures = beam.metrics.Metrics.counter("mmfeat", "failures")
 
     def setup(self) -> None:
         tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
-        self._extractor = SampleExtractor(self._config, tokenizer)
+        self._extractor = SampleExtractor(self._config, tokenizer, **self._options)
         mfcc_frames(np.zeros(self._config.audio.n_fft * 2, dtype=np.float32), config=self._config.audio)
 
     def process(self, record: ManifestRecord) -> Iterator[TableRow]:

@@ -9,6 +9,7 @@ Writing a group again (a retried bundle) replaces the same file.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 import zlib
@@ -50,13 +51,24 @@ def _matrix_column(values: list[Any], value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
 
 
+def _vector_column(values: list[Any], vector_type: pa.FixedSizeListType) -> pa.Array:
+    """A ``fixed_size_list<float, dim>`` column from 1-D arrays of length ``dim``."""
+    element_type = vector_type.value_type
+    flat = np.concatenate([np.asarray(v, dtype=element_type.to_pandas_dtype()).reshape(-1) for v in values]) if values else np.zeros(0)
+    if len(flat) != len(values) * vector_type.list_size:
+        raise ValueError(f"vectors must all have {vector_type.list_size} values")
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=element_type), vector_type.list_size)
+
+
 def rows_to_table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Build a table of ``schema`` from dict rows (missing keys are nulls; numpy arrays allowed)."""
+    """Build a table of ``schema`` from dict rows (missing keys are nulls; numpy arrays allowed; extra keys ignored)."""
     columns = []
     for field in schema:
         values = [row.get(field.name) for row in rows]
         if pa.types.is_list(field.type) and pa.types.is_list(field.type.value_type):
             columns.append(_matrix_column(values, field.type.value_type))
+        elif pa.types.is_fixed_size_list(field.type):
+            columns.append(_vector_column(values, field.type))
         else:
             values = [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
             columns.append(pa.array(values, type=field.type))
@@ -74,17 +86,30 @@ def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> int:
-    """Stream ``rows`` into a Parquet file at ``path`` (a temporary name, then renamed); returns the row count."""
+@contextlib.contextmanager
+def _atomic_parquet(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer on a temporary name, renamed to ``path`` once closed (readers never see half a file)."""
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    count = 0
     with FileSystems.create(temporary) as handle:
         with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
-            for batch in _batched(rows, _ROWS_PER_BATCH):
-                writer.write_table(rows_to_table(batch, schema))
-                count += len(batch)
+            yield writer
     FileSystems.rename([temporary], [path])
+
+
+def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> int:
+    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count."""
+    count = 0
+    with _atomic_parquet(path, schema) as writer:
+        for batch in _batched(rows, _ROWS_PER_BATCH):
+            writer.write_table(rows_to_table(batch, schema))
+            count += len(batch)
     return count
+
+
+def write_table(path: str, table: pa.Table) -> None:
+    """Write an Arrow table to ``path``, atomically (a file rewritten in place is replaced whole)."""
+    with _atomic_parquet(path, table.schema) as writer:
+        writer.write_table(table)
 
 
 class _WriteShardFn(beam.DoFn):

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import shutil
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -50,7 +51,7 @@ def test_every_input_row_is_accounted_for_exactly_once(bad_run):
     assert sorted(samples.column("manifest_row").to_pylist()) == list(range(len(expected)))
     kept_ids = [s for s, st in zip(samples.column("sample_id").to_pylist(), statuses) if st != "failed"]
     assert len(kept_ids) == len(set(kept_ids))
-    assert report.summary["samples"] == {"ok": 2, "partial": 1, "failed": 10, "total": 13}
+    assert report.summary["samples"] == {"ok": 2, "partial": 1, "failed": 10, "unchanged": 0, "total": 13}
 
 
 def test_each_bad_input_gets_its_status_and_error_rows(bad_run):
@@ -115,11 +116,16 @@ def test_no_staging_or_temporary_files_are_left(bad_run):
     assert sorted(p for p in found if not p.endswith(".parquet")) == ["_run.json", *sorted(TABLE_NAMES)]
 
 
-def test_an_existing_cache_is_not_overwritten_by_accident(bad_run, tokenizer_path):
-    manifest, output, expected, _ = bad_run
-    with pytest.raises(ConfigError, match="--overwrite"):
-        _run(manifest, output, tokenizer_path, run_id="run2")
-    assert _table(output, "samples").num_rows == len(expected)
+def test_a_second_run_on_the_same_corpus_adds_nothing(bad_run, tokenizer_path, tmp_path):
+    manifest, first_output, expected, _ = bad_run
+    output = str(tmp_path / "copy")
+    shutil.copytree(first_output, output)
+    before = {name: _table(output, name).num_rows for name in TABLE_NAMES}
+    report = _run(manifest, output, tokenizer_path, run_id="run2")
+    # Readable samples are unchanged; manifest-level failures are re-evaluated and replace their earlier rows.
+    with_valid_rows = [e for e in expected if not any(stage == "manifest" for stage, _ in e["errors"])]
+    assert report.summary["samples"]["unchanged"] == len(with_valid_rows) == 10
+    assert {name: _table(output, name).num_rows for name in TABLE_NAMES} == before
 
 
 def test_overwrite_replaces_the_cache(tmp_path, tokenizer_path):

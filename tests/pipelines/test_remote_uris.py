@@ -38,7 +38,7 @@ def test_manifest_media_and_cache_on_a_remote_filesystem(remote_root, tokenizer_
     report = run_extract(
         corpus, output="fakeremote://cache", config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path, runner=FnApiRunner(), run_id="r"
     )
-    assert report.summary["samples"] == {"ok": 2, "partial": 0, "failed": 1, "total": 3}
+    assert report.summary["samples"] == {"ok": 2, "partial": 0, "failed": 1, "unchanged": 0, "total": 3}
     assert report.summary["rows"]["frames"] == 2 and report.summary["rows"]["audio"] == 2
     assert report.summary["failures"]["by_stage_and_kind"] == {"read/missing_file": 1}
     # The cache landed in the remote store, read back through FileSystems as a user on gs:// would.

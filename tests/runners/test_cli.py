@@ -57,19 +57,20 @@ def test_missing_output_is_an_argparse_error(small_manifest, capsys):
 
 def test_extract_prints_a_summary_and_exits_0_despite_bad_files(tmp_path, small_manifest, capsys):
     output = str(tmp_path / "out")
-    assert main(["extract", "--manifest", small_manifest, "--output", output, "--run-id", "r1", "--log-level", "WARNING"]) == 0
+    assert main(["extract", "--manifest", small_manifest, "--output", output, "--run-id", "r1", "--log-level", "WARNING", "--no-embed"]) == 0
     printed = capsys.readouterr().out
-    assert "samples   3 (ok 1, partial 0, failed 2)" in printed
+    assert "samples   3 (ok 1, partial 0, failed 2, unchanged 0)" in printed
     assert "text/not_utf8 1" in printed and "read/missing_file 1" in printed
     assert ds.dataset(os.path.join(output, "errors")).count_rows() == 2
-    # A second run into the same folder fails before work starts, saying how to proceed.
-    assert main(["extract", "--manifest", small_manifest, "--output", output]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    # A second run into the same folder is incremental: nothing changed, nothing is added.
+    assert main(["extract", "--manifest", small_manifest, "--output", output, "--no-embed"]) == 0
+    assert "samples   3 (ok 0, partial 0, failed 0, unchanged 3)" in capsys.readouterr().out
+    assert ds.dataset(os.path.join(output, "errors")).count_rows() == 2
 
 
 def test_too_many_failures_exit_1_after_writing_everything(tmp_path, small_manifest, capsys):
     output = str(tmp_path / "out")
-    assert main(["extract", "--manifest", small_manifest, "--output", output, "--max-failure-ratio", "0.5"]) == 1
+    assert main(["extract", "--manifest", small_manifest, "--output", output, "--max-failure-ratio", "0.5", "--no-embed"]) == 1
     assert "2 of 3 samples failed" in capsys.readouterr().err
     assert ds.dataset(os.path.join(output, "samples")).count_rows() == 3
 
@@ -81,7 +82,7 @@ def test_folder_input_and_beam_options_pass_through(tmp_path, capsys):
     media.text(str(folder / "x.txt"), "hello")
     media.text(str(folder / "y.txt"), "world")
     output = str(tmp_path / "out")
-    assert main(["extract", "--input", str(folder), "--output", output, "--job_name", "nightly"]) == 0
+    assert main(["extract", "--input", str(folder), "--output", output, "--job_name", "nightly", "--no-embed"]) == 0
     samples = ds.dataset(os.path.join(output, "samples")).to_table().to_pylist()
     assert sorted((s["sample_id"], s["status"], s["n_audio_windows"]) for s in samples) == [("x", "ok", 1), ("y", "ok", 0)]
 

@@ -1,0 +1,170 @@
+"""Embedding as a Beam step: an ``Encoder`` behind a ``ModelHandler``, run by ``RunInference``.
+
+Batching is done before ``RunInference`` and in the same way on every runner:
+items are keyed by a bounded number of buckets, grouped with ``GroupByKey``,
+sorted by size and cut into batches capped by ``max_batch_size`` items and a
+size budget (tokens, frames or seconds, padded cost when the encoder pads);
+``RunInference`` then runs on those batches with its own batching switched off
+(``with_no_batching``). Beam's ``BatchElements`` flushes its last batch in
+``finish_bundle``, which Beam 2.77's DaskRunner drops; this path emits
+nothing there. Model loading (once per process), sharing and inference
+metrics still come from ``RunInference``.
+
+Items are dicts ``{"sample_id", "manifest_row", "payload"}``; results are
+``(table, row)`` pairs: an embedding row, or an ``errors`` row (stage
+``embed``) for an item the model failed on; the rest of its batch is kept.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from schemas.errors import ErrorKind, Stage
+from transforms.encoders.base import Encoder
+
+logger = logging.getLogger(__name__)
+
+Item = dict[str, Any]
+TableRow = tuple[str, dict[str, Any]]
+
+
+class EncoderModelHandler(ModelHandler[Item, TableRow, Any]):
+    """A ``ModelHandler`` over one ``Encoder``: inference mode, device placement, per-item failure isolation.
+
+    Args:
+        encoder: a probed encoder (``dim`` set).
+        table: the embedding set's table name (``embeddings/<modality>/<encoder>-<fingerprint>``).
+        device: ``cpu`` or ``cuda`` (already resolved).
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        budget: the size budget of one batch, in the encoder's cost units.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        table: str,
+        device: str,
+        precision: str,
+        min_batch_size: int,
+        max_batch_size: int,
+        budget: float,
+        float16: bool = False,
+    ) -> None:
+        super().__init__(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_batch_weight=max(1, int(budget)),
+            element_size_fn=lambda item: max(1, int(encoder.cost(item["payload"]))),
+        )
+        self.encoder = encoder
+        self.table = table
+        self.device = device
+        self.precision = precision
+        self.budget = budget
+        self.max_batch_size = max_batch_size
+        self.float16 = float16
+
+    def load_model(self) -> Any:
+        return self.encoder.load(torch.device(self.device))
+
+    def run_inference(self, batch: Sequence[Item], model: Any, inference_args: Optional[dict[str, Any]] = None) -> list[TableRow]:
+        device = torch.device(self.device)
+        try:
+            with torch.inference_mode():
+                vectors = self.encoder.embed(model, [item["payload"] for item in batch], device=device, precision=self.precision)
+            if not np.all(np.isfinite(vectors)):
+                raise ValueError("the encoder produced NaN or infinite values")
+            return [self._embedding_row(item, vector) for item, vector in zip(batch, vectors)]
+        except Exception as error:  # isolate the failing items; keep the rest of the batch
+            if len(batch) == 1:
+                logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
+                return [self._error_row(batch[0], error)]
+            return [row for item in batch for row in self.run_inference([item], model, inference_args)]
+
+    def get_num_bytes(self, batch: Sequence[Item]) -> int:
+        return int(sum(self.encoder.cost(item["payload"]) for item in batch))
+
+    def get_metrics_namespace(self) -> str:
+        return f"mmfeat_embed_{self.encoder.modality}"
+
+    def _embedding_row(self, item: Item, vector: np.ndarray) -> TableRow:
+        return self.table, {
+            "sample_id": item["sample_id"],
+            "manifest_row": item["manifest_row"],
+            "modality": self.encoder.modality,
+            "encoder": self.encoder.name,
+            "encoder_fingerprint": self.encoder.fingerprint(),
+            "vector": vector.astype(np.float16 if self.float16 else np.float32),
+        }
+
+    def _error_row(self, item: Item, error: Exception) -> TableRow:
+        return "errors", {
+            "sample_id": item["sample_id"],
+            "manifest_row": item["manifest_row"],
+            "uri": None,
+            "stage": Stage.EMBED,
+            "error_kind": ErrorKind.ENCODER_FAILED,
+            "message": f"{self.encoder.modality} encoder {self.encoder.name}: {type(error).__name__}: {error}",
+        }
+
+
+def form_batches(items: Iterable[Item], *, encoder: Encoder, max_batch_size: int, budget: float) -> Iterator[list[Item]]:
+    """Cut ``items`` into batches, smallest first: at most ``max_batch_size`` items and at most ``budget`` cost.
+
+    With a padding encoder a batch costs ``len(batch) * max(cost)`` (what the
+    padded tensor holds); otherwise the sum of costs. An item larger than the
+    budget forms a batch of its own.
+    """
+    ordered = sorted(items, key=lambda item: (encoder.cost(item["payload"]), item["sample_id"]))
+    batch: list[Item] = []
+    largest = total = 0.0
+    for item in ordered:
+        cost = encoder.cost(item["payload"])
+        new_cost = (len(batch) + 1) * max(largest, cost) if encoder.padded else total + cost
+        if batch and (len(batch) >= max_batch_size or new_cost > budget):
+            yield batch
+            batch, largest, total = [], 0.0, 0.0
+        batch.append(item)
+        largest, total = max(largest, cost), total + cost
+    if batch:
+        yield batch
+
+
+class _FormBatchesFn(beam.DoFn):
+    def __init__(self, handler: EncoderModelHandler) -> None:
+        self._handler = handler
+
+    def process(self, element: tuple[int, Iterable[Item]]) -> Iterator[list[Item]]:
+        _, items = element
+        yield from form_batches(items, encoder=self._handler.encoder, max_batch_size=self._handler.max_batch_size, budget=self._handler.budget)
+
+
+class EmbedItems(beam.PTransform):
+    """``PCollection[Item]`` -> ``PCollection[(table, row)]`` through ``RunInference`` (see module docstring).
+
+    Args:
+        handler: the encoder's model handler.
+        num_buckets: how many groups items are batched in (bounds the parallelism and the memory of one group).
+    """
+
+    def __init__(self, handler: EncoderModelHandler, *, num_buckets: int) -> None:
+        super().__init__()
+        self._handler = handler
+        self._num_buckets = num_buckets
+
+    def expand(self, items: beam.PCollection) -> beam.PCollection:
+        buckets = self._num_buckets
+        return (
+            items
+            | "KeyByBucket" >> beam.Map(lambda item: (zlib.crc32(item["sample_id"].encode("utf-8")) % buckets, item))
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "FormBatches" >> beam.ParDo(_FormBatchesFn(self._handler))
+            | "RunInference" >> RunInference(self._handler.with_no_batching())
+        )

@@ -1,0 +1,1 @@
+"""Embedding models, one module per modality, behind one ``Encoder`` interface (see ``base``)."""

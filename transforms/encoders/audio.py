@@ -1,0 +1,152 @@
+"""Audio encoders over the resampled waveform (or MFCCs), pooled to one vector per sample.
+
+* ``resemblyzer``: the pretrained speaker encoder shipped by the ``resemblyzer``
+  package (256-d). Volume is normalised as resemblyzer does; its voice-activity
+  trimming is not applied, since cached audio need not be speech.
+* a Hugging Face folder (wav2vec2, HuBERT, WavLM, ...): the waveform is cut in
+  windows of ``window_s`` seconds, each normalised to zero mean and unit
+  variance, padded per batch with an attention mask; hidden states are
+  mean-pooled over real frames, then windows are averaged weighted by length.
+* a TorchScript file over MFCCs ``(1, n_frames, n_mfcc)``, run one sample at a
+  time (a scripted module takes no mask), output pooled to ``(d,)``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from schemas.errors import ConfigError
+from transforms.encoders.base import Encoder, autocast, file_fingerprint, masked_mean, to_device
+from transforms.encoders.hf import folder_fingerprint_parts, quiet_transformers, read_config
+
+SAMPLE_RATE = 16000
+
+
+class ResemblyzerEncoder(Encoder):
+    modality = "audio"
+    name = "resemblyzer"
+    needs = frozenset({"waveform"})
+    padded = False
+
+    def load(self, device: torch.device) -> Any:
+        from resemblyzer import VoiceEncoder
+
+        return VoiceEncoder(device=str(device), verbose=False)
+
+    def cost(self, payload: dict[str, Any]) -> float:
+        return len(payload["waveform"]) / SAMPLE_RATE
+
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        from resemblyzer.audio import normalize_volume
+
+        vectors = []
+        for payload in payloads:
+            wav = normalize_volume(np.asarray(payload["waveform"], np.float32), -30, increase_only=True)
+            vectors.append(model.embed_utterance(wav))
+        return np.stack(vectors).astype(np.float32)
+
+    def dummy_payload(self) -> dict[str, Any]:
+        return {"waveform": np.random.default_rng(0).standard_normal(SAMPLE_RATE * 2).astype(np.float32) * 0.1}
+
+    def fingerprint_parts(self) -> Iterable[str]:
+        import resemblyzer
+
+        weights = os.path.join(os.path.dirname(resemblyzer.__file__), "pretrained.pt")
+        return [file_fingerprint(weights), "normalize_volume(-30 dBFS, increase_only) no-vad"]
+
+
+class HFAudioEncoder(Encoder):
+    modality = "audio"
+    needs = frozenset({"waveform"})
+    window_s = 20.0
+
+    def __init__(self, folder: str, *, trust_remote_code: bool = False) -> None:
+        super().__init__()
+        self.folder = folder
+        self.name = os.path.basename(os.path.normpath(folder))
+        self.trust_remote_code = trust_remote_code
+        config = read_config(folder, flag="--audio-encoder", trust_remote_code=trust_remote_code)
+        if config.get("model_type") == "whisper":
+            raise ConfigError("--audio-encoder: Whisper folders are not supported yet (they need log-mel input); use a wav2vec2/HuBERT folder")
+
+    def load(self, device: torch.device) -> Any:
+        from transformers import AutoModel
+
+        quiet_transformers()
+        return AutoModel.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code).eval().to(device)
+
+    def cost(self, payload: dict[str, Any]) -> float:
+        return min(len(payload["waveform"]) / SAMPLE_RATE, self.window_s)
+
+    def _windows(self, waveform: np.ndarray) -> list[np.ndarray]:
+        step = int(self.window_s * SAMPLE_RATE)
+        windows = [waveform[start : start + step] for start in range(0, max(len(waveform), 1), step)]
+        return [(w - w.mean()) / max(float(w.std()), 1e-7) for w in windows if len(w) >= 400] or [waveform]
+
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        windows, owner = [], []
+        for index, payload in enumerate(payloads):
+            for window in self._windows(np.asarray(payload["waveform"], np.float32)):
+                windows.append(window)
+                owner.append(index)
+        longest = max(len(w) for w in windows)
+        values = np.zeros((len(windows), longest), np.float32)
+        mask = np.zeros((len(windows), longest), np.int64)
+        for row, window in enumerate(windows):
+            values[row, : len(window)] = window
+            mask[row, : len(window)] = 1
+        input_values, attention_mask = to_device(values, device), to_device(mask, device)
+        with autocast(device, precision):
+            hidden = model(input_values=input_values, attention_mask=attention_mask).last_hidden_state.float()
+        frames = model._get_feat_extract_output_lengths(attention_mask.sum(-1))
+        frame_mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]).long()
+        pooled = masked_mean(hidden, frame_mask).detach().cpu().numpy()
+        lengths = np.array([len(w) for w in windows], np.float64)
+        owner_array = np.array(owner)
+        return np.stack(
+            [np.average(pooled[owner_array == i], axis=0, weights=lengths[owner_array == i]) for i in range(len(payloads))]
+        ).astype(np.float32)
+
+    def dummy_payload(self) -> dict[str, Any]:
+        return {"waveform": np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1}
+
+    def fingerprint_parts(self) -> Iterable[str]:
+        return [*folder_fingerprint_parts(self.folder, ("preprocessor_config.json",)), f"windows {self.window_s}s zero-mean-unit-var mean-pool"]
+
+
+class TorchScriptAudioEncoder(Encoder):
+    modality = "audio"
+    needs = frozenset({"mfcc"})
+    padded = False
+
+    def __init__(self, path: str, *, n_mfcc: int) -> None:
+        super().__init__()
+        self.path = path
+        self.name = os.path.basename(path)
+        self.n_mfcc = n_mfcc
+
+    def load(self, device: torch.device) -> Any:
+        return torch.jit.load(self.path, map_location=device).eval()
+
+    def cost(self, payload: dict[str, Any]) -> float:
+        return len(payload["mfcc"]) / 100.0
+
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        vectors = []
+        for payload in payloads:
+            features = to_device(np.asarray(payload["mfcc"], np.float32)[None], device)
+            with autocast(device, precision):
+                output = model(features).float()
+            if output.ndim == 3:
+                output = output.mean(dim=1)
+            vectors.append(output.reshape(1, -1)[0].detach().cpu().numpy())
+        return np.stack(vectors).astype(np.float32)
+
+    def dummy_payload(self) -> dict[str, Any]:
+        return {"mfcc": np.zeros((10, self.n_mfcc), np.float32)}
+
+    def fingerprint_parts(self) -> Iterable[str]:
+        return [file_fingerprint(self.path), f"mfcc input n_mfcc={self.n_mfcc}"]

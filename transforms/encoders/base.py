@@ -1,0 +1,133 @@
+"""The ``Encoder`` interface: loading, batched preprocessing with per-batch padding and masks, pooling.
+
+An encoder turns a list of *payloads* (one per sample) into a ``(n, dim)``
+float32 array. Payload fields, filled by the extraction step:
+
+* ``text``: the decoded text (str);
+* ``frames``: the sampled frames of a video, JPEG bytes, in time order;
+* ``mfcc``: float32 ``(n_frames, n_mfcc)``;
+* ``waveform``: mono float32 samples at ``sample_rate`` Hz.
+
+Variable-length inputs are padded to the longest item of their batch only,
+with a mask; ``cost`` tells the batcher how big an item is (tokens, frames
+or seconds) so that a batch stays under a size budget.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from schemas.errors import ConfigError
+from transforms.media_io import sha256_of
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error, never a silent fallback."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA for ``fp16``/``bf16``; a no-op for ``fp32``."""
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on ``device``: pinned memory and a non-blocking copy on CUDA."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(n, t, d)`` over the positions where ``mask`` ``(n, t)`` is 1; ``(n, d)``."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Encoder(abc.ABC):
+    """One embedding model for one modality.
+
+    Subclasses set ``modality``, ``name`` and ``needs`` and implement
+    ``load``, ``cost``, ``embed``, ``dummy_payload`` and ``fingerprint_parts``.
+    Instances hold only configuration (they are pickled to workers); the
+    loaded model is what ``load`` returns.
+    """
+
+    modality: str = ""
+    name: str = ""
+    needs: frozenset[str] = frozenset()
+    padded: bool = True  # whether a batch costs n * max(cost) (padding) rather than sum(cost)
+
+    def __init__(self) -> None:
+        self.dim: Optional[int] = None
+        self._fingerprint: Optional[str] = None
+
+    @abc.abstractmethod
+    def load(self, device: torch.device) -> Any:
+        """Load the model onto ``device`` (once per worker process)."""
+
+    @abc.abstractmethod
+    def cost(self, payload: dict[str, Any]) -> float:
+        """Size of one item for batching (tokens, frames or seconds)."""
+
+    @abc.abstractmethod
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        """Embeddings of a batch: float32 ``(len(payloads), dim)``."""
+
+    @abc.abstractmethod
+    def dummy_payload(self) -> dict[str, Any]:
+        """A small valid payload, used to check the model loads and to learn ``dim`` before a job starts."""
+
+    @abc.abstractmethod
+    def fingerprint_parts(self) -> Iterable[str]:
+        """Strings that identify the weights, config and preprocessing (file hashes, parameters)."""
+
+    def fingerprint(self) -> str:
+        """SHA-256 over ``fingerprint_parts`` (computed once)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for part in [type(self).__name__, self.name, *self.fingerprint_parts()]:
+                digest.update(part.encode("utf-8") + b"\0")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def probe(self) -> int:
+        """Load on CPU and embed ``dummy_payload``; sets and returns ``dim``.
+
+        Raises:
+            ConfigError: the model cannot be loaded or run, saying which encoder and why.
+        """
+        try:
+            model = self.load(torch.device("cpu"))
+            with torch.inference_mode():
+                output = self.embed(model, [self.dummy_payload()], device=torch.device("cpu"), precision="fp32")
+        except ConfigError:
+            raise
+        except Exception as error:
+            raise ConfigError(f"{self.modality} encoder {self.name!r} could not be loaded and run: {type(error).__name__}: {error}") from error
+        if output.ndim != 2 or output.shape[0] != 1:
+            raise ConfigError(f"{self.modality} encoder {self.name!r} returned shape {tuple(output.shape)}, expected (1, dim)")
+        self.dim = int(output.shape[1])
+        return self.dim
+
+
+def file_fingerprint(path: str) -> str:
+    """``name:sha256`` of a file, for ``fingerprint_parts``."""
+    return f"{path.rsplit('/', 1)[-1]}:{sha256_of(path)}"

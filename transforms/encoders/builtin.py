@@ -1,0 +1,104 @@
+"""Deterministic built-in descriptors: fast CPU baselines that run through the same handler framework.
+
+* ``builtin:color-hog`` (video, 108-d): per frame, a 72-bin HSV colour
+  histogram (8 hue x 3 saturation x 3 value, L1-normalised) and a 36-d
+  gradient-orientation histogram (Sobel gradients of the grey image at
+  64x64, 9 unsigned orientation bins in each cell of a 2x2 grid, weighted by
+  magnitude, each cell L2-normalised); averaged over the sample's frames.
+* ``builtin:mfcc-stats`` (audio, 4 x n_mfcc): mean and standard deviation of
+  every MFCC coefficient over time, then of its first difference (deltas).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import torch
+
+from transforms.encoders.base import Encoder
+
+_HSV_BINS = (8, 3, 3)
+_ORIENTATION_BINS = 9
+_GRID = 2
+
+
+def color_hog(bgr: np.ndarray) -> np.ndarray:
+    """The 108-d descriptor of one BGR ``uint8`` frame."""
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+    histogram = cv2.calcHist([hsv], [0, 1, 2], None, list(_HSV_BINS), [0, 180, 0, 256, 0, 256]).reshape(-1)
+    histogram /= max(float(histogram.sum()), 1e-9)
+    grey = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    magnitude, angle = cv2.cartToPolar(gx, gy, angleInDegrees=True)
+    bins = ((angle % 180.0) / (180.0 / _ORIENTATION_BINS)).astype(np.int32) % _ORIENTATION_BINS
+    cells = []
+    step = 64 // _GRID
+    for row in range(_GRID):
+        for col in range(_GRID):
+            window = (slice(row * step, (row + 1) * step), slice(col * step, (col + 1) * step))
+            cell = np.bincount(bins[window].ravel(), weights=magnitude[window].ravel(), minlength=_ORIENTATION_BINS)
+            cells.append(cell / max(float(np.linalg.norm(cell)), 1e-9))
+    return np.concatenate([histogram, *cells]).astype(np.float32)
+
+
+class ColorHogEncoder(Encoder):
+    modality = "video"
+    name = "builtin:color-hog"
+    needs = frozenset({"frames"})
+    padded = False
+
+    def load(self, device: torch.device) -> None:
+        return None
+
+    def cost(self, payload: dict[str, Any]) -> float:
+        return float(len(payload["frames"]))
+
+    def embed(self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        vectors = []
+        for payload in payloads:
+            frames = [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) for jpeg in payload["frames"]]
+            if not frames or any(f is None for f in frames):
+                raise ValueError("a sample has no decodable frames")
+            vectors.append(np.mean([color_hog(f) for f in frames], axis=0))
+        return np.stack(vectors).astype(np.float32)
+
+    def dummy_payload(self) -> dict[str, Any]:
+        ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
+        return {"frames": [jpeg.tobytes()]}
+
+    def fingerprint_parts(self) -> Iterable[str]:
+        return [f"v1 hsv={_HSV_BINS} orientations={_ORIENTATION_BINS} grid={_GRID}"]
+
+
+def mfcc_stats(mfcc: np.ndarray) -> np.ndarray:
+    """``[mean, std, mean(delta), std(delta)]`` over time of an ``(n_frames, n_mfcc)`` array; ``(4 * n_mfcc,)``."""
+    deltas = np.diff(mfcc, axis=0) if len(mfcc) > 1 else np.zeros_like(mfcc)
+    return np.concatenate([mfcc.mean(0), mfcc.std(0), deltas.mean(0), deltas.std(0)]).astype(np.float32)
+
+
+class MfccStatsEncoder(Encoder):
+    modality = "audio"
+    name = "builtin:mfcc-stats"
+    needs = frozenset({"mfcc"})
+    padded = False
+
+    def __init__(self, n_mfcc: int) -> None:
+        super().__init__()
+        self.n_mfcc = n_mfcc
+
+    def load(self, device: torch.device) -> None:
+        return None
+
+    def cost(self, payload: dict[str, Any]) -> float:
+        return float(len(payload["mfcc"])) / 100.0
+
+    def embed(self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        return np.stack([mfcc_stats(np.asarray(p["mfcc"], np.float32)) for p in payloads])
+
+    def dummy_payload(self) -> dict[str, Any]:
+        return {"mfcc": np.zeros((3, self.n_mfcc), np.float32)}
+
+    def fingerprint_parts(self) -> Iterable[str]:
+        return [f"v1 n_mfcc={self.n_mfcc} mean,std,delta-mean,delta-std"]

@@ -1,0 +1,84 @@
+"""Encoders by name: the values ``--text-encoder``, ``--image-encoder`` and ``--audio-encoder`` accept.
+
+A value is a built-in name (below), ``none``, a Hugging Face model folder,
+or a TorchScript file. ``resolve_encoders`` builds and probes each one
+before the pipeline starts, so a bad value fails with a message, not a job.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+from schemas.config import EncodeConfig, ExtractConfig
+from schemas.errors import ConfigError
+from transforms.encoders.audio import HFAudioEncoder, ResemblyzerEncoder, TorchScriptAudioEncoder
+from transforms.encoders.base import Encoder
+from transforms.encoders.builtin import ColorHogEncoder, MfccStatsEncoder
+from transforms.encoders.image import EfficientNetLite0Encoder, HFVisionEncoder, TorchScriptImageEncoder
+from transforms.encoders.text import HFTextEncoder, default_text_encoder
+
+FLAGS = {"text": "--text-encoder", "video": "--image-encoder", "audio": "--audio-encoder"}
+NONE = "none"
+
+Builder = Callable[[EncodeConfig, ExtractConfig], Encoder]
+
+BUILTIN: dict[str, dict[str, Builder]] = {
+    "text": {"minilm": lambda enc, ext: default_text_encoder(trust_remote_code=enc.trust_remote_code)},
+    "video": {
+        "efficientnet-lite0": lambda enc, ext: EfficientNetLite0Encoder(),
+        "builtin:color-hog": lambda enc, ext: ColorHogEncoder(),
+    },
+    "audio": {
+        "builtin:mfcc-stats": lambda enc, ext: MfccStatsEncoder(ext.audio.n_mfcc),
+        "resemblyzer": lambda enc, ext: ResemblyzerEncoder(),
+    },
+}
+
+
+def choices(modality: str) -> list[str]:
+    """Built-in names of ``modality`` plus ``none`` (paths are accepted too)."""
+    return [*BUILTIN[modality], NONE]
+
+
+def _from_path(modality: str, path: str, encode: EncodeConfig, extract: ExtractConfig) -> Encoder:
+    flag = FLAGS[modality]
+    if os.path.isdir(path):
+        if modality == "text":
+            return HFTextEncoder(path, name=os.path.basename(os.path.normpath(path)), trust_remote_code=encode.trust_remote_code)
+        folder_encoder = HFVisionEncoder if modality == "video" else HFAudioEncoder
+        return folder_encoder(path, trust_remote_code=encode.trust_remote_code)
+    if modality == "text":
+        raise ConfigError(f"{flag}: {path} is a file; a text encoder is a Hugging Face folder with a tokenizer.json")
+    if modality == "video":
+        return TorchScriptImageEncoder(path)
+    return TorchScriptAudioEncoder(path, n_mfcc=extract.audio.n_mfcc)
+
+
+def resolve_encoder(modality: str, value: str, *, encode: EncodeConfig, extract: ExtractConfig) -> Optional[Encoder]:
+    """The probed encoder for ``value``, or ``None`` for ``none``.
+
+    Raises:
+        ConfigError: unknown name, missing path, not a model, or a model that fails to load or run.
+    """
+    if value == NONE:
+        return None
+    if value in BUILTIN[modality]:
+        encoder = BUILTIN[modality][value](encode, extract)
+    elif os.path.exists(value):
+        encoder = _from_path(modality, value, encode, extract)
+    else:
+        raise ConfigError(
+            f"{FLAGS[modality]}: {value!r} is neither a built-in encoder ({', '.join(choices(modality))}) nor an existing path"
+        )
+    encoder.probe()
+    return encoder
+
+
+def resolve_encoders(encode: EncodeConfig, extract: ExtractConfig) -> dict[str, Encoder]:
+    """Probed encoders of every modality that is not ``none``, keyed by modality."""
+    resolved = {}
+    for modality in FLAGS:
+        encoder = resolve_encoder(modality, encode.encoder_for(modality), encode=encode, extract=extract)
+        if encoder is not None:
+            resolved[modality] = encoder
+    return resolved
