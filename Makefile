@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/encode.py
 
 clean:
 	rm -rf $(DEMO_CORPUS) $(DEMO_OUTPUT) .pytest_cache

@@ -34,7 +34,14 @@ Item = dict[str, Any]
 TableRow = tuple[str, dict[str, Any]]
 
 
-class EncoderModelHandler(ModelHandler[Item, TableRow, Any]):
+class LoadedEncoder:
+    """The loaded model of an encoder, held in an object Beam's ``Shared`` can weak-reference (a bare ``None`` or tuple cannot)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+
+class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
     """A ``ModelHandler`` over one ``Encoder``: inference mode, device placement, per-item failure isolation.
 
     Args:
@@ -71,14 +78,16 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, Any]):
         self.max_batch_size = max_batch_size
         self.float16 = float16
 
-    def load_model(self) -> Any:
-        return self.encoder.load(torch.device(self.device))
+    def load_model(self) -> LoadedEncoder:
+        return LoadedEncoder(self.encoder.load(torch.device(self.device)))
 
-    def run_inference(self, batch: Sequence[Item], model: Any, inference_args: Optional[dict[str, Any]] = None) -> list[TableRow]:
+    def run_inference(
+        self, batch: Sequence[Item], model: LoadedEncoder, inference_args: Optional[dict[str, Any]] = None
+    ) -> list[TableRow]:
         device = torch.device(self.device)
         try:
             with torch.inference_mode():
-                vectors = self.encoder.embed(model, [item["payload"] for item in batch], device=device, precision=self.precision)
+                vectors = self.encoder.embed(model.model, [item["payload"] for item in batch], device=device, precision=self.precision)
             if not np.all(np.isfinite(vectors)):
                 raise ValueError("the encoder produced NaN or infinite values")
             return [self._embedding_row(item, vector) for item, vector in zip(batch, vectors)]

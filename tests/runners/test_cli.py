@@ -98,3 +98,43 @@ def test_console_script_and_sample_corpus(tmp_path):
     assert all(r["label"] in ("positive", "negative") for r in rows)
     bad = subprocess.run([script, "extract", "--manifest", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_user_checkpoints_through_the_encoder_flags(tmp_path, small_manifest, tokenizer_path, capsys):
+    from tests import tiny_models
+
+    bert = tiny_models.bert_folder(str(tmp_path / "bert"), tokenizer_path)
+    vit = tiny_models.vit_folder(str(tmp_path / "vit"))
+    wav2vec2 = tiny_models.wav2vec2_folder(str(tmp_path / "wav2vec2"))
+    output = str(tmp_path / "out")
+    argv = ["extract", "--manifest", small_manifest, "--output", output, "--text-encoder", bert, "--image-encoder", vit,
+            "--audio-encoder", wav2vec2, "--embedding-dtype", "float16", "--max-batch-size", "2"]
+    assert main(argv) == 0
+    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
+        encoders = json.load(handle)["encoders"]
+    assert {m: (e["name"], e["dim"]) for m, e in encoders.items()} == {"text": ("bert", 32), "video": ("vit", 24), "audio": ("wav2vec2", 16)}
+    vectors = ds.dataset(os.path.join(output, encoders["video"]["table"])).to_table()
+    assert vectors.num_rows == 1 and str(vectors.schema.field("vector").type.value_type) == "halffloat"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image-encoder", "{tmp}/nothing_here"], "--image-encoder: '{tmp}/nothing_here' is neither a built-in encoder"),
+        (["--audio-encoder", "{tmp}"], "is not a Hugging Face model folder"),
+        (["--text-encoder", "bert-base-uncased"], "neither a built-in encoder (minilm, none) nor an existing path"),
+        (["--precision", "fp16", "--device", "cpu"], "runs on CUDA only"),
+    ],
+)
+def test_bad_encoder_options_fail_before_any_work(tmp_path, small_manifest, capsys, args, message):
+    output = tmp_path / "out"
+    argv = ["extract", "--manifest", small_manifest, "--output", str(output)] + [a.format(tmp=tmp_path) for a in args]
+    assert main(argv) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_asking_for_cuda_without_a_gpu_fails_before_any_work(tmp_path, small_manifest, capsys):
+    assert main(["extract", "--manifest", small_manifest, "--output", str(tmp_path / "out"), "--device", "cuda"]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err

@@ -146,7 +146,7 @@ class TorchScriptAudioEncoder(Encoder):
         return np.stack(vectors).astype(np.float32)
 
     def dummy_payload(self) -> dict[str, Any]:
-        return {"mfcc": np.zeros((10, self.n_mfcc), np.float32)}
+        return {"mfcc": np.zeros((100, self.n_mfcc), np.float32)}  # one second at a 10 ms hop
 
     def fingerprint_parts(self) -> Iterable[str]:
         return [file_fingerprint(self.path), f"mfcc input n_mfcc={self.n_mfcc}"]

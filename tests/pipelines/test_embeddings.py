@@ -1,0 +1,175 @@
+"""Embeddings inside the extract pipeline, and incremental reruns over a growing or changing corpus."""
+import collections
+import glob
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from pipelines.extract import run_extract
+from pipelines.manifest import read_manifest
+from pipelines.run_report import embedding_tables
+from schemas.config import EncodeConfig, ExtractConfig
+from tests import media, tiny_models
+from transforms.encoders.registry import resolve_encoders
+
+FAST = dict(text_encoder="minilm", image_encoder="builtin:color-hog", audio_encoder="builtin:mfcc-stats")
+
+
+def _corpus(directory) -> str:
+    rows = []
+    for i in range(6):
+        row = {"id": f"s{i}", "label": i % 2, "text": media.text(str(directory / f"s{i}.txt"), f"sample number {i} says hello")}
+        if i % 3 != 2:
+            row["video"] = media.video(str(directory / f"s{i}.mp4"), seconds=1.0, with_audio=i % 3 == 0)
+        if i % 3 != 0:
+            row["audio"] = media.wav(str(directory / f"s{i}.wav"), seconds=0.5 + i * 0.1, frequency_hz=200 + 50 * i)
+        rows.append(row)
+    return media.manifest(str(directory / "m.jsonl"), rows)
+
+
+def _run(manifest, output, tokenizer_path, *, run_id, recompute=False, runner=None, options=None, **encoders):
+    encode = EncodeConfig(**{**FAST, **encoders})
+    config = ExtractConfig(num_shards=2)
+    return run_extract(
+        read_manifest(manifest), output=output, config=config, tokenizer_path=tokenizer_path, runner=runner or FnApiRunner(),
+        options=options, run_id=run_id, encoders=resolve_encoders(encode, config), encode=encode, recompute=recompute,
+    )
+
+
+def _rows(output, table):
+    return ds.dataset(os.path.join(output, table), format="parquet").to_table().to_pylist()
+
+
+def _all_rows(output):
+    return {table: _rows(output, table) for table in ["samples", "frames", "audio", "text", "errors", *embedding_tables(output)]}
+
+
+def _set(output, modality):
+    (table,) = [t for t in embedding_tables(output) if t.split("/")[1] == modality]
+    return table
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tokenizer_path):
+    directory = tmp_path_factory.mktemp("corpus")
+    manifest = _corpus(directory)
+    output = str(tmp_path_factory.mktemp("cache") / "out")
+    report = _run(manifest, output, tokenizer_path, run_id="r1")
+    return directory, manifest, output, report
+
+
+def test_every_sample_is_embedded_once_per_modality(first_run):
+    _, _, output, report = first_run
+    assert report.summary["samples"]["ok"] == 6
+    expected = {"text": 6, "video": 4, "audio": 6}  # s0/s3 have sound in their video; s1, s2, s4, s5 a WAV
+    for modality, n in expected.items():
+        rows = _rows(output, _set(output, modality))
+        assert len(rows) == n and len({r["sample_id"] for r in rows}) == n
+        dims = {len(r["vector"]) for r in rows}
+        assert dims == {report.summary["encoders"][modality]["dim"]}
+    assert report.summary["encoders"]["text"]["dim"] == 384 and report.summary["encoders"]["video"]["dim"] == 108
+
+
+def test_embedding_files_record_the_encoder(first_run):
+    _, _, output, report = first_run
+    path = glob.glob(os.path.join(output, _set(output, "text"), "*.parquet"))[0]
+    schema = pq.read_schema(path)
+    config = json.loads(schema.metadata[b"mmfeat.config"])
+    assert config["encoder"] == "all-MiniLM-L6-v2"
+    assert config["encoder_fingerprint"] == report.summary["encoders"]["text"]["fingerprint"]
+    vector_type = schema.field("vector").type
+    assert pa.types.is_fixed_size_list(vector_type) and vector_type.list_size == 384 and vector_type.value_type == pa.float32()
+
+
+def _copy(first_run, tmp_path):
+    import shutil
+
+    directory, manifest, output, _ = first_run
+    copy = str(tmp_path / "cache")
+    shutil.copytree(output, copy)
+    return directory, manifest, copy
+
+
+def test_rerun_on_an_unchanged_corpus_adds_no_rows(first_run, tmp_path, tokenizer_path):
+    _, manifest, output = _copy(first_run, tmp_path)
+    before = _all_rows(output)
+    report = _run(manifest, output, tokenizer_path, run_id="r2")
+    assert report.summary["samples"]["unchanged"] == 6 and report.summary["samples"]["total"] == 0
+    assert all(count == 0 for count in report.summary["rows"].values())
+    assert {t: len(r) for t, r in _all_rows(output).items()} == {t: len(r) for t, r in before.items()}
+
+
+def test_changing_one_encoder_reembeds_only_that_modality(first_run, tmp_path, tokenizer_path):
+    _, manifest, output = _copy(first_run, tmp_path)
+    before = _all_rows(output)
+    scripted = tiny_models.torchscript_mfcc_file(str(tmp_path / "mfcc.pt"))
+    report = _run(manifest, output, tokenizer_path, run_id="r2", audio_encoder=scripted)
+    after = _all_rows(output)
+    new_sets = set(after) - set(before)
+    assert len(new_sets) == 1 and new_sets.pop().startswith("embeddings/audio/mfcc.pt-")
+    assert report.summary["rows"][report.summary["encoders"]["audio"]["table"]] == 6
+    for table, rows in before.items():
+        assert len(after[table]) == len(rows), table  # nothing else was recomputed or dropped
+
+
+def test_a_changed_file_is_recomputed_without_duplicates(first_run, tmp_path, tokenizer_path):
+    directory, manifest, output = _copy(first_run, tmp_path)
+    old_text = next(r for r in _rows(output, _set(output, "text")) if r["sample_id"] == "s1")
+    media.text(str(directory / "s1.txt"), "a completely different sentence about whales")
+    try:
+        report = _run(manifest, output, tokenizer_path, run_id="r2")
+    finally:
+        media.text(str(directory / "s1.txt"), "sample number 1 says hello")
+    assert (report.summary["samples"]["ok"], report.summary["samples"]["unchanged"]) == (1, 5)
+    rows = _all_rows(output)
+    for table, table_rows in rows.items():
+        keys = collections.Counter((r["sample_id"], r.get("source"), r.get("window_index"), r.get("frame_index")) for r in table_rows)
+        assert all(count == 1 for count in keys.values()), table
+    assert [r["text"] for r in rows["text"] if r["sample_id"] == "s1"] == ["a completely different sentence about whales"]
+    new_text = next(r for r in rows[_set(output, "text")] if r["sample_id"] == "s1")
+    assert new_text["vector"] != old_text["vector"]
+    assert len(rows["samples"]) == 6
+
+
+def test_recompute_forces_everything_without_duplicates(first_run, tmp_path, tokenizer_path):
+    _, manifest, output = _copy(first_run, tmp_path)
+    before = {t: len(r) for t, r in _all_rows(output).items()}
+    report = _run(manifest, output, tokenizer_path, run_id="r2", recompute=True)
+    assert report.summary["samples"]["ok"] == 6
+    assert {t: len(r) for t, r in _all_rows(output).items()} == before
+    assert {r["run_id"] for r in _rows(output, "samples")} == {"r2"}
+
+
+def test_a_failed_embedding_makes_the_sample_partial(tmp_path, tokenizer_path):
+    rows = [
+        {"id": "long", "audio": media.wav(str(tmp_path / "long.wav"), seconds=1.0)},
+        {"id": "short", "audio": media.wav(str(tmp_path / "short.wav"), seconds=0.15)},  # 13 MFCC frames: the model wants 20
+    ]
+    manifest = media.manifest(str(tmp_path / "m.jsonl"), rows)
+    scripted = tiny_models.torchscript_mfcc_file(str(tmp_path / "mfcc.pt"))
+    output = str(tmp_path / "out")
+    report = _run(manifest, output, tokenizer_path, run_id="r1", audio_encoder=scripted)
+    statuses = {r["sample_id"]: (r["status"], r["n_errors"]) for r in _rows(output, "samples")}
+    assert statuses == {"long": ("ok", 0), "short": ("partial", 1)}
+    (error,) = _rows(output, "errors")
+    assert (error["sample_id"], error["stage"], error["error_kind"]) == ("short", "embed", "encoder_failed")
+    assert "needs at least 20 MFCC frames" in error["message"]
+    assert report.summary["failures"]["by_stage"] == {"embed": 1}
+
+
+def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.dask.dask_runner import DaskRunner
+
+    _, manifest, output, _ = first_run
+    dask_output = str(tmp_path / "dask")
+    _run(manifest, dask_output, tokenizer_path, run_id="r1", runner=DaskRunner(), options=PipelineOptions(["--dask_npartitions=3"]))
+    direct, dask = _all_rows(output), _all_rows(dask_output)
+    assert set(direct) == set(dask)
+    for table in direct:
+        assert sorted(map(repr, dask[table])) == sorted(map(repr, direct[table])), table

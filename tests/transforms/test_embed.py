@@ -1,0 +1,132 @@
+import apache_beam as beam
+import numpy as np
+import pytest
+import torch
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.config import EncodeConfig, ExtractConfig
+from schemas.errors import ConfigError
+from tests.beam_helpers import in_process_pipeline
+from transforms.embed import EmbedItems, EncoderModelHandler, form_batches
+from transforms.encoders.base import Encoder, resolve_device
+from transforms.encoders.builtin import MfccStatsEncoder, mfcc_stats
+from transforms.encoders.registry import resolve_encoder
+
+
+class _LengthEncoder(Encoder):
+    """A fake whose output can be computed by hand: [len(text), number of 'x'], failing on 'boom'."""
+
+    modality = "text"
+    name = "fake-length"
+    needs = frozenset({"text"})
+
+    def load(self, device):
+        return "model"
+
+    def cost(self, payload):
+        return float(len(payload["text"]))
+
+    def embed(self, model, payloads, *, device, precision):
+        if any(p["text"] == "boom" for p in payloads):
+            raise RuntimeError("cannot embed boom")
+        return np.array([[len(p["text"]), p["text"].count("x")] for p in payloads], dtype=np.float32)
+
+    def dummy_payload(self):
+        return {"text": "ok"}
+
+    def fingerprint_parts(self):
+        return ["v1"]
+
+
+def _items(texts):
+    return [{"sample_id": f"s{i}", "manifest_row": i, "payload": {"text": t}} for i, t in enumerate(texts)]
+
+
+def _handler(encoder, **kwargs):
+    encoder.probe()
+    options = dict(table="embeddings/text/fake", device="cpu", precision="fp32", min_batch_size=1, max_batch_size=4, budget=100)
+    options.update(kwargs)
+    return EncoderModelHandler(encoder, **options)
+
+
+def test_batches_respect_item_count_and_padded_budget():
+    encoder = _LengthEncoder()
+    items = _items(["x" * n for n in (5, 30, 6, 7, 8, 9, 40, 1)])
+    batches = list(form_batches(items, encoder=encoder, max_batch_size=4, budget=60))
+    sizes = [[len(i["payload"]["text"]) for i in batch] for batch in batches]
+    assert sizes == [[1, 5, 6, 7], [8, 9], [30], [40]]  # sorted; each batch: len <= 4 and len * longest <= 60
+    assert sorted(i["sample_id"] for b in batches for i in b) == sorted(i["sample_id"] for i in items)
+
+
+def test_a_single_item_over_budget_gets_its_own_batch():
+    batches = list(form_batches(_items(["x" * 500, "x"]), encoder=_LengthEncoder(), max_batch_size=8, budget=10))
+    assert [len(b) for b in batches] == [1, 1]
+
+
+def test_handler_isolates_the_failing_item_and_keeps_the_batch():
+    handler = _handler(_LengthEncoder())
+    rows = handler.run_inference(_items(["ab", "boom", "xxx"]), handler.load_model())
+    assert [(table, row["sample_id"]) for table, row in rows] == [("embeddings/text/fake", "s0"), ("errors", "s1"), ("embeddings/text/fake", "s2")]
+    assert rows[1][1]["stage"] == "embed" and "cannot embed boom" in rows[1][1]["message"]
+    assert rows[2][1]["vector"].tolist() == [3.0, 3.0]
+    assert rows[0][1]["encoder_fingerprint"] == _LengthEncoder().fingerprint()
+
+
+def test_handler_batching_kwargs_are_configurable():
+    kwargs = _handler(_LengthEncoder(), min_batch_size=2, max_batch_size=16).batch_elements_kwargs()
+    assert (kwargs["min_batch_size"], kwargs["max_batch_size"], kwargs["max_batch_weight"]) == (2, 16, 100)
+
+
+def test_embed_items_through_run_inference_loses_nothing():
+    texts = ["x" * (i % 7 + 1) for i in range(23)] + ["boom"]
+    with in_process_pipeline() as pipeline:
+        rows = pipeline | beam.Create(_items(texts)) | EmbedItems(_handler(_LengthEncoder(), max_batch_size=5), num_buckets=3)
+        assert_that(
+            rows | beam.Map(lambda pair: (pair[1]["sample_id"], pair[0], pair[1]["vector"].tolist() if "vector" in pair[1] else None)),
+            equal_to([(f"s{i}", "embeddings/text/fake", [len(t), t.count("x")]) for i, t in enumerate(texts[:-1])] + [("s23", "errors", None)]),
+        )
+
+
+def test_mfcc_stats_known_answer():
+    mfcc = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]], np.float32)
+    # mean, std, mean of first differences, std of first differences
+    np.testing.assert_allclose(mfcc_stats(mfcc), [3, 12, np.std([1, 3, 5]), np.std([10, 10, 16]), 2, 3, 0, 3], rtol=1e-6)
+    assert MfccStatsEncoder(2).probe() == 8
+
+
+def test_cuda_without_a_gpu_is_an_error_not_a_fallback():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ConfigError, match="runs on CUDA only"):
+        EncodeConfig(device="cpu", precision="fp16")
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+class TestDefaultEncodersOnDevice:
+    """The same checks on CPU and, where one exists, on CUDA (with mixed precision there)."""
+
+    def test_text_embeddings_match_the_cpu_reference(self, device):
+        encoder = resolve_encoder("text", "minilm", encode=EncodeConfig(), extract=ExtractConfig())
+        texts = [{"text": "a cat on a mat"}, {"text": "stock prices fell sharply today"}]
+        with torch.inference_mode():
+            reference = encoder.embed(encoder.load(torch.device("cpu")), texts, device=torch.device("cpu"), precision="fp32")
+            handler = _handler(encoder, device=device, precision="fp32" if device == "cpu" else "fp16")
+            rows = handler.run_inference(_items([t["text"] for t in texts]), handler.load_model())
+        vectors = np.stack([row["vector"] for _, row in rows])
+        np.testing.assert_allclose(vectors, reference, atol=1e-5 if device == "cpu" else 2e-2)
+
+    def test_image_embeddings_have_1280_dims(self, device):
+        import cv2
+
+        encoder = resolve_encoder("video", "efficientnet-lite0", encode=EncodeConfig(), extract=ExtractConfig())
+        ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+        handler = _handler(encoder, device=device)
+        items = [{"sample_id": "a", "manifest_row": 0, "payload": {"frames": [jpeg.tobytes()] * 3}}]
+        rows = handler.run_inference(items, handler.load_model())
+        assert rows[0][0] == "embeddings/text/fake" and rows[0][1]["vector"].shape == (1280,)
