@@ -138,3 +138,16 @@ def test_bad_encoder_options_fail_before_any_work(tmp_path, small_manifest, caps
 def test_asking_for_cuda_without_a_gpu_fails_before_any_work(tmp_path, small_manifest, capsys):
     assert main(["extract", "--manifest", small_manifest, "--output", str(tmp_path / "out"), "--device", "cuda"]) == 2
     assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_torchscript_image_encoder_through_the_flag(tmp_path, small_manifest):
+    from tests import tiny_models
+
+    scripted = tiny_models.torchscript_image_file(str(tmp_path / "frames.pt"))
+    output = str(tmp_path / "out")
+    assert main(["extract", "--manifest", small_manifest, "--output", output, "--image-encoder", scripted,
+                 "--text-encoder", "none", "--audio-encoder", "none"]) == 0
+    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
+        encoders = json.load(handle)["encoders"]
+    assert list(encoders) == ["video"] and (encoders["video"]["name"], encoders["video"]["dim"]) == ("frames.pt", 12)
+    assert ds.dataset(os.path.join(output, encoders["video"]["table"])).count_rows() == 1
