@@ -26,7 +26,7 @@ import torch
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines.extract import build_handlers
+from pipelines.extract_graph import build_handlers
 from schemas.config import EncodeConfig, ExtractConfig
 from transforms.embed import EmbedItems
 from transforms.encoders.base import resolve_device

@@ -110,3 +110,16 @@ def summarise(directory: str) -> dict[str, Any]:
             "by_stage_and_kind": dict(sorted(collections.Counter(f"{s}/{k}" for s, k in zip(stages, kinds)).items())),
         },
     }
+
+
+def runner_metrics(result: Any) -> dict[str, int]:
+    """Beam counters of a finished pipeline (``mmfeat`` namespace), or ``{}`` where the runner reports none."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # the DaskRunner and others do not implement metrics
+        return {}
+    totals: dict[str, int] = collections.defaultdict(int)
+    for counter in counters:
+        if counter.key.metric.namespace == "mmfeat":
+            totals[counter.key.metric.name] += counter.committed or counter.attempted or 0
+    return dict(sorted(totals.items()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -14,7 +15,8 @@ from pipelines.extract import RunReport, check_output, default_run_id, run_extra
 from pipelines.manifest import Corpus, read_folder, read_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.beam_args import check_beam_args
-from runners.presets import RUNNER_PRESETS, build_runner
+from runners.status import format_status
+from runners.presets import RUNNER_PRESETS, add_runner_arguments, build_runner
 from schemas.config import DEVICES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig
 from schemas.errors import ConfigError
 from transforms.encoders.base import resolve_device
@@ -46,7 +48,7 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     source.add_argument("--input", help="folder whose files are grouped by stem (a.mp4, a.wav, a.txt -> sample a)")
     parser.add_argument("--output", required=True, help="cache folder (local path or URI)")
     parser.add_argument("--runner", default="direct", choices=sorted(RUNNER_PRESETS), help="runner preset (default: direct)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes for the direct runner (default 1)")
+    add_runner_arguments(parser)
     parser.add_argument("--run-id", help="name of this run (default: a UTC timestamp)")
     parser.add_argument("--overwrite", action="store_true", help="replace the cache at --output instead of extending it")
     video = parser.add_argument_group("video")
@@ -101,6 +103,11 @@ def _add_sample_corpus(subparsers: argparse._SubParsersAction, common: argparse.
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
+def _add_status(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("status", parents=[common], help="list the runs of a cache and whether they committed")
+    parser.add_argument("output", help="cache folder")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions)."""
     parser = argparse.ArgumentParser(prog="mmfeat", description="Multimodal corpora to a Parquet feature cache.")
@@ -108,6 +115,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     common = _common_options()
     extract = _add_extract(subparsers, common)
     _add_sample_corpus(subparsers, common)
+    _add_status(subparsers, common)
     return parser, extract
 
 
@@ -175,20 +183,21 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
     corpus: Corpus = read_manifest(args.manifest) if args.manifest else read_folder(args.input)
     check_output(args.output, overwrite=args.overwrite)
     encoders = resolve_encoders(encode, config)
-    report = run_extract(
-        corpus,
-        output=args.output,
-        config=config,
-        tokenizer_path=tokenizer_path,
-        runner=choice.runner,
-        options=choice.options,
-        run_id=run_id,
-        overwrite=args.overwrite,
-        encoders=encoders,
-        encode=encode,
-        device=device,
-        recompute=args.recompute,
-    )
+    with choice.context():
+        report = run_extract(
+            corpus,
+            output=args.output,
+            config=config,
+            tokenizer_path=tokenizer_path,
+            runner=choice.runner,
+            options=choice.options,
+            run_id=run_id,
+            overwrite=args.overwrite,
+            encoders=encoders,
+            encode=encode,
+            device=device,
+            recompute=args.recompute,
+        )
     print(format_summary(report))
     ratio = report.n_failed / max(1, report.n_inputs)
     if ratio > config.max_failure_ratio:
@@ -206,13 +215,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser, extract_parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    # dask.distributed configures its own logging when imported (here and in cluster workers): quiet unless debugging.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if args.log_level == "DEBUG" else "warning")
+    for noisy in ("apache_beam", "distributed"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     try:
         if args.command == "extract":
             own = [opt for action in extract_parser._actions for opt in action.option_strings]
             return _extract(args, rest, own)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "status":
+            print(format_status(args.output))
+            return EXIT_OK
         if args.command == "make-sample-corpus":
             manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed)
             print(f"mmfeat make-sample-corpus: {args.n} samples, manifest {manifest}")

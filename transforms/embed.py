@@ -90,10 +90,12 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
                 vectors = self.encoder.embed(model.model, [item["payload"] for item in batch], device=device, precision=self.precision)
             if not np.all(np.isfinite(vectors)):
                 raise ValueError("the encoder produced NaN or infinite values")
+            beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
             return [self._embedding_row(item, vector) for item, vector in zip(batch, vectors)]
         except Exception as error:  # isolate the failing items; keep the rest of the batch
             if len(batch) == 1:
                 logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
+                beam.metrics.Metrics.counter("mmfeat", f"failures_{Stage.EMBED}_{ErrorKind.ENCODER_FAILED}").inc()
                 return [self._error_row(batch[0], error)]
             return [row for item in batch for row in self.run_inference([item], model, inference_args)]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -358,8 +359,8 @@ class ExtractSampleFn(beam.DoFn):
         self._tokenizer_path = tokenizer_path
         self._options = {"features_fingerprint": features_fingerprint, "run_id": run_id, "requests": requests, "known": known}
         self._extractor: Optional[SampleExtractor] = None
-        self._samples = beam.metrics.Metrics.counter("mmfeat", "samples")
-        self._failures = beam.metrics.Metrics.counter("mmfeat", "failures")
+        self._done = 0
+        self._last_report = 0.0
 
     def setup(self) -> None:
         tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
@@ -367,8 +368,29 @@ class ExtractSampleFn(beam.DoFn):
         mfcc_frames(np.zeros(self._config.audio.n_fft * 2, dtype=np.float32), config=self._config.audio)
 
     def process(self, record: ManifestRecord) -> Iterator[TableRow]:
-        self._samples.inc()
         for table, row in self._extractor.extract(record):
-            if table == "errors":
-                self._failures.inc()
+            _count(table, row)
             yield table, row
+        self._done += 1
+        if time.monotonic() - self._last_report > _PROGRESS_EVERY_S:
+            self._last_report = time.monotonic()
+            logger.info("extracted %d samples in this worker so far (last: %s)", self._done, record.sample_id)
+
+
+_PROGRESS_EVERY_S = 10.0
+
+
+def _count(table: str, row: dict[str, Any]) -> None:
+    """Beam counters (namespace ``mmfeat``) reported at the end of a run and written into ``_run.json``."""
+    counter = beam.metrics.Metrics.counter
+    if table == "samples":
+        counter("mmfeat", f"samples_{row['status']}").inc()
+        counter("mmfeat", "audio_ms").inc(int(1000 * (row["audio_duration_s"] or 0.0)))
+    elif table == SKIPPED_TABLE:
+        counter("mmfeat", "samples_unchanged").inc()
+    elif table == "frames":
+        counter("mmfeat", "frames").inc()
+    elif table == "text":
+        counter("mmfeat", "tokens").inc(len(row["token_ids"]))
+    elif table == "errors":
+        counter("mmfeat", f"failures_{row['stage']}_{row['error_kind']}").inc()

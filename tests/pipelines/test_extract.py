@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines.extract import ExtractToCache, run_extract
+from pipelines.extract import run_extract
+from pipelines.extract_graph import ExtractToCache
 from pipelines.manifest import read_manifest
 from schemas.config import ExtractConfig
 from schemas.errors import ConfigError
@@ -113,7 +114,8 @@ def test_no_staging_or_temporary_files_are_left(bad_run):
     _, output, _, _ = bad_run
     found = sorted(os.path.relpath(p, output) for p in glob.glob(os.path.join(output, "**", "*"), recursive=True))
     assert [p for p in found if "tmp" in p or "_staging" in p or "beam-temp" in p] == []
-    assert sorted(p for p in found if not p.endswith(".parquet")) == ["_run.json", *sorted(TABLE_NAMES)]
+    bookkeeping = ["_SUCCESS", "_run.json", "_runs", "_runs/run1.json"]
+    assert sorted(p for p in found if not p.endswith(".parquet")) == sorted(bookkeeping + list(TABLE_NAMES))
 
 
 def test_a_second_run_on_the_same_corpus_adds_nothing(bad_run, tokenizer_path, tmp_path):

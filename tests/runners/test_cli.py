@@ -24,7 +24,7 @@ def small_manifest(tmp_path) -> str:
     "args, message",
     [
         (["--manifest", "{tmp}/nope.jsonl"], "no such file"),
-        (["--manifest", "{manifest}", "--runner", "flink"], "invalid choice: 'flink'"),
+        (["--manifest", "{manifest}", "--runner", "samza"], "invalid choice: 'samza'"),
         (["--manifest", "{manifest}", "--fps", "0"], "--fps must be > 0"),
         (["--manifest", "{manifest}", "--fps", "2", "--frames-per-video", "4"], "not allowed with argument"),
         (["--manifest", "{manifest}", "--n-mfcc", "100"], "--n-mfcc must be in 1..n_mels=64"),

@@ -1,0 +1,141 @@
+"""The Beam graph of an extraction (see ``pipelines.extract`` for the run around it).
+
+Shape (one chain with branches merged by Flatten, safe on every runner; see FACTS.md)::
+
+    Create(records) -> Reshuffle -> ParDo(ExtractSampleFn) -> (table, row)
+      |-- cache rows ----------------------------------------------------------+
+      |-- _encode/<modality> items -> EmbedItems (RunInference) --+            |
+      |-- samples rows ------------------------------------------+-> Finalize -+-> Flatten
+                                                                                 -> (table, shard) GroupByKey -> write
+
+Finalize groups a sample's ``samples`` row with its embedding results (by
+``manifest_row``), so that a failed embedding makes the sample ``partial``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+
+from schemas.config import EncodeConfig, ExtractConfig
+from schemas.errors import Stage
+from schemas.tables import STATUS_OK, STATUS_PARTIAL, embedding_table_name
+from transforms.embed import EmbedItems, EncoderModelHandler
+from transforms.encoders.base import Encoder
+from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, ExtractSampleFn, KnownSample, encode_table
+from transforms.parquet_sink import WriteCacheTables
+
+
+class _FinalizeSamplesFn(beam.DoFn):
+    """A sample's ``samples`` row with its embedding results: embedding errors count, ``ok`` becomes ``partial``."""
+
+    def process(self, element: tuple[int, Iterable[tuple[str, dict[str, Any]]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+        _, rows = element
+        rows = list(rows)
+        embed_errors = sum(1 for table, row in rows if table == "errors" and row["stage"] == Stage.EMBED)
+        for table, row in rows:
+            if table == "samples" and embed_errors:
+                row = {**row, "n_errors": row["n_errors"] + embed_errors}
+                if row["status"] == STATUS_OK:
+                    row["status"] = STATUS_PARTIAL
+            yield table, row
+
+
+def _is_cache_row(pair: tuple[str, dict]) -> bool:
+    return pair[0] != "samples" and not pair[0].startswith(ENCODE_PREFIX)
+
+
+class ExtractToCache(beam.PTransform):
+    """``PCollection[ManifestRecord]`` -> Parquet files of every table under ``directory``.
+
+    Args:
+        handlers: model handlers by modality (empty: no embeddings).
+        known: what the cache already holds (incremental runs), by sample id.
+
+    Output: ``(table, path, n_rows)`` for each file written.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ExtractConfig,
+        tokenizer_path: str,
+        directory: str,
+        schemas: dict[str, pa.Schema],
+        num_shards: int,
+        handlers: Optional[dict[str, EncoderModelHandler]] = None,
+        known: Optional[dict[str, KnownSample]] = None,
+        features_fingerprint: str = "",
+        run_id: str = "",
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._tokenizer_path = tokenizer_path
+        self._directory = directory
+        self._schemas = schemas
+        self._num_shards = num_shards
+        self._handlers = handlers or {}
+        self._known = known or {}
+        self._features_fingerprint = features_fingerprint
+        self._run_id = run_id
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        requests = {
+            modality: EncodeRequest(modality, handler.encoder.needs, handler.encoder.fingerprint())
+            for modality, handler in self._handlers.items()
+        }
+        extract = ExtractSampleFn(
+            self._config,
+            self._tokenizer_path,
+            features_fingerprint=self._features_fingerprint,
+            run_id=self._run_id,
+            requests=requests,
+            known=self._known,
+        )
+        rows = (
+            records
+            # Spread samples over workers: Create alone hands them all to one bundle.
+            | "Spread" >> beam.Reshuffle()
+            | "Extract" >> beam.ParDo(extract)
+        )
+        cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
+        per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
+        for modality, handler in sorted(self._handlers.items()):
+            per_sample.append(
+                rows
+                | f"Items_{modality}" >> beam.Filter(lambda pair, table=encode_table(modality): pair[0] == table)
+                | f"Payload_{modality}" >> beam.Map(lambda pair: pair[1])
+                | f"Embed_{modality}" >> EmbedItems(handler, num_buckets=self._num_shards)
+            )
+        finalized = (
+            per_sample
+            | "MergePerSample" >> beam.Flatten()
+            | "KeyByManifestRow" >> beam.Map(lambda pair: (pair[1]["manifest_row"], pair))
+            | "GroupPerSample" >> beam.GroupByKey()
+            | "FinalizeSamples" >> beam.ParDo(_FinalizeSamplesFn())
+        )
+        return (
+            (cache_rows, finalized)
+            | "MergeAll" >> beam.Flatten()
+            | "Write" >> WriteCacheTables(self._directory, self._schemas, self._num_shards)
+        )
+
+
+
+def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EncoderModelHandler]:
+    """One model handler per encoder, with its modality's batch budget."""
+    budgets = {"text": encode.max_batch_tokens, "video": encode.max_batch_frames, "audio": encode.max_batch_audio_s}
+    return {
+        modality: EncoderModelHandler(
+            encoder,
+            table=embedding_table_name(modality, encoder.name, encoder.fingerprint()),
+            device=device,
+            precision=encode.precision,
+            min_batch_size=encode.min_batch_size,
+            max_batch_size=encode.max_batch_size,
+            budget=budgets[modality],
+            float16=encode.embedding_dtype == "float16",
+        )
+        for modality, encoder in encoders.items()
+    }

@@ -1,0 +1,140 @@
+"""Runner presets: the same rows on every runner, a portable graph, Dataflow options built for the user."""
+import argparse
+import os
+
+import apache_beam as beam
+import cloudpickle
+import pyarrow.dataset as ds
+import pytest
+
+from pipelines.extract_graph import ExtractToCache, build_handlers
+from pipelines.manifest import read_manifest
+from pipelines.run_report import embedding_tables
+from pipelines.sample_corpus import make_sample_corpus
+from runners.cli import main
+from runners.presets import dataflow_args
+from schemas.config import EncodeConfig, ExtractConfig
+from schemas.errors import ConfigError
+from schemas.tables import table_schemas
+from transforms.encoders.registry import resolve_encoders
+
+FAST_ENCODERS = ["--image-encoder", "builtin:color-hog", "--audio-encoder", "builtin:mfcc-stats", "--text-encoder", "minilm"]
+
+
+@pytest.fixture(scope="module")
+def sample_manifest(tmp_path_factory) -> str:
+    return make_sample_corpus(str(tmp_path_factory.mktemp("sample")), n=10, seed=1)
+
+
+@pytest.fixture(scope="module")
+def direct_output(sample_manifest, tmp_path_factory) -> str:
+    output = str(tmp_path_factory.mktemp("direct") / "cache")
+    assert main(["extract", "--manifest", sample_manifest, "--output", output, "--run-id", "r", *FAST_ENCODERS]) == 0
+    return output
+
+
+def _tables(output: str) -> dict[str, list[str]]:
+    names = ["samples", "frames", "audio", "text", "errors", *embedding_tables(output)]
+    return {name: sorted(map(repr, ds.dataset(os.path.join(output, name)).to_table().to_pylist())) for name in names}
+
+
+@pytest.mark.parametrize("runner_args", [["--workers", "2"], ["--runner", "dask", "--workers", "2"]], ids=["direct-2-workers", "dask-local-cluster"])
+def test_every_runner_writes_identical_rows(sample_manifest, direct_output, tmp_path, runner_args):
+    output = str(tmp_path / "cache")
+    assert main(["extract", "--manifest", sample_manifest, "--output", output, "--run-id", "r", *FAST_ENCODERS, *runner_args]) == 0
+    direct, other = _tables(direct_output), _tables(output)
+    assert set(other) == set(direct) and len(direct) == 8
+    for table in direct:
+        assert other[table] == direct[table], table
+    leftovers = [p for p in os.listdir(output) if p.startswith(("_staging", "_commit", "beam-temp", "_lock"))]
+    assert leftovers == []
+
+
+def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, tokenizer_path, tmp_path):
+    """A proxy for a Dataflow submission: the portable graph builds and every DoFn and model handler pickles."""
+    encode = EncodeConfig(text_encoder="minilm", image_encoder="efficientnet-lite0", audio_encoder="resemblyzer")
+    config = ExtractConfig()
+    handlers = build_handlers(resolve_encoders(encode, config), encode, "cpu")
+    corpus = read_manifest(sample_manifest)
+    schemas = dict(table_schemas(corpus.extra_fields))
+    transform = ExtractToCache(config=config, tokenizer_path=tokenizer_path, directory=str(tmp_path), schemas=schemas,
+                               num_shards=2, handlers=handlers)
+    pipeline = beam.Pipeline()
+    _ = pipeline | beam.Create(corpus.records) | transform
+    proto = pipeline.to_runner_api()
+    assert len(proto.components.transforms) > 20
+    beam.Pipeline.from_runner_api(proto, pipeline.runner, pipeline._options)
+    dofns = _dofns(pipeline)
+    names = {type(fn).__name__ for fn in dofns}
+    assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn"} <= names
+    for obj in [transform, *handlers.values(), *(h.with_no_batching() for h in handlers.values()), *dofns]:
+        restored = cloudpickle.loads(cloudpickle.dumps(obj))
+        assert type(restored) is type(obj)
+    handler = cloudpickle.loads(cloudpickle.dumps(handlers["text"]))
+    assert handler.encoder.fingerprint() == handlers["text"].encoder.fingerprint()
+
+
+def _dofns(pipeline: beam.Pipeline) -> list[beam.DoFn]:
+    """The DoFn of every ParDo in the pipeline graph."""
+    found = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, applied):
+            if isinstance(applied.transform, beam.ParDo):
+                found.append(applied.transform.fn)
+
+    pipeline.visit(Visitor())
+    return found
+
+
+def _dataflow(**overrides) -> argparse.Namespace:
+    values = dict(project="my-project", region="europe-west1", temp_location="gs://bucket/tmp", machine_type=None,
+                  gpu_type=None, gpu_count=1, sdk_container_image=None, max_num_workers=None)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_dataflow_options_are_built_for_the_user():
+    built = dataflow_args(_dataflow(machine_type="n1-standard-8", gpu_type="nvidia-tesla-t4", gpu_count=2,
+                                    sdk_container_image="europe-docker.pkg.dev/p/r/mmfeat-gpu:1", max_num_workers=20))
+    assert built[:4] == ["--runner=DataflowRunner", "--project=my-project", "--region=europe-west1", "--temp_location=gs://bucket/tmp"]
+    setup_file = next(a for a in built if a.startswith("--setup_file=")).split("=", 1)[1]
+    assert os.path.basename(setup_file) == "setup.py" and os.path.isfile(setup_file)
+    assert "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:2;install-nvidia-driver" in built
+    assert "--machine_type=n1-standard-8" in built and "--max_num_workers=20" in built
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(project=None), "needs --project"),
+        (dict(temp_location="/tmp/x"), "must be a gs:// folder"),
+        (dict(gpu_type="nvidia-tesla-t4"), "--gpu-type needs --sdk-container-image"),
+    ],
+)
+def test_dataflow_option_mistakes_fail_before_start(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        dataflow_args(_dataflow(**overrides))
+
+
+def test_dataflow_without_gcp_extras_says_what_to_install(sample_manifest, tmp_path, capsys):
+    argv = ["extract", "--manifest", sample_manifest, "--output", str(tmp_path / "o"), "--runner", "dataflow",
+            "--project", "p", "--region", "r", "--temp-location", "gs://b/t"]
+    assert main(argv) == 2
+    assert "apache-beam[gcp]" in capsys.readouterr().err
+
+
+def test_bad_dask_address_fails_before_start(sample_manifest, tmp_path, capsys):
+    argv = ["extract", "--manifest", sample_manifest, "--output", str(tmp_path / "o"), "--runner", "dask", "--dask-address", "localhost:8786"]
+    assert main(argv) == 2
+    assert "--dask-address must look like tcp://" in capsys.readouterr().err
+
+
+def test_portable_presets_name_the_runner_and_need_a_master(sample_manifest, tmp_path, capsys):
+    from runners.presets import build_runner
+
+    choice = build_runner("flink", argparse.Namespace(), ["--flink_master=localhost:8081", "--flink_job_server_jar=/jars/x.jar"])
+    assert choice.runner == "FlinkRunner"
+    assert choice.options.get_all_options()["flink_master"] == "localhost:8081"
+    assert main(["extract", "--manifest", sample_manifest, "--output", str(tmp_path / "o"), "--runner", "spark"]) == 2
+    assert "--runner spark needs --spark_master_url" in capsys.readouterr().err
