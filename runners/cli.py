@@ -169,6 +169,8 @@ def format_summary(report: RunReport) -> str:
         "  failures  " + (", ".join(f"{key} {n}" for key, n in failures.items()) or "none"),
         f"  wall time {s['wall_time_s']:.1f} s",
     ]
+    if s.get("metrics"):
+        lines.insert(-1, "  counters  " + ", ".join(f"{name} {value}" for name, value in s["metrics"].items()))
     return "\n".join(lines)
 
 

@@ -173,3 +173,26 @@ def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_pa
     assert set(direct) == set(dask)
     for table in direct:
         assert sorted(map(repr, dask[table])) == sorted(map(repr, direct[table])), table
+
+
+def test_beam_counters_are_reported_in_run_json(first_run):
+    _, _, output, report = first_run
+    metrics = report.summary["metrics"]
+    rows = {t: len(r) for t, r in _all_rows(output).items()}
+    assert metrics["samples_ok"] == 6 and metrics["frames"] == rows["frames"]
+    assert metrics["tokens"] == sum(len(r["token_ids"]) for r in _rows(output, "text"))
+    assert metrics["embeddings_text"] == 6 and metrics["embeddings_video"] == 4 and metrics["embeddings_audio"] == 6
+    assert metrics["audio_ms"] == pytest.approx(1000 * sum(r["audio_duration_s"] or 0 for r in _rows(output, "samples")), abs=10)
+    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["metrics"] == metrics
+
+
+def test_progress_is_logged_while_a_local_run_works(tmp_path, tokenizer_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr("transforms.extract_sample._PROGRESS_EVERY_S", 0.0)
+    manifest = _corpus(tmp_path)
+    with caplog.at_level(logging.INFO, logger="transforms.extract_sample"):
+        _run(manifest, str(tmp_path / "out"), tokenizer_path, run_id="p", text_encoder="none", image_encoder="none", audio_encoder="none")
+    progress = [r.getMessage() for r in caplog.records if "extracted" in r.getMessage()]
+    assert progress and progress[-1].startswith("extracted 6 samples in this worker so far")
