@@ -34,7 +34,7 @@ def known_samples(directory: str) -> dict[str, KnownSample]:
     """Per sample id: content hash, feature fingerprint, modalities with features and embeddings already cached."""
     samples = read_columns(
         table_files(directory, "samples"),
-        ["sample_id", "content_hash", "features_fingerprint", "manifest_ok", "n_frames", "n_audio_windows", "n_tokens"],
+        ["sample_id", "content_hash", "features_fingerprint", "manifest_hash", "manifest_ok", "n_frames", "n_audio_windows", "n_tokens"],
     )
     if samples.num_rows == 0:
         return {}
@@ -51,6 +51,7 @@ def known_samples(directory: str) -> dict[str, KnownSample]:
         known[row["sample_id"]] = KnownSample(
             content_hash=row["content_hash"],
             features_fingerprint=row["features_fingerprint"],
+            manifest_hash=row["manifest_hash"],
             modalities_with_features=frozenset(with_features),
             embedded=frozenset(embedded.get(row["sample_id"], ())),
         )

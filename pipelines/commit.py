@@ -19,7 +19,6 @@ too, as do earlier embedding errors of samples this run embedded again.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any

@@ -23,7 +23,8 @@ from schemas.errors import Stage
 from schemas.tables import STATUS_OK, STATUS_PARTIAL, embedding_table_name
 from transforms.embed import EmbedItems, EncoderModelHandler
 from transforms.encoders.base import Encoder
-from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, ExtractSampleFn, KnownSample, encode_table
+from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, KnownSample, encode_table
+from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.parquet_sink import WriteCacheTables
 
 

@@ -19,7 +19,7 @@ import os
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems

@@ -1,6 +1,8 @@
 """Record types that travel through the extraction pipeline."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -32,6 +34,11 @@ class ManifestRecord:
     text: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
     error: Optional[ManifestError] = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what the row says (URIs and extra columns): a changed label makes the sample recomputed."""
+        content = {"video": self.video, "audio": self.audio, "text": self.text, "extra": self.extra}
+        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
     def uris(self) -> dict[str, str]:
         """The modalities present, ``{modality: uri}``, in the order video, audio, text."""

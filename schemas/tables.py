@@ -37,6 +37,7 @@ SAMPLES_BASE = pa.schema(
         pa.field("n_errors", pa.int32(), nullable=False),
         pa.field("manifest_ok", pa.bool_(), nullable=False),
         pa.field("features_fingerprint", pa.string(), nullable=False),
+        pa.field("manifest_hash", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
     ]
 )
@@ -44,7 +45,8 @@ SAMPLES_BASE = pa.schema(
 number in the manifest of the run that wrote the row; ``sample_id`` is unique
 among rows whose ``manifest_ok`` is true (a duplicate id keeps the first row
 and fails the others, with ``manifest_ok`` false). ``features_fingerprint``
-hashes the feature config; ``run_id`` names the run that computed the row.
+hashes the feature config, ``manifest_hash`` the manifest row (URIs and
+extra columns); ``run_id`` names the run that computed the row.
 Extra manifest columns are appended by ``samples_schema``."""
 
 FRAMES = pa.schema(

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from transforms.media_writers import write_media, write_mp4, write_wav
+from transforms.media_writers import write_mp4, write_wav
 
 
 def tone(frequency_hz: float, duration_s: float, *, sample_rate: int = 16000, amplitude: float = 0.4) -> np.ndarray:

@@ -10,8 +10,8 @@ Besides cache rows, a sample yields one *encoder item* per modality that an
 encoder will embed, under the table name ``_encode/<modality>``: the pipeline
 routes those to ``RunInference`` instead of the cache.
 
-Incremental runs: a sample whose files (content hash) and feature config are
-already in the cache yields only a ``_skipped`` marker, plus encoder items for
+Incremental runs: a sample whose files (content hash), manifest row and
+feature config are already in the cache yields only a ``_skipped`` marker, plus encoder items for
 the modalities whose current encoder has not embedded it yet.
 """
 from __future__ import annotations
@@ -19,11 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
-import apache_beam as beam
 import numpy as np
 
 from schemas.config import ExtractConfig
@@ -32,7 +30,7 @@ from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE, STATUS_FAILED, STATUS_OK, STATUS_PARTIAL
 from transforms import media_io
 from transforms.audio_decode import decode_mono
-from transforms.mfcc import MfccStream, mfcc_frames
+from transforms.mfcc import MfccStream
 from transforms.text import TextTokenizer, decode_utf8
 from transforms.video import FrameSampler
 
@@ -62,6 +60,7 @@ class KnownSample:
 
     content_hash: Optional[str]
     features_fingerprint: str
+    manifest_hash: str
     modalities_with_features: frozenset[str]
     embedded: frozenset[tuple[str, str]] = frozenset()  # (modality, encoder fingerprint)
 
@@ -127,6 +126,7 @@ class _SampleState:
             "n_errors": self.n_errors,
             "manifest_ok": record.error is None,
             "features_fingerprint": features_fingerprint,
+            "manifest_hash": record.fingerprint(),
             "run_id": run_id,
         }
 
@@ -175,7 +175,10 @@ class SampleExtractor:
             return
         readable, failures = self._hash_files(state)
         known = self.known.get(record.sample_id)
-        if known is not None and known.content_hash == state.content_hash() and known.features_fingerprint == self.features_fingerprint:
+        unchanged = known is not None and (known.content_hash, known.features_fingerprint, known.manifest_hash) == (
+            state.content_hash(), self.features_fingerprint, record.fingerprint()
+        )
+        if unchanged:
             yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row}
             missing = {
                 m for m, request in self.requests.items()
@@ -336,61 +339,3 @@ def _collect(chunks: Iterator[np.ndarray], sink: Optional[list[np.ndarray]]) -> 
         if sink is not None:
             sink.append(chunk)
         yield chunk
-
-
-class ExtractSampleFn(beam.DoFn):
-    """Beam wrapper of ``SampleExtractor``: ``ManifestRecord`` in, ``(table, row)`` out (one output only).
-
-    Config is kept from ``__init__``; the tokenizer is built and librosa's JIT
-    warmed in ``setup()``, once per worker, not on the first element.
-    """
-
-    def __init__(
-        self,
-        config: ExtractConfig,
-        tokenizer_path: str,
-        *,
-        features_fingerprint: str = "",
-        run_id: str = "",
-        requests: Optional[dict[str, EncodeRequest]] = None,
-        known: Optional[dict[str, KnownSample]] = None,
-    ) -> None:
-        self._config = config
-        self._tokenizer_path = tokenizer_path
-        self._options = {"features_fingerprint": features_fingerprint, "run_id": run_id, "requests": requests, "known": known}
-        self._extractor: Optional[SampleExtractor] = None
-        self._done = 0
-        self._last_report = 0.0
-
-    def setup(self) -> None:
-        tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
-        self._extractor = SampleExtractor(self._config, tokenizer, **self._options)
-        mfcc_frames(np.zeros(self._config.audio.n_fft * 2, dtype=np.float32), config=self._config.audio)
-
-    def process(self, record: ManifestRecord) -> Iterator[TableRow]:
-        for table, row in self._extractor.extract(record):
-            _count(table, row)
-            yield table, row
-        self._done += 1
-        if time.monotonic() - self._last_report > _PROGRESS_EVERY_S:
-            self._last_report = time.monotonic()
-            logger.info("extracted %d samples in this worker so far (last: %s)", self._done, record.sample_id)
-
-
-_PROGRESS_EVERY_S = 10.0
-
-
-def _count(table: str, row: dict[str, Any]) -> None:
-    """Beam counters (namespace ``mmfeat``) reported at the end of a run and written into ``_run.json``."""
-    counter = beam.metrics.Metrics.counter
-    if table == "samples":
-        counter("mmfeat", f"samples_{row['status']}").inc()
-        counter("mmfeat", "audio_ms").inc(int(1000 * (row["audio_duration_s"] or 0.0)))
-    elif table == SKIPPED_TABLE:
-        counter("mmfeat", "samples_unchanged").inc()
-    elif table == "frames":
-        counter("mmfeat", "frames").inc()
-    elif table == "text":
-        counter("mmfeat", "tokens").inc(len(row["token_ids"]))
-    elif table == "errors":
-        counter("mmfeat", f"failures_{row['stage']}_{row['error_kind']}").inc()

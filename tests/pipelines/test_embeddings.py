@@ -190,9 +190,22 @@ def test_beam_counters_are_reported_in_run_json(first_run):
 def test_progress_is_logged_while_a_local_run_works(tmp_path, tokenizer_path, caplog, monkeypatch):
     import logging
 
-    monkeypatch.setattr("transforms.extract_sample._PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("transforms.extract_sample_fn._PROGRESS_EVERY_S", 0.0)
     manifest = _corpus(tmp_path)
-    with caplog.at_level(logging.INFO, logger="transforms.extract_sample"):
+    with caplog.at_level(logging.INFO, logger="transforms.extract_sample_fn"):
         _run(manifest, str(tmp_path / "out"), tokenizer_path, run_id="p", text_encoder="none", image_encoder="none", audio_encoder="none")
     progress = [r.getMessage() for r in caplog.records if "extracted" in r.getMessage()]
     assert progress and progress[-1].startswith("extracted 6 samples in this worker so far")
+
+
+def test_a_changed_label_is_picked_up_by_the_next_run(first_run, tmp_path, tokenizer_path):
+    directory, manifest, output = _copy(first_run, tmp_path)
+    with open(manifest, encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle]
+    rows[2]["label"] = 7
+    relabelled = media.manifest(str(tmp_path / "relabelled.jsonl"), rows)
+    report = _run(relabelled, output, tokenizer_path, run_id="r2")
+    assert (report.summary["samples"]["ok"], report.summary["samples"]["unchanged"]) == (1, 5)
+    samples = _rows(output, "samples")
+    assert sorted((s["sample_id"], s["label"]) for s in samples) == [(f"s{i}", 7 if i == 2 else i % 2) for i in range(6)]
+    assert len(_rows(output, _set(output, "text"))) == 6

@@ -13,7 +13,6 @@ from pipelines.extract import run_extract
 from pipelines.extract_graph import ExtractToCache
 from pipelines.manifest import read_manifest
 from schemas.config import ExtractConfig
-from schemas.errors import ConfigError
 from schemas.tables import FEATURE_TABLES, SCHEMA_VERSION, TABLE_NAMES, samples_schema
 from tests import media
 from tests.beam_helpers import in_process_pipeline

@@ -6,7 +6,8 @@ from schemas.config import ExtractConfig, VideoConfig
 from schemas.records import ManifestRecord
 from tests import media
 from tests.beam_helpers import in_process_pipeline
-from transforms.extract_sample import ExtractSampleFn, SampleExtractor
+from transforms.extract_sample import SampleExtractor
+from transforms.extract_sample_fn import ExtractSampleFn
 
 
 @pytest.fixture()
