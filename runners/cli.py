@@ -6,6 +6,7 @@ exits with status 2 and a message that says what to fix.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -108,6 +109,64 @@ def _add_status(subparsers: argparse._SubParsersAction, common: argparse.Argumen
     parser.add_argument("output", help="cache folder")
 
 
+def _add_train(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from trainer.heads import FUSIONS
+
+    parser = subparsers.add_parser("train", parents=[common], help="fit a fusion head on a cache, with cross-validation")
+    parser.add_argument("--cache", required=True, help="a cache written by mmfeat extract")
+    parser.add_argument("--label", action="append", required=True, help="label column of the samples table (repeat for multi-task)")
+    parser.add_argument("--fusion", default="attention", choices=FUSIONS)
+    parser.add_argument("--modalities", help="comma-separated subset of video,audio,text (default: every embedded modality)")
+    parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set (default: the latest run's)")
+    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none)")
+    parser.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
+    parser.add_argument("--output", required=True, help="folder for metrics.json and the checkpoint")
+    for name, kind, default in [("hidden", int, 32), ("epochs", int, 300), ("batch-size", int, 32), ("learning-rate", float, 3e-3),
+                                ("weight-decay", float, 1e-2), ("patience", int, 30), ("modality-dropout", float, 0.0), ("seed", int, 0)]:
+        parser.add_argument(f"--{name}", type=kind, default=default)
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("evaluate", parents=[common], help="score a trained model on a cache")
+    parser.add_argument("--model", required=True, help="the --output folder of mmfeat train")
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set")
+
+
+def _encoder_choices(values: list[str]) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        modality, sep, name = value.partition("=")
+        if not sep or modality not in ("video", "audio", "text"):
+            raise ConfigError(f"--encoder must look like text=all-minilm-l6-v2 (got {value!r})")
+        pairs[modality] = name
+    return pairs
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainer.run import train
+    from trainer.train import TrainConfig
+
+    config = TrainConfig(fusion=args.fusion, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, weight_decay=args.weight_decay, patience=args.patience,
+                         modality_dropout=args.modality_dropout, seed=args.seed)
+    modalities = args.modalities.split(",") if args.modalities else None
+    report = train(args.cache, labels=args.label, config=config, output=args.output, folds=args.folds, modalities=modalities,
+                   encoders=_encoder_choices(args.encoder), task_type=args.task_type)
+    print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
+    for name, mean in report.get("mean", {}).items():
+        print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from trainer.run import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.model, args.cache, encoders=_encoder_choices(args.encoder))
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions)."""
     parser = argparse.ArgumentParser(prog="mmfeat", description="Multimodal corpora to a Parquet feature cache.")
@@ -116,6 +175,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     extract = _add_extract(subparsers, common)
     _add_sample_corpus(subparsers, common)
     _add_status(subparsers, common)
+    _add_train(subparsers, common)
+    _add_evaluate(subparsers, common)
     return parser, extract
 
 
@@ -227,6 +288,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _extract(args, rest, own)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "status":
             print(format_status(args.output))
             return EXIT_OK

@@ -1,0 +1,49 @@
+"""Checkpoints: ``model.pt`` (a state_dict, loaded with ``weights_only=True``) and ``model.json``, which
+holds everything needed to rebuild the model: modalities and input sizes, fusion, hyper-parameters,
+tasks and the standardisation statistics of the training data."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from trainer.heads import FusionModel
+from trainer.train import Fitted, Standardiser, Task, TrainConfig
+
+WEIGHTS, CONFIG = "model.pt", "model.json"
+
+
+def save(fitted: Fitted, config: TrainConfig, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    torch.save(fitted.model.state_dict(), os.path.join(directory, WEIGHTS))
+    description = {
+        "dims": {m: int(fitted.standardiser.mean[m].shape[0]) for m in fitted.model.modalities},
+        "train_config": asdict(config),
+        "tasks": [asdict(t) for t in fitted.tasks],
+        "standardiser": {
+            "mean": {m: v.tolist() for m, v in fitted.standardiser.mean.items()},
+            "std": {m: v.tolist() for m, v in fitted.standardiser.std.items()},
+        },
+    }
+    with open(os.path.join(directory, CONFIG), "w", encoding="utf-8") as handle:
+        json.dump(description, handle, indent=2)
+
+
+def load(directory: str) -> tuple[Fitted, TrainConfig]:
+    """Rebuild a model from ``model.json`` and load its weights."""
+    with open(os.path.join(directory, CONFIG), encoding="utf-8") as handle:
+        description = json.load(handle)
+    config = TrainConfig(**description["train_config"])
+    tasks = [Task(**t) for t in description["tasks"]]
+    model = FusionModel(description["dims"], config.fusion, {t.label: t.outputs for t in tasks}, hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout)
+    model.load_state_dict(torch.load(os.path.join(directory, WEIGHTS), weights_only=True))
+    model.eval()
+    statistics = description["standardiser"]
+    standardiser = Standardiser(
+        mean={m: np.asarray(v, np.float32) for m, v in statistics["mean"].items()},
+        std={m: np.asarray(v, np.float32) for m, v in statistics["std"].items()},
+    )
+    return Fitted(model, standardiser, tasks, history=[]), config
