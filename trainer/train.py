@@ -18,19 +18,24 @@ from torch import nn
 from schemas.errors import ConfigError
 from trainer.data import FeatureSet
 from trainer.heads import FUSIONS, FusionModel
-from trainer.metrics import classification_metrics, regression_metrics
+from trainer.metrics import classification_metrics, regression_metrics, sentiment_metrics
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Task:
-    """One label column: ``classification`` (with its ``classes``) or ``regression``; ``weight`` scales its loss."""
+    """One label column: ``classification`` (with its ``classes``) or ``regression``; ``weight`` scales its loss.
+
+    The kind (and, for regression, whether scores lie in [-3, 3]) is decided once from the whole
+    column, so every fold reports the same metrics.
+    """
 
     label: str
     kind: str
     classes: list[Any] = field(default_factory=list)
     weight: float = 1.0
+    sentiment: bool = False  # a regression on scores in [-3, 3]: also report the MMSA sentiment metrics
 
     @property
     def outputs(self) -> int:
@@ -51,7 +56,7 @@ def infer_task(label: str, values: np.ndarray, kind: str = "auto") -> Task:
     if kind == "classification":
         return Task(label, kind, classes=sorted(np.unique(values).tolist(), key=str))
     if kind == "regression":
-        return Task(label, kind)
+        return Task(label, kind, sentiment=bool(np.all(np.abs(values.astype(np.float64)) <= 3.0)))
     raise ConfigError(f"--task-type must be auto, classification or regression (got {kind!r})")
 
 
@@ -65,7 +70,7 @@ class TrainConfig:
     input_dropout: float = 0.0
     epochs: int = 300
     batch_size: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-2
     patience: int = 30
     validation_fraction: float = 0.2
@@ -81,7 +86,12 @@ class TrainConfig:
 
 @dataclass
 class Standardiser:
-    """Per-modality mean and std, estimated on present rows of the training fold only."""
+    """Per modality: the mean vector and one scale (the RMS distance to it), from present rows of the training fold only.
+
+    One scale per modality rather than one per dimension keeps the geometry of
+    an embedding: per-dimension z-scores would blow up near-constant, noisy
+    dimensions to the same weight as the informative ones.
+    """
 
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
@@ -94,7 +104,8 @@ class Standardiser:
             if len(rows) == 0:
                 rows = data.features[modality]
             mean[modality] = rows.mean(axis=0)
-            std[modality] = rows.std(axis=0) + 1e-6
+            scale = float(np.sqrt(((rows - mean[modality]) ** 2).sum(axis=1).mean())) if len(rows) else 1.0
+            std[modality] = np.full_like(mean[modality], max(scale, 1e-6))
         return cls(mean, std)
 
     def apply(self, data: FeatureSet) -> dict[str, torch.Tensor]:
@@ -197,6 +208,8 @@ def evaluate(fitted: Fitted, data: FeatureSet) -> dict[str, dict[str, Any]]:
         truth = task.targets(data.labels[task.label])
         if task.kind == "classification":
             result[task.label] = classification_metrics(truth, predictions[task.label], task.outputs)
+        elif task.sentiment:  # scores in [-3, 3]: also the metrics published tables use
+            result[task.label] = sentiment_metrics(truth, predictions[task.label])
         else:
             result[task.label] = regression_metrics(truth, predictions[task.label])
     return result

@@ -25,7 +25,8 @@ def test_train_writes_metrics_and_a_checkpoint_that_evaluate_reproduces(cache, t
     with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as handle:
         report = json.load(handle)
     assert len(report["folds"]) == 3 and set(report["mean"]) == set(report["std"]) >= {"accuracy", "f1_macro", "precision_macro", "recall_macro"}
-    assert sorted(os.listdir(model_dir)) == ["metrics.json", "model.json", "model.pt"]
+    assert sorted(os.listdir(model_dir)) == ["confusion_label.png", "loss.png", "metrics.json", "model.json", "model.pt"]
+    assert open(os.path.join(model_dir, "loss.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     assert main(["evaluate", "--model", model_dir, "--cache", cache]) == 0
     evaluated = json.loads(capsys.readouterr().out)
@@ -35,6 +36,7 @@ def test_train_writes_metrics_and_a_checkpoint_that_evaluate_reproduces(cache, t
 def test_unimodal_baseline_is_one_flag_away_and_bad_labels_fail_clearly(cache, tmp_path, capsys):
     assert main(["train", "--cache", cache, "--label", "score", "--modalities", "text", "--fusion", "concat", "--folds", "3",
                  "--epochs", "40", "--output", str(tmp_path / "m")]) == 0
-    assert "concat on text (24 samples)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "concat on text (24 samples)" in printed and "acc2_has0" in printed and "acc7" in printed
     assert main(["train", "--cache", cache, "--label", "mood", "--output", str(tmp_path / "x")]) == 2
     assert "--label ['mood']: not a column of the samples table" in capsys.readouterr().err

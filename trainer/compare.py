@@ -1,0 +1,50 @@
+"""Fusion heads against single-modality baselines, under the same cross-validation: one row per model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from trainer.data import FeatureSet, load_features
+from trainer.train import TrainConfig, cross_validate, infer_task
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """Mean and std of the main metric of one model (``f1_macro``, or ``pearson_r`` for regression)."""
+
+    model: str
+    modalities: str
+    metric: str
+    mean: float
+    std: float
+
+
+def only(data: FeatureSet, modality: str) -> FeatureSet:
+    """``data`` restricted to one modality (a unimodal baseline)."""
+    column = data.modalities.index(modality)
+    return FeatureSet(data.sample_ids, [modality], {modality: data.features[modality]}, data.present[:, column : column + 1], data.labels)
+
+
+def compare(
+    cache: str, *, label: str, fusions: tuple[str, ...] = ("attention", "concat", "weighted"), folds: int = 5,
+    config: Optional[TrainConfig] = None,
+) -> list[ComparisonRow]:
+    """Cross-validate each fusion on every modality, then ``concat`` on each modality alone."""
+    base = config or TrainConfig()
+    data = load_features(cache, labels=[label])
+    task = infer_task(label, data.labels[label])
+    metric = "f1_macro" if task.kind == "classification" else "pearson_r"
+    runs = [(fusion, data) for fusion in fusions] + [("concat", only(data, m)) for m in data.modalities]
+    rows = []
+    for fusion, subset in runs:
+        result = cross_validate(subset, [task], replace(base, fusion=fusion), folds)
+        name = fusion if len(subset.modalities) > 1 else f"{subset.modalities[0]} only"
+        rows.append(ComparisonRow(name, ",".join(subset.modalities), metric, result["mean"][metric], result["std"][metric]))
+    return rows
+
+
+def format_table(rows: list[ComparisonRow]) -> str:
+    width = max(len(r.model) for r in rows)
+    lines = [f"{'model':<{width}}  {'modalities':<17} {rows[0].metric} (mean ± std over folds)"]
+    lines += [f"{r.model:<{width}}  {r.modalities:<17} {r.mean:.3f} ± {r.std:.3f}" for r in rows]
+    return "\n".join(lines)
