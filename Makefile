@@ -20,7 +20,7 @@ $(BIN)/.installed: setup.py
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/mmfeat make-sample-corpus $(DEMO_CORPUS) --n 40 --seed 0
+	$(BIN)/mmfeat make-sample-corpus $(DEMO_CORPUS) --n 64 --seed 0
 	$(BIN)/mmfeat extract --manifest $(DEMO_CORPUS)/manifest.jsonl --output $(DEMO_OUTPUT) --overwrite
 	$(BIN)/mmfeat compare --cache $(DEMO_OUTPUT) --label label --log-level WARNING
 

@@ -8,7 +8,10 @@ Each sample carries three independent binary cues, one per modality:
 
 Nuisance variation (disc size and motion, noise, phase, sentence subject)
 is kept small, so that each cue is the main variation of its modality and a
-fusion head can learn the label from a few dozen samples.
+fusion head can learn the label from a few dozen samples. One latent per
+sample sets the disc's size, the pitch within its range and the sentence's
+subject together: it does not touch the label, but it links a clip's
+modalities, which cross-modal retrieval (and contrastive pretraining) needs.
 
 ``label`` is the majority of the three cues (``positive``/``negative``) and
 ``score`` their signed sum plus a little noise, clipped to [-3, 3] as sentiment scores are, so no single
@@ -38,11 +41,11 @@ _NEGATIVE = ["terrible", "awful", "horrible", "dreadful"]
 _SUBJECTS = ["This clip", "The scene", "This moment"]
 
 
-def _frames(rng: np.random.Generator, warm: bool) -> list[np.ndarray]:
+def _frames(rng: np.random.Generator, warm: bool, shared: float) -> list[np.ndarray]:
     hue = rng.uniform(0, 30) if warm else rng.uniform(190, 220)  # degrees
     colour = _hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.85, 1.0))
     background = np.full(3, rng.uniform(100, 120))  # neutral grey: the disc's colour is the only colour
-    radius = int(rng.uniform(0.35, 0.42) * HEIGHT)
+    radius = int((0.32 + 0.12 * shared) * HEIGHT)
     x0, y0 = rng.uniform(radius, WIDTH - radius), rng.uniform(radius, HEIGHT - radius)
     vx, vy = rng.uniform(-6, 6, size=2)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
@@ -65,20 +68,21 @@ def _hsv_to_rgb(hue_deg: float, saturation: float, value: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(hue_deg / 360.0, saturation, value)) * 255.0
 
 
-def _tone(rng: np.random.Generator, high: bool) -> np.ndarray:
-    f0 = rng.uniform(650, 800) if high else rng.uniform(180, 230)
+def _tone(rng: np.random.Generator, high: bool, shared: float) -> np.ndarray:
+    f0 = 650 + 150 * shared if high else 180 + 50 * shared
     t = np.arange(int(DURATION_S * SAMPLE_RATE)) / SAMPLE_RATE
     wave = sum((0.5**h) * np.sin(2 * np.pi * f0 * (h + 1) * t + rng.uniform(0, 2 * np.pi)) for h in range(3))
     envelope = np.minimum(1.0, np.minimum(t, DURATION_S - t) / 0.1)
     return (0.3 * wave * envelope + rng.normal(0, 0.02, size=t.shape)).astype(np.float32)
 
 
-def _sentence(rng: np.random.Generator, positive: bool) -> str:
+def _sentence(rng: np.random.Generator, positive: bool, shared: float) -> str:
     word = rng.choice(_POSITIVE if positive else _NEGATIVE)
-    return f"{rng.choice(_SUBJECTS)} is {word}.\n"
+    subject = _SUBJECTS[min(int(shared * len(_SUBJECTS)), len(_SUBJECTS) - 1)]
+    return f"{subject} is {word}.\n"
 
 
-def make_sample_corpus(directory: str, *, n: int = 40, seed: int = 0) -> str:
+def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0) -> str:
     """Write ``n`` samples and ``manifest.jsonl`` into ``directory``; returns the manifest path.
 
     Manifest rows: ``id``, ``video``, ``text``, ``audio`` (for silent clips),
@@ -93,11 +97,12 @@ def make_sample_corpus(directory: str, *, n: int = 40, seed: int = 0) -> str:
     rows: list[dict[str, Any]] = []
     for index, (warm, high, positive) in enumerate(order):
         sample_id = f"clip{index:03d}"
-        sound = _tone(rng, high)
+        shared = float(rng.uniform(0, 1))  # one latent behind the disc's size, the pitch within its range and the subject
+        sound = _tone(rng, high, shared)
         separate_audio = index % 3 == 2
         write_mp4(
             os.path.join(directory, f"{sample_id}.mp4"),
-            _frames(rng, warm),
+            _frames(rng, warm, shared),
             width=WIDTH,
             height=HEIGHT,
             fps=FPS,
@@ -109,7 +114,7 @@ def make_sample_corpus(directory: str, *, n: int = 40, seed: int = 0) -> str:
             write_wav(os.path.join(directory, f"{sample_id}.wav"), sound, sample_rate=SAMPLE_RATE)
             row["audio"] = f"{sample_id}.wav"
         with open(os.path.join(directory, f"{sample_id}.txt"), "w", encoding="utf-8") as handle:
-            handle.write(_sentence(rng, positive))
+            handle.write(_sentence(rng, positive, shared))
         row["text"] = f"{sample_id}.txt"
         votes = int(warm) + int(high) + int(positive)
         row["label"] = "positive" if votes >= 2 else "negative"

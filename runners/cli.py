@@ -100,7 +100,7 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
 def _add_sample_corpus(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("make-sample-corpus", parents=[common], help="write a small synthetic corpus with labels")
     parser.add_argument("directory", help="folder to create")
-    parser.add_argument("--n", type=int, default=40, help="number of samples (default 40)")
+    parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -121,9 +121,54 @@ def _add_train(subparsers: argparse._SubParsersAction, common: argparse.Argument
     parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none)")
     parser.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
     parser.add_argument("--output", required=True, help="folder for metrics.json and the checkpoint")
+    parser.add_argument("--init", help="a mmfeat pretrain folder: start the modality projections from it")
     for name, kind, default in [("hidden", int, 32), ("epochs", int, 300), ("batch-size", int, 32), ("learning-rate", float, 1e-3),
                                 ("weight-decay", float, 1e-2), ("patience", int, 30), ("modality-dropout", float, 0.0), ("seed", int, 0)]:
         parser.add_argument(f"--{name}", type=kind, default=default)
+
+
+def _add_pretrain(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("pretrain", parents=[common], help="contrastive alignment of modality projections (no labels)")
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--output", required=True, help="folder for pretrain.pt and pretrain.json")
+    parser.add_argument("--modalities", help="comma-separated subset of video,audio,text")
+    for name, kind, default in [("hidden", int, 32), ("epochs", int, 200), ("temperature", float, 0.1), ("seed", int, 0)]:
+        parser.add_argument(f"--{name}", type=kind, default=default)
+
+
+def _add_retrieval(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("retrieval-eval", parents=[common], help="cross-modal retrieval recall@1/5/10")
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--query", default="text", choices=["video", "audio", "text"])
+    parser.add_argument("--target", default="video", choices=["video", "audio", "text"])
+    parser.add_argument("--model", help="a mmfeat pretrain folder (default: random projections, the baseline)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from trainer import pretrain as contrastive
+    from trainer.data import load_features
+
+    data = load_features(args.cache, labels=[], modalities=args.modalities.split(",") if args.modalities else None)
+    config = contrastive.PretrainConfig(hidden=args.hidden, epochs=args.epochs, temperature=args.temperature, seed=args.seed)
+    model, standardiser, history = contrastive.pretrain(data, config)
+    contrastive.save(model, standardiser, config, args.output)
+    print(f"mmfeat pretrain: {', '.join(data.modalities)} on {len(data.sample_ids)} samples, loss {history[0]:.3f} -> {history[-1]:.3f}; {args.output}")
+    return EXIT_OK
+
+
+def _retrieval(args: argparse.Namespace) -> int:
+    from trainer import pretrain as contrastive
+    from trainer.data import load_features
+
+    data = load_features(args.cache, labels=[], modalities=[args.query, args.target])
+    if args.model:
+        model, standardiser, _ = contrastive.load(args.model)
+    else:
+        model, standardiser = contrastive.random_projections(data, contrastive.PretrainConfig(seed=args.seed))
+    result = contrastive.retrieval_recall(model, standardiser, data, query=args.query, target=args.target)
+    print(json.dumps({"query": args.query, "target": args.target, "model": args.model or "random projections", **result}, indent=2))
+    return EXIT_OK
 
 
 def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -170,7 +215,7 @@ def _train(args: argparse.Namespace) -> int:
                          modality_dropout=args.modality_dropout, seed=args.seed)
     modalities = args.modalities.split(",") if args.modalities else None
     report = train(args.cache, labels=args.label, config=config, output=args.output, folds=args.folds, modalities=modalities,
-                   encoders=_encoder_choices(args.encoder), task_type=args.task_type)
+                   encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init)
     print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
     for name, mean in report.get("mean", {}).items():
         print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
@@ -196,6 +241,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     _add_train(subparsers, common)
     _add_evaluate(subparsers, common)
     _add_compare(subparsers, common)
+    _add_pretrain(subparsers, common)
+    _add_retrieval(subparsers, common)
     return parser, extract
 
 
@@ -313,6 +360,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _evaluate(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "pretrain":
+            return _pretrain(args)
+        if args.command == "retrieval-eval":
+            return _retrieval(args)
         if args.command == "status":
             print(format_status(args.output))
             return EXIT_OK

@@ -129,6 +129,11 @@ _FUSION_MODULES = {
 }
 
 
+def projection(in_dim: int, hidden: int, *, dropout: float = 0.1, input_dropout: float = 0.0) -> nn.Sequential:
+    """A modality's projection ``(batch, in_dim) -> (batch, hidden)``, shared by fusion models and contrastive pretraining."""
+    return nn.Sequential(nn.Dropout(input_dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout))
+
+
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
@@ -154,7 +159,7 @@ class FusionModel(nn.Module):
         self.modalities = list(dims)
         self.fusion_name = fusion
         self.projections = nn.ModuleDict(
-            {m: nn.Sequential(nn.Dropout(input_dropout), nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)) for m, d in dims.items()}
+            {m: projection(d, hidden, dropout=dropout, input_dropout=input_dropout) for m, d in dims.items()}
         )
         if fusion == "late":
             self.late_heads = nn.ModuleDict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from typing import Any, Optional
 
 from trainer import checkpoint
@@ -24,11 +25,14 @@ def train(
     modalities: Optional[list[str]] = None,
     encoders: Optional[dict[str, str]] = None,
     task_type: str = "auto",
+    init: Optional[str] = None,
 ) -> dict[str, Any]:
     """Cross-validate (when ``folds`` >= 2), then fit on every sample and save the checkpoint.
 
     Writes ``{output}/metrics.json`` (``folds``, ``mean``, ``std``, config, tasks, modalities) and the checkpoint.
     """
+    if init:
+        config = replace(config, init=init)
     data = load_features(cache, labels=labels, modalities=modalities, encoders=encoders)
     tasks = [infer_task(label, data.labels[label], task_type) for label in labels]
     logger.info("training %s on %d samples, modalities %s, tasks %s", config.fusion, len(data.sample_ids), data.modalities, labels)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -76,6 +76,7 @@ class TrainConfig:
     validation_fraction: float = 0.2
     modality_dropout: float = 0.0
     seed: int = 0
+    init: Optional[str] = None  # a pretrain folder whose projections start the model (hidden sizes must match)
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -151,6 +152,8 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig) -> Fitted:
     standardiser = Standardiser.fit(train)
     model = FusionModel({m: data.features[m].shape[1] for m in data.modalities}, config.fusion, {t.label: t.outputs for t in tasks},
                         hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout)
+    if config.init:
+        _start_from_pretrained(model, config.init, data.modalities)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     tensors = {}
     for name, part in (("train", train), ("val", val)):
@@ -179,6 +182,8 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig) -> Fitted:
             train_loss = float(_total_loss(model, *tensors["train"], tasks, slice(None)))
             val_loss = float(_total_loss(model, *tensors["val"], tasks, slice(None)))
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        if epoch % 25 == 0:
+            logger.info("epoch %d: train loss %.4f, validation loss %.4f", epoch, train_loss, val_loss)
         if val_loss < best_loss - 1e-6:
             best_state, best_loss, since_best = copy.deepcopy(model.state_dict()), val_loss, 0
         else:
@@ -188,6 +193,18 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig) -> Fitted:
     model.load_state_dict(best_state)
     model.eval()
     return Fitted(model, standardiser, tasks, history)
+
+
+def _start_from_pretrained(model: FusionModel, directory: str, modalities: list[str]) -> None:
+    from trainer.pretrain import load
+
+    pretrained, _, pretrain_config = load(directory)
+    missing = [m for m in modalities if m not in pretrained.projections]
+    if missing or pretrain_config.hidden != model.projections[modalities[0]][1].out_features:
+        raise ConfigError(f"--init {directory}: pretrained on {list(pretrained.projections)} with hidden {pretrain_config.hidden}; "
+                          f"the model needs {modalities} with hidden {model.projections[modalities[0]][1].out_features}")
+    for modality in modalities:
+        model.projections[modality].load_state_dict(pretrained.projections[modality].state_dict())
 
 
 def predict(fitted: Fitted, data: FeatureSet) -> dict[str, np.ndarray]:

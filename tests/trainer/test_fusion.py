@@ -100,3 +100,12 @@ def test_seeded_cross_validation_is_reproducible():
     second = cross_validate(data, tasks, TrainConfig(fusion="gated", epochs=60, seed=5), folds=3)
     assert first["folds"] == second["folds"] and first["mean"] == second["mean"]
     assert len(first["folds"]) == 3 and set(first["mean"]) >= {"accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"}
+
+
+def test_training_progress_is_logged_per_epoch(caplog):
+    import logging
+
+    data = _xor(60, seed=4)
+    with caplog.at_level(logging.INFO, logger="trainer.train"):
+        fit(data, [infer_task("label", data.labels["label"])], TrainConfig(fusion="concat", epochs=30, patience=100))
+    assert [r.getMessage().split(":")[0] for r in caplog.records if r.getMessage().startswith("epoch")] == ["epoch 0", "epoch 25"]

@@ -8,7 +8,7 @@ from trainer.compare import compare
 
 @pytest.fixture(scope="module")
 def sample_cache(tmp_path_factory) -> str:
-    corpus = make_sample_corpus(str(tmp_path_factory.mktemp("corpus")), n=40, seed=0)
+    corpus = make_sample_corpus(str(tmp_path_factory.mktemp("corpus")), n=64, seed=0)
     output = str(tmp_path_factory.mktemp("cache") / "cache")
     assert main(["extract", "--manifest", corpus, "--output", output, "--log-level", "WARNING"]) == 0  # the default, real encoders
     return output
