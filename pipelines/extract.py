@@ -36,6 +36,7 @@ from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, TABLE_NAMES, embeddings_schema, table_schemas, with_metadata
 from transforms.encoders.base import Encoder
+from transforms.extract_sample import RunContext
 from transforms.media_io import sha256_of
 from transforms.parquet_sink import write_rows
 
@@ -182,7 +183,7 @@ def _run(
         | "ExtractToCache"
         >> ExtractToCache(
             config=config, tokenizer_path=tokenizer_path, directory=staging, schemas=schemas, num_shards=num_shards,
-            handlers=handlers, known=known, features_fingerprint=fingerprint, run_id=run_id,
+            handlers=handlers, context=RunContext(features_fingerprint=fingerprint, run_id=run_id, known=known),
         )
     )
     result = pipeline.run()

@@ -13,6 +13,7 @@ Finalize groups a sample's ``samples`` row with its embedding results (by
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
@@ -23,7 +24,7 @@ from schemas.errors import Stage
 from schemas.tables import STATUS_OK, STATUS_PARTIAL, embedding_table_name
 from transforms.embed import EmbedItems, EncoderModelHandler
 from transforms.encoders.base import Encoder
-from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, KnownSample, encode_table
+from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.parquet_sink import WriteCacheTables
 
@@ -52,7 +53,7 @@ class ExtractToCache(beam.PTransform):
 
     Args:
         handlers: model handlers by modality (empty: no embeddings).
-        known: what the cache already holds (incremental runs), by sample id.
+        context: the run's fingerprint, id and the cache's content (its encoder requests come from ``handlers``).
 
     Output: ``(table, path, n_rows)`` for each file written.
     """
@@ -66,9 +67,7 @@ class ExtractToCache(beam.PTransform):
         schemas: dict[str, pa.Schema],
         num_shards: int,
         handlers: Optional[dict[str, EncoderModelHandler]] = None,
-        known: Optional[dict[str, KnownSample]] = None,
-        features_fingerprint: str = "",
-        run_id: str = "",
+        context: Optional[RunContext] = None,
     ) -> None:
         super().__init__()
         self._config = config
@@ -77,23 +76,14 @@ class ExtractToCache(beam.PTransform):
         self._schemas = schemas
         self._num_shards = num_shards
         self._handlers = handlers or {}
-        self._known = known or {}
-        self._features_fingerprint = features_fingerprint
-        self._run_id = run_id
+        self._context = context or RunContext()
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         requests = {
             modality: EncodeRequest(modality, handler.encoder.needs, handler.encoder.fingerprint())
             for modality, handler in self._handlers.items()
         }
-        extract = ExtractSampleFn(
-            self._config,
-            self._tokenizer_path,
-            features_fingerprint=self._features_fingerprint,
-            run_id=self._run_id,
-            requests=requests,
-            known=self._known,
-        )
+        extract = ExtractSampleFn(self._config, self._tokenizer_path, replace(self._context, requests=requests))
         rows = (
             records
             # Spread samples over workers: Create alone hands them all to one bundle.

@@ -65,6 +65,23 @@ class KnownSample:
     embedded: frozenset[tuple[str, str]] = frozenset()  # (modality, encoder fingerprint)
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What one run brings to every sample: values to record, the encoders to feed, and what the cache holds.
+
+    Attributes:
+        features_fingerprint: hash of everything that determines the features (recorded per sample).
+        run_id: recorded per sample.
+        requests: the encoders to feed, by modality.
+        known: what the cache already holds, by sample id (empty: compute everything).
+    """
+
+    features_fingerprint: str = ""
+    run_id: str = ""
+    requests: dict[str, EncodeRequest] = field(default_factory=dict)
+    known: dict[str, KnownSample] = field(default_factory=dict)
+
+
 @dataclass
 class _SampleState:
     """What has been produced for one sample so far (counts, durations, errors, encoder payloads)."""
@@ -140,28 +157,17 @@ class SampleExtractor:
     Args:
         config: the feature configuration.
         tokenizer: the tokenizer of the ``text`` table.
-        features_fingerprint: hash of everything that determines the features (recorded per sample).
-        run_id: recorded per sample.
-        requests: the encoders to feed, by modality.
-        known: what the cache already holds, by sample id (empty: compute everything).
+        context: the run's fingerprint, id, encoder requests and cache content.
     """
 
-    def __init__(
-        self,
-        config: ExtractConfig,
-        tokenizer: TextTokenizer,
-        *,
-        features_fingerprint: str = "",
-        run_id: str = "",
-        requests: Optional[dict[str, EncodeRequest]] = None,
-        known: Optional[dict[str, KnownSample]] = None,
-    ) -> None:
+    def __init__(self, config: ExtractConfig, tokenizer: TextTokenizer, context: Optional[RunContext] = None) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.features_fingerprint = features_fingerprint
-        self.run_id = run_id
-        self.requests = requests or {}
-        self.known = known or {}
+        context = context or RunContext()
+        self.features_fingerprint = context.features_fingerprint
+        self.run_id = context.run_id
+        self.requests = context.requests
+        self.known = context.known
 
     def extract(self, record: ManifestRecord) -> Iterator[TableRow]:
         """Yield every row of ``record`` (the ``samples`` row after its features), then its encoder items.

@@ -11,7 +11,7 @@ import numpy as np
 from schemas.config import ExtractConfig
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
-from transforms.extract_sample import EncodeRequest, KnownSample, SampleExtractor, TableRow
+from transforms.extract_sample import RunContext, SampleExtractor, TableRow
 from transforms.mfcc import mfcc_frames
 from transforms.text import TextTokenizer
 
@@ -25,26 +25,17 @@ class ExtractSampleFn(beam.DoFn):
     warmed in ``setup()``, once per worker, not on the first element.
     """
 
-    def __init__(
-        self,
-        config: ExtractConfig,
-        tokenizer_path: str,
-        *,
-        features_fingerprint: str = "",
-        run_id: str = "",
-        requests: Optional[dict[str, EncodeRequest]] = None,
-        known: Optional[dict[str, KnownSample]] = None,
-    ) -> None:
+    def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None) -> None:
         self._config = config
         self._tokenizer_path = tokenizer_path
-        self._options = {"features_fingerprint": features_fingerprint, "run_id": run_id, "requests": requests, "known": known}
+        self._context = context or RunContext()
         self._extractor: Optional[SampleExtractor] = None
         self._done = 0
         self._last_report = 0.0
 
     def setup(self) -> None:
         tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
-        self._extractor = SampleExtractor(self._config, tokenizer, **self._options)
+        self._extractor = SampleExtractor(self._config, tokenizer, self._context)
         mfcc_frames(np.zeros(self._config.audio.n_fft * 2, dtype=np.float32), config=self._config.audio)
 
     def process(self, record: ManifestRecord) -> Iterator[TableRow]:

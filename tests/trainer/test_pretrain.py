@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.sample_corpus import make_sample_corpus
+from tests.trainer.caches import extract_sample_cache
 from runners.cli import main
 from trainer.data import load_features
 from trainer.pretrain import PretrainConfig, pretrain, random_projections, retrieval_recall
@@ -12,10 +12,7 @@ from trainer.pretrain import PretrainConfig, pretrain, random_projections, retri
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
-    corpus = make_sample_corpus(str(tmp_path_factory.mktemp("corpus")), n=64, seed=0)
-    output = str(tmp_path_factory.mktemp("cache") / "cache")
-    assert main(["extract", "--manifest", corpus, "--output", output, "--image-encoder", "builtin:color-hog", "--log-level", "WARNING"]) == 0
-    return output
+    return extract_sample_cache(tmp_path_factory, n=64, seed=0, image_encoder="builtin:color-hog")
 
 
 def test_pretraining_improves_recall_at_5_on_held_out_samples(cache):

@@ -1,17 +1,13 @@
 """The acceptance run: on the sample corpus, fusion heads beat every single-modality baseline by a wide margin."""
 import pytest
 
-from pipelines.sample_corpus import make_sample_corpus
-from runners.cli import main
+from tests.trainer.caches import extract_sample_cache
 from trainer.compare import compare
 
 
 @pytest.fixture(scope="module")
 def sample_cache(tmp_path_factory) -> str:
-    corpus = make_sample_corpus(str(tmp_path_factory.mktemp("corpus")), n=64, seed=0)
-    output = str(tmp_path_factory.mktemp("cache") / "cache")
-    assert main(["extract", "--manifest", corpus, "--output", output, "--log-level", "WARNING"]) == 0  # the default, real encoders
-    return output
+    return extract_sample_cache(tmp_path_factory, n=64, seed=0)  # the default, real encoders
 
 
 def test_fusion_reaches_090_macro_f1_while_each_modality_alone_stays_clearly_lower(sample_cache):

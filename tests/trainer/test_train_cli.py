@@ -4,16 +4,13 @@ import os
 
 import pytest
 
-from pipelines.sample_corpus import make_sample_corpus
+from tests.trainer.caches import extract_sample_cache
 from runners.cli import main
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
-    corpus = make_sample_corpus(str(tmp_path_factory.mktemp("corpus")), n=24, seed=2)
-    output = str(tmp_path_factory.mktemp("cache") / "cache")
-    assert main(["extract", "--manifest", corpus, "--output", output, "--image-encoder", "builtin:color-hog", "--log-level", "WARNING"]) == 0
-    return output
+    return extract_sample_cache(tmp_path_factory, n=24, seed=2, image_encoder="builtin:color-hog")
 
 
 def test_train_writes_metrics_and_a_checkpoint_that_evaluate_reproduces(cache, tmp_path, capsys):
