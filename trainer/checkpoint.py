@@ -7,7 +7,6 @@ import json
 import os
 from dataclasses import asdict
 
-import numpy as np
 import torch
 
 from trainer.heads import FusionModel
@@ -23,10 +22,7 @@ def save(fitted: Fitted, config: TrainConfig, directory: str) -> None:
         "dims": {m: int(fitted.standardiser.mean[m].shape[0]) for m in fitted.model.modalities},
         "train_config": asdict(config),
         "tasks": [asdict(t) for t in fitted.tasks],
-        "standardiser": {
-            "mean": {m: v.tolist() for m, v in fitted.standardiser.mean.items()},
-            "std": {m: v.tolist() for m, v in fitted.standardiser.std.items()},
-        },
+        "standardiser": fitted.standardiser.to_json(),
     }
     with open(os.path.join(directory, CONFIG), "w", encoding="utf-8") as handle:
         json.dump(description, handle, indent=2)
@@ -41,9 +37,4 @@ def load(directory: str) -> tuple[Fitted, TrainConfig]:
     model = FusionModel(description["dims"], config.fusion, {t.label: t.outputs for t in tasks}, hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout)
     model.load_state_dict(torch.load(os.path.join(directory, WEIGHTS), weights_only=True))
     model.eval()
-    statistics = description["standardiser"]
-    standardiser = Standardiser(
-        mean={m: np.asarray(v, np.float32) for m, v in statistics["mean"].items()},
-        std={m: np.asarray(v, np.float32) for m, v in statistics["std"].items()},
-    )
-    return Fitted(model, standardiser, tasks, history=[]), config
+    return Fitted(model, Standardiser.from_json(description["standardiser"]), tasks, history=[]), config

@@ -118,8 +118,7 @@ def save(model: Projections, standardiser: Standardiser, config: PretrainConfig,
     description = {
         "dims": {m: int(v.shape[0]) for m, v in standardiser.mean.items()},
         "config": asdict(config),
-        "standardiser": {"mean": {m: v.tolist() for m, v in standardiser.mean.items()},
-                         "std": {m: v.tolist() for m, v in standardiser.std.items()}},
+        "standardiser": standardiser.to_json(),
     }
     with open(os.path.join(directory, CONFIG), "w", encoding="utf-8") as handle:
         json.dump(description, handle, indent=2)
@@ -131,7 +130,4 @@ def load(directory: str) -> tuple[Projections, Standardiser, PretrainConfig]:
     config = PretrainConfig(**description["config"])
     model = Projections(description["dims"], config.hidden)
     model.load_state_dict(torch.load(os.path.join(directory, WEIGHTS), weights_only=True))
-    statistics = description["standardiser"]
-    standardiser = Standardiser({m: np.asarray(v, np.float32) for m, v in statistics["mean"].items()},
-                                {m: np.asarray(v, np.float32) for m, v in statistics["std"].items()})
-    return model.eval(), standardiser, config
+    return model.eval(), Standardiser.from_json(description["standardiser"]), config

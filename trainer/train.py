@@ -109,6 +109,17 @@ class Standardiser:
             std[modality] = np.full_like(mean[modality], max(scale, 1e-6))
         return cls(mean, std)
 
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready statistics (for checkpoints)."""
+        return {"mean": {m: v.tolist() for m, v in self.mean.items()}, "std": {m: v.tolist() for m, v in self.std.items()}}
+
+    @classmethod
+    def from_json(cls, statistics: dict[str, Any]) -> "Standardiser":
+        return cls(
+            mean={m: np.asarray(v, np.float32) for m, v in statistics["mean"].items()},
+            std={m: np.asarray(v, np.float32) for m, v in statistics["std"].items()},
+        )
+
     def apply(self, data: FeatureSet) -> dict[str, torch.Tensor]:
         return {
             m: torch.from_numpy(((data.features[m] - self.mean[m]) / self.std[m]) * data.present[:, i : i + 1]).float()

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.compare import only
 from trainer.data import FeatureSet
 from trainer.heads import FUSIONS, FusionModel
 from trainer.train import Task, TrainConfig, cross_validate, evaluate, fit, infer_task
@@ -21,15 +22,10 @@ def _xor(n: int, seed: int) -> FeatureSet:
     return FeatureSet([f"s{i}" for i in range(n)], ["video", "audio", "text"], features, np.ones((n, 3), bool), {"label": a ^ b})
 
 
-def _only(data: FeatureSet, modality: str) -> FeatureSet:
-    column = data.modalities.index(modality)
-    return FeatureSet(data.sample_ids, [modality], {modality: data.features[modality]}, data.present[:, column : column + 1], data.labels)
-
-
 def _xor_f1(fusion: str, modalities=None) -> float:
     train, test = _xor(240, seed=0), _xor(120, seed=1)
     if modalities:
-        train, test = _only(train, modalities), _only(test, modalities)
+        train, test = only(train, modalities), only(test, modalities)
     task = infer_task("label", train.labels["label"])
     fitted = fit(train, [task], TrainConfig(fusion=fusion, epochs=200, seed=0))
     return evaluate(fitted, test)["label"]["f1_macro"]
