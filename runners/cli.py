@@ -6,7 +6,6 @@ exits with status 2 and a message that says what to fix.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -17,6 +16,7 @@ from pipelines.manifest import Corpus, read_folder, read_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.beam_args import check_beam_args
 from runners.status import format_status
+from runners.training_commands import TRAINING_COMMANDS, add_training_commands
 from runners.presets import RUNNER_PRESETS, add_runner_arguments, build_runner
 from schemas.config import DEVICES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig
 from schemas.errors import ConfigError
@@ -109,127 +109,6 @@ def _add_status(subparsers: argparse._SubParsersAction, common: argparse.Argumen
     parser.add_argument("output", help="cache folder")
 
 
-def _add_train(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from trainer.heads import FUSIONS
-
-    parser = subparsers.add_parser("train", parents=[common], help="fit a fusion head on a cache, with cross-validation")
-    parser.add_argument("--cache", required=True, help="a cache written by mmfeat extract")
-    parser.add_argument("--label", action="append", required=True, help="label column of the samples table (repeat for multi-task)")
-    parser.add_argument("--fusion", default="attention", choices=FUSIONS)
-    parser.add_argument("--modalities", help="comma-separated subset of video,audio,text (default: every embedded modality)")
-    parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set (default: the latest run's)")
-    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none)")
-    parser.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
-    parser.add_argument("--output", required=True, help="folder for metrics.json and the checkpoint")
-    parser.add_argument("--init", help="a mmfeat pretrain folder: start the modality projections from it")
-    for name, kind, default in [("hidden", int, 32), ("epochs", int, 300), ("batch-size", int, 32), ("learning-rate", float, 1e-3),
-                                ("weight-decay", float, 1e-2), ("patience", int, 30), ("modality-dropout", float, 0.0), ("seed", int, 0)]:
-        parser.add_argument(f"--{name}", type=kind, default=default)
-
-
-def _add_pretrain(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("pretrain", parents=[common], help="contrastive alignment of modality projections (no labels)")
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--output", required=True, help="folder for pretrain.pt and pretrain.json")
-    parser.add_argument("--modalities", help="comma-separated subset of video,audio,text")
-    for name, kind, default in [("hidden", int, 32), ("epochs", int, 200), ("temperature", float, 0.1), ("seed", int, 0)]:
-        parser.add_argument(f"--{name}", type=kind, default=default)
-
-
-def _add_retrieval(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("retrieval-eval", parents=[common], help="cross-modal retrieval recall@1/5/10")
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--query", default="text", choices=["video", "audio", "text"])
-    parser.add_argument("--target", default="video", choices=["video", "audio", "text"])
-    parser.add_argument("--model", help="a mmfeat pretrain folder (default: random projections, the baseline)")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def _pretrain(args: argparse.Namespace) -> int:
-    from trainer import pretrain as contrastive
-    from trainer.data import load_features
-
-    data = load_features(args.cache, labels=[], modalities=args.modalities.split(",") if args.modalities else None)
-    config = contrastive.PretrainConfig(hidden=args.hidden, epochs=args.epochs, temperature=args.temperature, seed=args.seed)
-    model, standardiser, history = contrastive.pretrain(data, config)
-    contrastive.save(model, standardiser, config, args.output)
-    print(f"mmfeat pretrain: {', '.join(data.modalities)} on {len(data.sample_ids)} samples, loss {history[0]:.3f} -> {history[-1]:.3f}; {args.output}")
-    return EXIT_OK
-
-
-def _retrieval(args: argparse.Namespace) -> int:
-    from trainer import pretrain as contrastive
-    from trainer.data import load_features
-
-    data = load_features(args.cache, labels=[], modalities=[args.query, args.target])
-    if args.model:
-        model, standardiser, _ = contrastive.load(args.model)
-    else:
-        model, standardiser = contrastive.random_projections(data, contrastive.PretrainConfig(seed=args.seed))
-    result = contrastive.retrieval_recall(model, standardiser, data, query=args.query, target=args.target)
-    print(json.dumps({"query": args.query, "target": args.target, "model": args.model or "random projections", **result}, indent=2))
-    return EXIT_OK
-
-
-def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("compare", parents=[common], help="fusion heads against single-modality baselines, cross-validated")
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--label", required=True)
-    parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from trainer.compare import compare, format_table
-    from trainer.train import TrainConfig
-
-    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds, config=TrainConfig(seed=args.seed))
-    print(format_table(rows))
-    return EXIT_OK
-
-
-def _add_evaluate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("evaluate", parents=[common], help="score a trained model on a cache")
-    parser.add_argument("--model", required=True, help="the --output folder of mmfeat train")
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set")
-
-
-def _encoder_choices(values: list[str]) -> dict[str, str]:
-    pairs = {}
-    for value in values:
-        modality, sep, name = value.partition("=")
-        if not sep or modality not in ("video", "audio", "text"):
-            raise ConfigError(f"--encoder must look like text=all-minilm-l6-v2 (got {value!r})")
-        pairs[modality] = name
-    return pairs
-
-
-def _train(args: argparse.Namespace) -> int:
-    from trainer.run import train
-    from trainer.train import TrainConfig
-
-    config = TrainConfig(fusion=args.fusion, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, weight_decay=args.weight_decay, patience=args.patience,
-                         modality_dropout=args.modality_dropout, seed=args.seed)
-    modalities = args.modalities.split(",") if args.modalities else None
-    report = train(args.cache, labels=args.label, config=config, output=args.output, folds=args.folds, modalities=modalities,
-                   encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init)
-    print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
-    for name, mean in report.get("mean", {}).items():
-        print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
-    return EXIT_OK
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    from trainer.run import evaluate_checkpoint
-
-    result = evaluate_checkpoint(args.model, args.cache, encoders=_encoder_choices(args.encoder))
-    print(json.dumps(result, indent=2))
-    return EXIT_OK
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions)."""
     parser = argparse.ArgumentParser(prog="mmfeat", description="Multimodal corpora to a Parquet feature cache.")
@@ -238,11 +117,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     extract = _add_extract(subparsers, common)
     _add_sample_corpus(subparsers, common)
     _add_status(subparsers, common)
-    _add_train(subparsers, common)
-    _add_evaluate(subparsers, common)
-    _add_compare(subparsers, common)
-    _add_pretrain(subparsers, common)
-    _add_retrieval(subparsers, common)
+    add_training_commands(subparsers, common)
     return parser, extract
 
 
@@ -354,16 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _extract(args, rest, own)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command == "train":
-            return _train(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "compare":
-            return _compare(args)
-        if args.command == "pretrain":
-            return _pretrain(args)
-        if args.command == "retrieval-eval":
-            return _retrieval(args)
+        if args.command in TRAINING_COMMANDS:
+            return TRAINING_COMMANDS[args.command](args)
         if args.command == "status":
             print(format_status(args.output))
             return EXIT_OK

@@ -9,8 +9,8 @@ from dataclasses import asdict
 
 import torch
 
-from trainer.heads import FusionModel
-from trainer.train import Fitted, Standardiser, Task, TrainConfig
+from trainer.standardise import Standardiser
+from trainer.train import Fitted, Task, TrainConfig
 
 WEIGHTS, CONFIG = "model.pt", "model.json"
 
@@ -34,7 +34,7 @@ def load(directory: str) -> tuple[Fitted, TrainConfig]:
         description = json.load(handle)
     config = TrainConfig(**description["train_config"])
     tasks = [Task(**t) for t in description["tasks"]]
-    model = FusionModel(description["dims"], config.fusion, {t.label: t.outputs for t in tasks}, hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout)
+    model = config.build_model(description["dims"], {t.label: t.outputs for t in tasks})
     model.load_state_dict(torch.load(os.path.join(directory, WEIGHTS), weights_only=True))
     model.eval()
-    return Fitted(model, Standardiser.from_json(description["standardiser"]), tasks, history=[]), config
+    return Fitted(model, Standardiser.from_json(description["standardiser"]), tasks, history=[], chunk_rows=config.chunk_rows), config

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from trainer.data import FeatureSet, load_features
+from trainer.data import load_features
 from trainer.train import TrainConfig, cross_validate, infer_task
 
 
@@ -19,12 +19,6 @@ class ComparisonRow:
     std: float
 
 
-def only(data: FeatureSet, modality: str) -> FeatureSet:
-    """``data`` restricted to one modality (a unimodal baseline)."""
-    column = data.modalities.index(modality)
-    return FeatureSet(data.sample_ids, [modality], {modality: data.features[modality]}, data.present[:, column : column + 1], data.labels)
-
-
 def compare(
     cache: str, *, label: str, fusions: tuple[str, ...] = ("attention", "concat", "weighted"), folds: int = 5,
     config: Optional[TrainConfig] = None,
@@ -34,7 +28,7 @@ def compare(
     data = load_features(cache, labels=[label])
     task = infer_task(label, data.labels[label])
     metric = "f1_macro" if task.kind == "classification" else "pearson_r"
-    runs = [(fusion, data) for fusion in fusions] + [("concat", only(data, m)) for m in data.modalities]
+    runs = [(fusion, data) for fusion in fusions] + [("concat", data.only(m)) for m in data.modalities]
     rows = []
     for fusion, subset in runs:
         result = cross_validate(subset, [task], replace(base, fusion=fusion), folds)

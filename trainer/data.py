@@ -1,15 +1,20 @@
-"""Reading the cache for training: one embedding matrix per modality, a presence mask, and label columns.
+"""Reading the cache for training: one feature array per modality, a presence mask, and label columns.
 
-The trainer reads Parquet with pyarrow only (it never imports Beam). Samples
-whose status is ``failed``, whose manifest row was invalid, or whose label is
-missing are left out. A sample without a modality keeps a zero row for it and
-``present`` False: missing modalities are masked, not dropped.
+The trainer reads Parquet with pyarrow and dask only (it never imports Beam).
+Samples whose status is ``failed``, whose manifest row was invalid, or whose
+label is missing are left out. A sample without a modality keeps a zero row
+for it and ``present`` False: missing modalities are masked, not dropped.
+
+Embedding tables are read one dask partition at a time into arrays that live in
+memory, or, with ``storage``, in memory-mapped files: then a cache larger than
+memory trains in chunks (see ``trainer.chunks``). Only sample ids and labels
+are always held in memory.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -17,6 +22,8 @@ import pyarrow.dataset as ds
 
 from schemas.errors import ConfigError
 from schemas.tables import EMBEDDINGS_DIR, MODALITIES, STATUS_FAILED
+from trainer.cache_reader import read_partitions
+from trainer.sequences import allocate, embedding_sequences, mfcc_sequences
 
 
 @dataclass
@@ -26,9 +33,11 @@ class FeatureSet:
     Attributes:
         sample_ids: ``(n,)``.
         modalities: modality names, the column order of ``present``.
-        features: per modality, float32 ``(n, dim)`` (zeros where absent).
+        features: per modality, float32 ``(n, dim)``, or ``(n, max_steps, dim)`` for a sequence
+            modality (zeros where absent and after each length); numpy arrays or memory maps.
         present: bool ``(n, n_modalities)``.
         labels: per label column, ``(n,)`` values (str, int or float).
+        lengths: per sequence modality, int32 ``(n,)`` steps (0 where absent).
     """
 
     sample_ids: list[str]
@@ -36,15 +45,31 @@ class FeatureSet:
     features: dict[str, np.ndarray]
     present: np.ndarray
     labels: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
 
     def subset(self, index: np.ndarray) -> "FeatureSet":
+        """The rows ``index``, read into memory (from memory maps too)."""
         return FeatureSet(
             sample_ids=[self.sample_ids[i] for i in index],
             modalities=self.modalities,
-            features={m: f[index] for m, f in self.features.items()},
+            features={m: np.asarray(f[index]) for m, f in self.features.items()},
             present=self.present[index],
             labels={k: v[index] for k, v in self.labels.items()},
+            lengths={m: v[index] for m, v in self.lengths.items()},
         )
+
+    def only(self, modality: str) -> "FeatureSet":
+        """The same samples with one modality (a unimodal baseline)."""
+        column = self.modalities.index(modality)
+        return FeatureSet(self.sample_ids, [modality], {modality: self.features[modality]}, self.present[:, column : column + 1],
+                          self.labels, {m: v for m, v in self.lengths.items() if m == modality})
+
+    def dims(self) -> dict[str, int]:
+        """Input size per modality (the last axis)."""
+        return {m: int(self.features[m].shape[-1]) for m in self.modalities}
 
 
 def embedding_sets(cache: str, modality: str) -> list[str]:
@@ -86,19 +111,36 @@ def choose_set(cache: str, modality: str, wanted: Optional[str] = None) -> str:
 
 
 def load_features(
-    cache: str, *, labels: list[str], modalities: Optional[list[str]] = None, encoders: Optional[dict[str, str]] = None
+    cache: str,
+    *,
+    labels: list[str],
+    modalities: Optional[list[str]] = None,
+    encoders: Optional[dict[str, str]] = None,
+    sequences: tuple[str, ...] = (),
+    max_steps: int = 64,
+    audio_step_s: float = 0.1,
+    storage: Optional[str] = None,
+    blocksize: Optional[str] = None,
 ) -> FeatureSet:
-    """Join the chosen embedding sets and the label columns by ``sample_id``.
+    """Join the chosen embedding sets (or sequences) and the label columns by ``sample_id``.
+
+    Args:
+        sequences: modalities read as sequences (see ``trainer.sequences``) rather than pooled vectors.
+        max_steps: the longest sequence kept; longer ones are averaged over equal segments.
+        audio_step_s: seconds of MFCC frames averaged into one audio step.
+        storage: a folder for memory-mapped feature arrays (caches larger than memory); ``None``: in memory.
+        blocksize: the size of one dask partition (default ``trainer.cache_reader.DEFAULT_BLOCKSIZE``).
 
     Raises:
-        ConfigError: a label column or a modality's embeddings are missing.
+        ConfigError: a label column or a modality's features are missing.
     """
-    samples = ds.dataset(os.path.join(cache, "samples"), format="parquet").to_table()
-    missing = [label for label in labels if label not in samples.column_names]
+    samples_table = ds.dataset(os.path.join(cache, "samples"), format="parquet")
+    missing = [label for label in labels if label not in samples_table.schema.names]
     if missing:
-        raise ConfigError(f"--label {missing}: not a column of the samples table (columns: {samples.column_names})")
+        raise ConfigError(f"--label {missing}: not a column of the samples table (columns: {samples_table.schema.names})")
+    samples = samples_table.to_table(columns=["sample_id", "status", "manifest_ok", *labels])
     rows = [
-        r for r in samples.select(["sample_id", "status", "manifest_ok", *labels]).to_pylist()
+        r for r in samples.to_pylist()
         if r["manifest_ok"] and r["status"] != STATUS_FAILED and all(r[label] is not None for label in labels)
     ]
     ids = sorted({r["sample_id"] for r in rows})
@@ -107,22 +149,62 @@ def load_features(
     by_id = {r["sample_id"]: r for r in rows}
     index = {sample_id: i for i, sample_id in enumerate(ids)}
     chosen = modalities or [m for m in MODALITIES if embedding_sets(cache, m)]
-    features, present = {}, np.zeros((len(ids), len(chosen)), dtype=bool)
+    unknown = [m for m in sequences if m not in chosen]
+    if unknown:
+        raise ConfigError(f"--sequence {unknown}: not among the trained modalities {chosen}")
+    features, lengths, present = {}, {}, np.zeros((len(ids), len(chosen)), dtype=bool)
     for column, modality in enumerate(chosen):
-        name = choose_set(cache, modality, (encoders or {}).get(modality))
-        table = ds.dataset(os.path.join(cache, EMBEDDINGS_DIR, modality, name), format="parquet").to_table(columns=["sample_id", "vector"])
-        dim = table.schema.field("vector").type.list_size
-        matrix = np.zeros((len(ids), dim), dtype=np.float32)
-        vectors = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-        for row, sample_id in enumerate(table.column("sample_id").to_pylist()):
-            if sample_id in index:
-                matrix[index[sample_id]] = vectors[row]
-                present[index[sample_id], column] = True
-        features[modality] = matrix
+        if modality == "audio" and modality in sequences:
+            features[modality], lengths[modality] = mfcc_sequences(cache, index, max_steps=max_steps, step_s=audio_step_s,
+                                                                   storage=storage, blocksize=blocksize)
+            present[:, column] = lengths[modality] > 0
+            continue
+        folder = os.path.join(cache, EMBEDDINGS_DIR, modality, choose_set(cache, modality, (encoders or {}).get(modality)))
+        if modality in sequences:
+            features[modality], lengths[modality] = embedding_sequences(folder, index, max_steps=max_steps, storage=storage,
+                                                                        name=modality, blocksize=blocksize)
+            present[:, column] = lengths[modality] > 0
+        else:
+            features[modality] = _vectors(folder, index, present[:, column], storage=storage, name=modality, blocksize=blocksize)
     return FeatureSet(
         sample_ids=ids,
         modalities=chosen,
         features=features,
         present=present,
         labels={label: np.array([by_id[i][label] for i in ids]) for label in labels},
+        lengths=lengths,
     )
+
+
+def _vectors(folder: str, index: dict[str, int], present: np.ndarray, *, storage: Optional[str], name: str,
+             blocksize: Optional[str]) -> np.ndarray:
+    """The ``vector`` column of an embedding set as ``(n, dim)`` float32 rows aligned with ``index``; marks ``present``."""
+    dim = ds.dataset(folder, format="parquet").schema.field("vector").type.list_size
+    matrix = allocate(storage, name, (len(index), dim))
+    for part in read_partitions(folder, ["sample_id", "vector"], blocksize=blocksize):
+        vectors = part.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        positions = np.array([index.get(sample_id, -1) for sample_id in part.column("sample_id").to_pylist()], dtype=np.int64)
+        kept = positions >= 0
+        matrix[positions[kept]] = vectors[kept]
+        present[positions[kept]] = True
+    return matrix
+
+
+def estimated_bytes(cache: str, *, modalities: Optional[list[str]] = None, encoders: Optional[dict[str, str]] = None,
+                    sequences: tuple[str, ...] = (), max_steps: int = 64) -> int:
+    """How many bytes ``load_features`` would hold for these options (float32 arrays), from file metadata only."""
+    n = ds.dataset(os.path.join(cache, "samples"), format="parquet").count_rows()
+    total = 0
+    for modality in modalities or [m for m in MODALITIES if embedding_sets(cache, m)]:
+        if modality == "audio" and modality in sequences:
+            audio = ds.dataset(os.path.join(cache, "audio"), format="parquet")
+            first = audio.head(1, columns=["mfcc"]).column("mfcc").to_pylist() if audio.count_rows() else []
+            total += n * max_steps * (len(first[0][0]) if first and first[0] else 1) * 4
+            continue
+        schema = ds.dataset(os.path.join(cache, EMBEDDINGS_DIR, modality, choose_set(cache, modality, (encoders or {}).get(modality))),
+                            format="parquet").schema
+        if modality in sequences and "sequence" in schema.names:
+            total += n * max_steps * schema.field("sequence").type.value_type.list_size * 4
+        else:
+            total += n * schema.field("vector").type.list_size * 4
+    return total

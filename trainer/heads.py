@@ -11,6 +11,9 @@ and returns a fused vector ``(batch, fused_dim)``:
 * ``tensor``: tensor fusion, the outer product of ``[t_m, 1]`` over modalities (``t_m`` of size 8).
 * ``lowrank``: low-rank multimodal fusion, ``sum_r prod_m ([t_m, 1] W_m^r)``.
 * ``late``: no fusion module; each modality has its own task heads, predictions averaged over present modalities.
+
+A modality given as a sequence is encoded by a ``SequenceEncoder`` (GRU or
+transformer) instead of an MLP projection; the fusions see the same ``h``.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from trainer.sequence_encoders import SequenceEncoder
 
 FUSIONS = ("concat", "weighted", "attention", "gated", "tensor", "lowrank", "late")
 _SMALL = 8
@@ -148,19 +153,26 @@ class FusionModel(nn.Module):
         hidden: projection size.
         dropout: dropout in projections and heads.
         input_dropout: dropout on the (standardised) input features, against overfitting wide embeddings.
+        sequences: modalities whose inputs are sequences ``(batch, steps, dim)``, encoded by ``sequence_encoder``.
+        sequence_encoder: ``gru`` or ``transformer``.
+        max_steps: the longest sequence.
     """
 
     def __init__(
-        self, dims: dict[str, int], fusion: str, outputs: dict[str, int], *, hidden: int = 32, dropout: float = 0.1, input_dropout: float = 0.0
+        self, dims: dict[str, int], fusion: str, outputs: dict[str, int], *, hidden: int = 32, dropout: float = 0.1, input_dropout: float = 0.0,
+        sequences: tuple[str, ...] = (), sequence_encoder: str = "gru", max_steps: int = 64,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS} (got {fusion!r})")
         self.modalities = list(dims)
+        self.sequences = tuple(m for m in self.modalities if m in sequences)
         self.fusion_name = fusion
-        self.projections = nn.ModuleDict(
-            {m: projection(d, hidden, dropout=dropout, input_dropout=input_dropout) for m, d in dims.items()}
-        )
+        self.projections = nn.ModuleDict({
+            m: SequenceEncoder(d, hidden, sequence_encoder, max_steps=max_steps, dropout=dropout, input_dropout=input_dropout)
+            if m in self.sequences else projection(d, hidden, dropout=dropout, input_dropout=input_dropout)
+            for m, d in dims.items()
+        })
         if fusion == "late":
             self.late_heads = nn.ModuleDict(
                 {m: nn.ModuleDict({task: _mlp(hidden, hidden, size, dropout) for task, size in outputs.items()}) for m in dims}
@@ -169,9 +181,12 @@ class FusionModel(nn.Module):
             self.fusion = _FUSION_MODULES[fusion](len(dims), hidden)
             self.heads = nn.ModuleDict({task: _mlp(self.fusion.out_dim, hidden, size, dropout) for task, size in outputs.items()})
 
-    def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``inputs``: per modality ``(batch, dim)``; ``present``: bool ``(batch, M)``. Returns per task ``(batch, out)``."""
-        h = torch.stack([self.projections[m](inputs[m]) for m in self.modalities], dim=1)
+    def forward(
+        self, inputs: dict[str, torch.Tensor], present: torch.Tensor, lengths: Optional[dict[str, torch.Tensor]] = None
+    ) -> dict[str, torch.Tensor]:
+        """``inputs``: per modality ``(batch, dim)``, or ``(batch, steps, dim)`` for a sequence modality, whose
+        ``lengths`` are ``(batch,)``; ``present``: bool ``(batch, M)``. Returns per task ``(batch, out)``."""
+        h = torch.stack([self.encode(m, inputs[m], lengths) for m in self.modalities], dim=1)
         if self.fusion_name == "late":
             weights = present.float() / present.float().sum(dim=1, keepdim=True).clamp(min=1.0)
             outputs = {}
@@ -181,3 +196,11 @@ class FusionModel(nn.Module):
             return outputs
         fused = self.fusion(h, present)
         return {task: head(fused) for task, head in self.heads.items()}
+
+    def encode(self, modality: str, x: torch.Tensor, lengths: Optional[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """One modality's ``(batch, hidden)`` vector."""
+        if modality in self.sequences:
+            if lengths is None or modality not in lengths:
+                raise ValueError(f"{modality} is a sequence input: its lengths are needed")
+            return self.projections[modality](x, lengths[modality])
+        return self.projections[modality](x)

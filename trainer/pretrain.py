@@ -21,7 +21,7 @@ from torch import nn
 from schemas.errors import ConfigError
 from trainer.data import FeatureSet
 from trainer.heads import projection
-from trainer.train import Standardiser
+from trainer.standardise import Standardiser
 
 WEIGHTS, CONFIG = "pretrain.pt", "pretrain.json"
 

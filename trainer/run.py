@@ -1,18 +1,58 @@
-"""``mmfeat train`` and ``mmfeat evaluate`` as library functions: cache in, metrics.json and checkpoint out."""
+"""``mmfeat train`` and ``mmfeat evaluate`` as library functions: cache in, metrics.json and checkpoint out.
+
+``reader`` chooses where the feature arrays live: ``memory``, ``disk``
+(memory-mapped files in a scratch folder, deleted afterwards, trained in
+chunks of ``chunk_rows``), or ``auto``: ``disk`` when the features would take
+more than a quarter of this machine's memory.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+from schemas.errors import ConfigError
 from trainer import checkpoint
-from trainer.data import load_features
+from trainer.data import FeatureSet, estimated_bytes, load_features
 from trainer.plots import write_report_plots
 from trainer.train import TrainConfig, cross_validate, evaluate, fit, infer_task
 
 logger = logging.getLogger(__name__)
+
+READERS = ("auto", "memory", "disk")
+DISK_CHUNK_ROWS = 4096
+
+
+def memory_budget_bytes() -> int:
+    """A quarter of this machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+@contextlib.contextmanager
+def _features(cache: str, config: TrainConfig, *, labels: list[str], modalities: Optional[list[str]], encoders: Optional[dict[str, str]],
+              reader: str, scratch: Optional[str]) -> Iterator[tuple[FeatureSet, TrainConfig]]:
+    """The features for ``config``, in memory or memory-mapped under ``scratch`` (removed on exit), and the config to train with."""
+    if reader not in READERS:
+        raise ConfigError(f"--reader must be one of {', '.join(READERS)} (got {reader!r})")
+    options = dict(modalities=modalities, encoders=encoders, sequences=config.sequences, max_steps=config.max_steps)
+    if reader == "auto":
+        size, budget = estimated_bytes(cache, **options), memory_budget_bytes()
+        reader = "disk" if size > budget else "memory"
+        logger.info("features take about %.1f MiB (budget %.0f MiB): reading them into %s", size / 2**20, budget / 2**20, reader)
+    storage = tempfile.mkdtemp(prefix="mmfeat-features-", dir=scratch) if reader == "disk" else None
+    try:
+        data = load_features(cache, labels=labels, **options, audio_step_s=config.audio_step_s, storage=storage)
+        if storage and config.chunk_rows is None:
+            config = replace(config, chunk_rows=DISK_CHUNK_ROWS)
+        yield data, config
+    finally:
+        if storage:
+            shutil.rmtree(storage, ignore_errors=True)
 
 
 def train(
@@ -26,32 +66,41 @@ def train(
     encoders: Optional[dict[str, str]] = None,
     task_type: str = "auto",
     init: Optional[str] = None,
+    reader: str = "auto",
+    scratch: Optional[str] = None,
 ) -> dict[str, Any]:
     """Cross-validate (when ``folds`` >= 2), then fit on every sample and save the checkpoint.
 
     Writes ``{output}/metrics.json`` (``folds``, ``mean``, ``std``, config, tasks, modalities) and the checkpoint.
+    Memory-mapped features go to ``scratch`` (default: ``output``).
     """
     if init:
         config = replace(config, init=init)
-    data = load_features(cache, labels=labels, modalities=modalities, encoders=encoders)
-    tasks = [infer_task(label, data.labels[label], task_type) for label in labels]
-    logger.info("training %s on %d samples, modalities %s, tasks %s", config.fusion, len(data.sample_ids), data.modalities, labels)
-    report: dict[str, Any] = cross_validate(data, tasks, config, folds) if folds >= 2 else {}
-    fitted = fit(data, tasks, config)
-    checkpoint.save(fitted, config, output)
-    report |= {
-        "modalities": data.modalities,
-        "n_samples": len(data.sample_ids),
-        "final_model": {"metrics_on_training_cache": evaluate(fitted, data), "history": fitted.history},
-    }
+    os.makedirs(output, exist_ok=True)
+    with _features(cache, config, labels=labels, modalities=modalities, encoders=encoders, reader=reader, scratch=scratch or output) as (data, config):
+        tasks = [infer_task(label, data.labels[label], task_type) for label in labels]
+        logger.info("training %s on %d samples, modalities %s (sequences %s), tasks %s",
+                    config.fusion, len(data), data.modalities, list(data.lengths), labels)
+        report: dict[str, Any] = cross_validate(data, tasks, config, folds) if folds >= 2 else {}
+        fitted = fit(data, tasks, config)
+        checkpoint.save(fitted, config, output)
+        report |= {
+            "modalities": data.modalities,
+            "sequences": list(data.lengths),
+            "n_samples": len(data),
+            "final_model": {"metrics_on_training_cache": evaluate(fitted, data), "history": fitted.history},
+        }
     with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     write_report_plots(report, tasks, output)
     return report
 
 
-def evaluate_checkpoint(model_dir: str, cache: str, *, encoders: Optional[dict[str, str]] = None) -> dict[str, Any]:
+def evaluate_checkpoint(model_dir: str, cache: str, *, encoders: Optional[dict[str, str]] = None, reader: str = "auto",
+                        scratch: Optional[str] = None) -> dict[str, Any]:
     """Metrics of a saved model on (another) cache, per task."""
-    fitted, _ = checkpoint.load(model_dir)
-    data = load_features(cache, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders)
-    return evaluate(fitted, data)
+    fitted, config = checkpoint.load(model_dir)
+    with _features(cache, config, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders,
+                   reader=reader, scratch=scratch) as (data, config):
+        fitted.chunk_rows = config.chunk_rows
+        return evaluate(fitted, data)

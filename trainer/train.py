@@ -16,9 +16,13 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch import nn
 
 from schemas.errors import ConfigError
+from schemas.tables import MODALITIES
+from trainer.chunks import iter_chunks
 from trainer.data import FeatureSet
 from trainer.heads import FUSIONS, FusionModel
 from trainer.metrics import classification_metrics, regression_metrics, sentiment_metrics
+from trainer.sequence_encoders import SEQUENCE_ENCODERS
+from trainer.standardise import Standardiser
 
 logger = logging.getLogger(__name__)
 
@@ -77,65 +81,38 @@ class TrainConfig:
     modality_dropout: float = 0.0
     seed: int = 0
     init: Optional[str] = None  # a pretrain folder whose projections start the model (hidden sizes must match)
+    sequences: tuple[str, ...] = ()  # modalities read as sequences (see trainer.sequences)
+    sequence_encoder: str = "gru"
+    max_steps: int = 64
+    audio_step_s: float = 0.1
+    chunk_rows: Optional[int] = None  # rows held in memory at once (None: every row; set for memory-mapped caches)
 
     def __post_init__(self) -> None:
+        self.sequences = tuple(self.sequences)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"--fusion must be one of {', '.join(FUSIONS)} (got {self.fusion!r})")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"--modality-dropout must be in [0, 1) (got {self.modality_dropout})")
+        unknown = [m for m in self.sequences if m not in MODALITIES]
+        if unknown:
+            raise ConfigError(f"--sequence must name modalities among {', '.join(MODALITIES)} (got {unknown})")
+        if self.sequence_encoder not in SEQUENCE_ENCODERS:
+            raise ConfigError(f"--sequence-encoder must be one of {', '.join(SEQUENCE_ENCODERS)} (got {self.sequence_encoder!r})")
+        if self.max_steps < 1 or self.audio_step_s <= 0:
+            raise ConfigError(f"--max-steps must be >= 1 and --audio-step-s > 0 (got {self.max_steps}, {self.audio_step_s})")
+        if self.chunk_rows is not None and self.chunk_rows < self.batch_size:
+            raise ConfigError(f"--chunk-rows must be at least --batch-size {self.batch_size} (got {self.chunk_rows})")
 
-
-@dataclass
-class Standardiser:
-    """Per modality: the mean vector and one scale (the RMS distance to it), from present rows of the training fold only.
-
-    One scale per modality rather than one per dimension keeps the geometry of
-    an embedding: per-dimension z-scores would blow up near-constant, noisy
-    dimensions to the same weight as the informative ones.
-    """
-
-    mean: dict[str, np.ndarray]
-    std: dict[str, np.ndarray]
-
-    @classmethod
-    def fit(cls, data: FeatureSet) -> "Standardiser":
-        mean, std = {}, {}
-        for column, modality in enumerate(data.modalities):
-            rows = data.features[modality][data.present[:, column]]
-            if len(rows) == 0:
-                rows = data.features[modality]
-            mean[modality] = rows.mean(axis=0)
-            scale = float(np.sqrt(((rows - mean[modality]) ** 2).sum(axis=1).mean())) if len(rows) else 1.0
-            std[modality] = np.full_like(mean[modality], max(scale, 1e-6))
-        return cls(mean, std)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready statistics (for checkpoints)."""
-        return {"mean": {m: v.tolist() for m, v in self.mean.items()}, "std": {m: v.tolist() for m, v in self.std.items()}}
-
-    @classmethod
-    def from_json(cls, statistics: dict[str, Any]) -> "Standardiser":
-        return cls(
-            mean={m: np.asarray(v, np.float32) for m, v in statistics["mean"].items()},
-            std={m: np.asarray(v, np.float32) for m, v in statistics["std"].items()},
-        )
-
-    def apply(self, data: FeatureSet) -> dict[str, torch.Tensor]:
-        return {
-            m: torch.from_numpy(((data.features[m] - self.mean[m]) / self.std[m]) * data.present[:, i : i + 1]).float()
-            for i, m in enumerate(data.modalities)
-        }
+    def build_model(self, dims: dict[str, int], outputs: dict[str, int]) -> FusionModel:
+        """The fusion model these hyper-parameters describe, for inputs of ``dims`` and task ``outputs``."""
+        return FusionModel(dims, self.fusion, outputs, hidden=self.hidden, dropout=self.dropout, input_dropout=self.input_dropout,
+                           sequences=self.sequences, sequence_encoder=self.sequence_encoder, max_steps=self.max_steps)
 
 
 def _loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if task.kind == "classification":
         return nn.functional.cross_entropy(output, target)
     return nn.functional.mse_loss(output.squeeze(-1), target)
-
-
-def _total_loss(model: FusionModel, inputs, present, targets, tasks: list[Task], index) -> torch.Tensor:
-    outputs = model({m: x[index] for m, x in inputs.items()}, present[index])
-    return sum(task.weight * _loss(task, outputs[task.label], targets[task.label][index]) for task in tasks)
 
 
 @dataclass
@@ -146,55 +123,93 @@ class Fitted:
     standardiser: Standardiser
     tasks: list[Task]
     history: list[dict[str, float]]
+    chunk_rows: Optional[int] = None
 
 
-def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig) -> Fitted:
-    """Train on ``data``, holding out ``validation_fraction`` for early stopping (best validation loss kept)."""
+@dataclass
+class _Tensors:
+    """One chunk ready for the model: standardised inputs, presence, sequence lengths and targets per task."""
+
+    inputs: dict[str, torch.Tensor]
+    present: torch.Tensor
+    lengths: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, chunk: FeatureSet, standardiser: Standardiser, tasks: list[Task]) -> "_Tensors":
+        return cls(standardiser.apply(chunk), torch.from_numpy(chunk.present), {m: torch.from_numpy(v) for m, v in chunk.lengths.items()},
+                   {t.label: torch.from_numpy(t.targets(chunk.labels[t.label])) for t in tasks})
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    def loss(self, model: FusionModel, tasks: list[Task], index: Any = slice(None), present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The weighted task loss on rows ``index``; ``present`` overrides the mask (modality dropout zeroes the dropped inputs)."""
+        present = self.present[index] if present is None else present
+        inputs = {m: x[index] * present[:, i].reshape((-1,) + (1,) * (x.ndim - 1)) for i, (m, x) in enumerate(self.inputs.items())}
+        outputs = model(inputs, present, {m: v[index] for m, v in self.lengths.items()})
+        return sum(t.weight * _loss(t, outputs[t.label], self.targets[t.label][index]) for t in tasks)
+
+
+def _chunks(data: FeatureSet, index: np.ndarray, standardiser: Standardiser, tasks: list[Task], *, chunk_rows: Optional[int],
+            generator: Optional[torch.Generator] = None):
+    for chunk in iter_chunks(data, index, chunk_rows=chunk_rows, generator=generator):
+        yield _Tensors.of(chunk, standardiser, tasks)
+
+
+def _mean_loss(model: FusionModel, data: FeatureSet, index: np.ndarray, standardiser: Standardiser, tasks: list[Task],
+               chunk_rows: Optional[int]) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for tensors in _chunks(data, index, standardiser, tasks, chunk_rows=chunk_rows):
+            total += float(tensors.loss(model, tasks)) * len(tensors)
+    return total / max(len(index), 1)
+
+
+def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig, index: Optional[np.ndarray] = None) -> Fitted:
+    """Train on the rows ``index`` of ``data`` (default: all), holding out ``validation_fraction`` for early stopping.
+
+    The weights with the best validation loss are kept. With ``config.chunk_rows`` the rows are read chunk by
+    chunk (block-shuffled each epoch), so ``data`` may be memory-mapped and larger than memory.
+    """
+    index = np.arange(len(data)) if index is None else np.asarray(index)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    stratify = data.labels[tasks[0].label] if tasks[0].kind == "classification" else None
+    stratify = data.labels[tasks[0].label][index] if tasks[0].kind == "classification" else None
     try:
-        train_index, val_index = train_test_split(
-            np.arange(len(data.sample_ids)), test_size=config.validation_fraction, random_state=config.seed, stratify=stratify
-        )
+        train_index, val_index = train_test_split(index, test_size=config.validation_fraction, random_state=config.seed, stratify=stratify)
     except ValueError:  # too few samples of a class to stratify
-        train_index, val_index = train_test_split(np.arange(len(data.sample_ids)), test_size=config.validation_fraction, random_state=config.seed)
-    train, val = data.subset(train_index), data.subset(val_index)
-    standardiser = Standardiser.fit(train)
-    model = FusionModel({m: data.features[m].shape[1] for m in data.modalities}, config.fusion, {t.label: t.outputs for t in tasks},
-                        hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout)
+        train_index, val_index = train_test_split(index, test_size=config.validation_fraction, random_state=config.seed)
+    standardiser = Standardiser.fit(data, train_index, chunk_rows=config.chunk_rows)
+    model = config.build_model(data.dims(), {t.label: t.outputs for t in tasks})
     if config.init:
-        _start_from_pretrained(model, config.init, data.modalities)
+        _start_from_pretrained(model, config.init, config.hidden)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    tensors = {}
-    for name, part in (("train", train), ("val", val)):
-        tensors[name] = (standardiser.apply(part), torch.from_numpy(part.present),
-                         {t.label: torch.from_numpy(t.targets(part.labels[t.label])) for t in tasks})
+    chunked = config.chunk_rows is not None and len(train_index) > config.chunk_rows
+    in_memory = None if chunked else [_Tensors.of(data.subset(train_index), standardiser, tasks)]
     best_state, best_loss, since_best, history = copy.deepcopy(model.state_dict()), float("inf"), 0, []
-    n_train = len(train.sample_ids)
     for epoch in range(config.epochs):
         model.train()
-        inputs, present, targets = tensors["train"]
-        order = torch.randperm(n_train, generator=generator)
-        for start in range(0, n_train, config.batch_size):
-            index = order[start : start + config.batch_size]
-            batch_present = present[index]
-            if config.modality_dropout:
-                dropped = torch.rand(batch_present.shape, generator=generator) < config.modality_dropout
-                kept = batch_present & ~dropped
-                batch_present = torch.where(kept.any(dim=1, keepdim=True), kept, batch_present)
-            outputs = model({m: x[index] * batch_present[:, i : i + 1] for i, (m, x) in enumerate(inputs.items())}, batch_present)
-            loss = sum(t.weight * _loss(t, outputs[t.label], targets[t.label][index]) for t in tasks)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+        seen, train_loss = 0, 0.0
+        chunks = in_memory or _chunks(data, train_index, standardiser, tasks, chunk_rows=config.chunk_rows, generator=generator)
+        for tensors in chunks:
+            order = torch.randperm(len(tensors), generator=generator)
+            for start in range(0, len(tensors), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                present = tensors.present[batch]
+                if config.modality_dropout:
+                    kept = present & ~(torch.rand(present.shape, generator=generator) < config.modality_dropout)
+                    present = torch.where(kept.any(dim=1, keepdim=True), kept, present)
+                loss = tensors.loss(model, tasks, batch, present)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                seen, train_loss = seen + len(batch), train_loss + float(loss.detach()) * len(batch)
         model.eval()
-        with torch.no_grad():
-            train_loss = float(_total_loss(model, *tensors["train"], tasks, slice(None)))
-            val_loss = float(_total_loss(model, *tensors["val"], tasks, slice(None)))
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        val_loss = _mean_loss(model, data, val_index, standardiser, tasks, config.chunk_rows)
+        history.append({"epoch": epoch, "train_loss": train_loss / max(seen, 1), "val_loss": val_loss})
         if epoch % 25 == 0:
-            logger.info("epoch %d: train loss %.4f, validation loss %.4f", epoch, train_loss, val_loss)
+            logger.info("epoch %d: train loss %.4f, validation loss %.4f", epoch, history[-1]["train_loss"], val_loss)
         if val_loss < best_loss - 1e-6:
             best_state, best_loss, since_best = copy.deepcopy(model.state_dict()), val_loss, 0
         else:
@@ -203,37 +218,41 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig) -> Fitted:
                 break
     model.load_state_dict(best_state)
     model.eval()
-    return Fitted(model, standardiser, tasks, history)
+    return Fitted(model, standardiser, tasks, history, config.chunk_rows)
 
 
-def _start_from_pretrained(model: FusionModel, directory: str, modalities: list[str]) -> None:
+def _start_from_pretrained(model: FusionModel, directory: str, hidden: int) -> None:
     from trainer.pretrain import load
 
     pretrained, _, pretrain_config = load(directory)
-    missing = [m for m in modalities if m not in pretrained.projections]
-    if missing or pretrain_config.hidden != model.projections[modalities[0]][1].out_features:
-        raise ConfigError(f"--init {directory}: pretrained on {list(pretrained.projections)} with hidden {pretrain_config.hidden}; "
-                          f"the model needs {modalities} with hidden {model.projections[modalities[0]][1].out_features}")
-    for modality in modalities:
+    missing = [m for m in model.modalities if m not in pretrained.projections]
+    if missing or pretrain_config.hidden != hidden or model.sequences:
+        raise ConfigError(f"--init {directory}: pretrained vectors of {list(pretrained.projections)} with hidden {pretrain_config.hidden}; "
+                          f"the model needs vectors of {model.modalities} with hidden {hidden}"
+                          + (f" (sequence inputs {list(model.sequences)} cannot start from pretraining)" if model.sequences else ""))
+    for modality in model.modalities:
         model.projections[modality].load_state_dict(pretrained.projections[modality].state_dict())
 
 
-def predict(fitted: Fitted, data: FeatureSet) -> dict[str, np.ndarray]:
-    """Per task: class indices ``(n,)`` or real values ``(n,)``."""
+def predict(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """Per task, on the rows ``index`` (default: all): class indices ``(n,)`` or real values ``(n,)``."""
+    index = np.arange(len(data)) if index is None else np.asarray(index)
+    parts: dict[str, list[np.ndarray]] = {t.label: [] for t in fitted.tasks}
     with torch.no_grad():
-        outputs = fitted.model(fitted.standardiser.apply(data), torch.from_numpy(data.present))
-    return {
-        t.label: (outputs[t.label].argmax(dim=-1) if t.kind == "classification" else outputs[t.label].squeeze(-1)).numpy()
-        for t in fitted.tasks
-    }
+        for tensors in _chunks(data, index, fitted.standardiser, [], chunk_rows=fitted.chunk_rows):
+            outputs = fitted.model(tensors.inputs, tensors.present, tensors.lengths)
+            for t in fitted.tasks:
+                parts[t.label].append((outputs[t.label].argmax(dim=-1) if t.kind == "classification" else outputs[t.label].squeeze(-1)).numpy())
+    return {label: np.concatenate(values) for label, values in parts.items()}
 
 
-def evaluate(fitted: Fitted, data: FeatureSet) -> dict[str, dict[str, Any]]:
-    """Metrics per task on ``data``."""
-    predictions = predict(fitted, data)
+def evaluate(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, dict[str, Any]]:
+    """Metrics per task on the rows ``index`` of ``data`` (default: all)."""
+    index = np.arange(len(data)) if index is None else np.asarray(index)
+    predictions = predict(fitted, data, index)
     result = {}
     for task in fitted.tasks:
-        truth = task.targets(data.labels[task.label])
+        truth = task.targets(data.labels[task.label][index])
         if task.kind == "classification":
             result[task.label] = classification_metrics(truth, predictions[task.label], task.outputs)
         elif task.sentiment:  # scores in [-3, 3]: also the metrics published tables use
@@ -254,13 +273,13 @@ def cross_validate(data: FeatureSet, tasks: list[Task], config: TrainConfig, fol
     first = tasks[0]
     if first.kind == "classification":
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-        splits = splitter.split(np.zeros(len(data.sample_ids)), first.targets(data.labels[first.label]))
+        splits = splitter.split(np.zeros(len(data)), first.targets(data.labels[first.label]))
     else:
-        splits = KFold(n_splits=folds, shuffle=True, random_state=config.seed).split(np.zeros(len(data.sample_ids)))
+        splits = KFold(n_splits=folds, shuffle=True, random_state=config.seed).split(np.zeros(len(data)))
     per_fold = []
     for number, (train_index, test_index) in enumerate(splits):
-        fitted = fit(data.subset(train_index), tasks, config)
-        per_fold.append(evaluate(fitted, data.subset(test_index)))
+        fitted = fit(data, tasks, config, train_index)
+        per_fold.append(evaluate(fitted, data, test_index))
         logger.info("fold %d/%d: %s", number + 1, folds, _flatten(per_fold[-1], len(tasks)))
     flat = [_flatten(fold, len(tasks)) for fold in per_fold]
     keys = flat[0].keys()

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.compare import only
 from trainer.data import FeatureSet
 from trainer.heads import FUSIONS, FusionModel
 from trainer.train import Task, TrainConfig, cross_validate, evaluate, fit, infer_task
@@ -25,7 +24,7 @@ def _xor(n: int, seed: int) -> FeatureSet:
 def _xor_f1(fusion: str, modalities=None) -> float:
     train, test = _xor(240, seed=0), _xor(120, seed=1)
     if modalities:
-        train, test = only(train, modalities), only(test, modalities)
+        train, test = train.only(modalities), test.only(modalities)
     task = infer_task("label", train.labels["label"])
     fitted = fit(train, [task], TrainConfig(fusion=fusion, epochs=200, seed=0))
     return evaluate(fitted, test)["label"]["f1_macro"]
