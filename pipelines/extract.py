@@ -163,7 +163,7 @@ def _run(
     for handler in handlers.values():
         encoder = handler.encoder
         schemas[handler.table] = with_metadata(
-            embeddings_schema(encoder.dim, float16=handler.float16),
+            embeddings_schema(encoder.dim, float16=handler.float16, sequence=encoder.keep_sequences),
             table=handler.table,
             run_id=run_id,
             config=config_dict | {"encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint(), "preprocessing": list(encoder.fingerprint_parts())},

@@ -145,6 +145,8 @@ class EncodeConfig:
         max_batch_audio_s: audio budget: padded seconds of audio in one batch.
         embedding_dtype: ``float32`` or ``float16`` for stored vectors.
         trust_remote_code: allow Hugging Face folders that ship their own model code.
+        sequences: modalities (``video``, ``text``) whose embedding sets also store the per-frame or
+            per-token vectors (a ``sequence`` column) for sequence models; audio sequences are the MFCC frames.
     """
 
     text_encoder: str = "minilm"
@@ -159,8 +161,15 @@ class EncodeConfig:
     max_batch_audio_s: float = 600.0
     embedding_dtype: str = "float32"
     trust_remote_code: bool = False
+    sequences: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "sequences", tuple(self.sequences))  # frozen: a list from JSON becomes a tuple
+        _require(
+            all(m in ("video", "text") for m in self.sequences),
+            f"--sequences takes video and/or text (got {','.join(self.sequences)}); audio sequences are the cached MFCC frames, "
+            "which mmfeat train --sequence audio reads",
+        )
         _require(self.device in DEVICES, f"--device must be one of {DEVICES} (got {self.device!r})")
         _require(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {self.precision!r})")
         _require(

@@ -119,18 +119,23 @@ SKIPPED_TABLE = "_skipped"
 EMBEDDINGS_DIR = "embeddings"
 
 
-def embeddings_schema(dim: int, *, float16: bool = False) -> pa.Schema:
-    """Schema of one embedding set (one modality, one encoder): ``vector`` is a fixed-size list of ``dim`` floats."""
+def embeddings_schema(dim: int, *, float16: bool = False, sequence: bool = False) -> pa.Schema:
+    """Schema of one embedding set (one modality, one encoder): ``vector`` is a fixed-size list of ``dim`` floats.
+
+    With ``sequence``, a ``sequence`` column holds the vectors ``vector`` pools, ``(steps, dim)``: one per
+    sampled frame (video) or per token (text, special tokens included).
+    """
     value_type = pa.float16() if float16 else pa.float32()
-    return pa.schema(
-        [
-            pa.field("sample_id", pa.string(), nullable=False),
-            pa.field("modality", pa.string(), nullable=False),
-            pa.field("encoder", pa.string(), nullable=False),
-            pa.field("encoder_fingerprint", pa.string(), nullable=False),
-            pa.field("vector", pa.list_(value_type, dim), nullable=False),
-        ]
-    )
+    fields = [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("encoder", pa.string(), nullable=False),
+        pa.field("encoder_fingerprint", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(value_type, dim), nullable=False),
+    ]
+    if sequence:
+        fields.append(pa.field("sequence", pa.list_(pa.list_(value_type, dim)), nullable=False))
+    return pa.schema(fields)
 
 
 def embedding_table_name(modality: str, encoder: str, fingerprint: str) -> str:

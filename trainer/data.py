@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from schemas.errors import ConfigError
@@ -138,16 +140,17 @@ def load_features(
     missing = [label for label in labels if label not in samples_table.schema.names]
     if missing:
         raise ConfigError(f"--label {missing}: not a column of the samples table (columns: {samples_table.schema.names})")
-    samples = samples_table.to_table(columns=["sample_id", "status", "manifest_ok", *labels])
-    rows = [
-        r for r in samples.to_pylist()
-        if r["manifest_ok"] and r["status"] != STATUS_FAILED and all(r[label] is not None for label in labels)
-    ]
-    ids = sorted({r["sample_id"] for r in rows})
-    if not ids:
+    usable = (pc.field("manifest_ok") == True) & (pc.field("status") != STATUS_FAILED)  # noqa: E712 (an expression)
+    for label in labels:
+        usable &= pc.field(label).is_valid()
+    samples = samples_table.to_table(columns=["sample_id", *labels], filter=usable)
+    samples = samples.take(pc.sort_indices(samples, [("sample_id", "ascending")]))
+    if not samples.num_rows:
         raise ConfigError(f"{cache}: no usable sample has all of {labels}")
-    by_id = {r["sample_id"]: r for r in rows}
+    ids = samples.column("sample_id").to_pylist()
     index = {sample_id: i for i, sample_id in enumerate(ids)}
+    if len(index) != len(ids):
+        raise ConfigError(f"{cache}: the samples table repeats a sample_id among valid rows; the cache is damaged")
     chosen = modalities or [m for m in MODALITIES if embedding_sets(cache, m)]
     unknown = [m for m in sequences if m not in chosen]
     if unknown:
@@ -171,9 +174,15 @@ def load_features(
         modalities=chosen,
         features=features,
         present=present,
-        labels={label: np.array([by_id[i][label] for i in ids]) for label in labels},
+        labels={label: _as_array(samples.column(label)) for label in labels},
         lengths=lengths,
     )
+
+
+def _as_array(column: pa.ChunkedArray) -> np.ndarray:
+    """A label column as numpy: numbers and booleans as they are, strings as a fixed-width ``<U`` array."""
+    values = column.to_numpy()
+    return values.astype(str) if values.dtype == object else values
 
 
 def _vectors(folder: str, index: dict[str, int], present: np.ndarray, *, storage: Optional[str], name: str,

@@ -86,12 +86,17 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
     ) -> list[TableRow]:
         device = torch.device(self.device)
         try:
+            payloads = [item["payload"] for item in batch]
             with torch.inference_mode():
-                vectors = self.encoder.embed(model.model, [item["payload"] for item in batch], device=device, precision=self.precision)
-            if not np.all(np.isfinite(vectors)):
+                if self.encoder.keep_sequences:
+                    vectors, sequences = self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
+                else:
+                    vectors, sequences = self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
+            if not np.all(np.isfinite(vectors)) or (sequences and not all(np.all(np.isfinite(s)) for s in sequences)):
                 raise ValueError("the encoder produced NaN or infinite values")
             beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
-            return [self._embedding_row(item, vector) for item, vector in zip(batch, vectors)]
+            return [self._embedding_row(item, vector, sequences[i] if sequences else None)
+                    for i, (item, vector) in enumerate(zip(batch, vectors))]
         except Exception as error:  # isolate the failing items; keep the rest of the batch
             if len(batch) == 1:
                 logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
@@ -105,15 +110,19 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
     def get_metrics_namespace(self) -> str:
         return f"mmfeat_embed_{self.encoder.modality}"
 
-    def _embedding_row(self, item: Item, vector: np.ndarray) -> TableRow:
-        return self.table, {
+    def _embedding_row(self, item: Item, vector: np.ndarray, sequence: Optional[np.ndarray]) -> TableRow:
+        dtype = np.float16 if self.float16 else np.float32
+        row = {
             "sample_id": item["sample_id"],
             "manifest_row": item["manifest_row"],
             "modality": self.encoder.modality,
             "encoder": self.encoder.name,
             "encoder_fingerprint": self.encoder.fingerprint(),
-            "vector": vector.astype(np.float16 if self.float16 else np.float32),
+            "vector": vector.astype(dtype),
         }
+        if sequence is not None:
+            row["sequence"] = list(sequence.astype(dtype))
+        return self.table, row
 
     def _error_row(self, item: Item, error: Exception) -> TableRow:
         return "errors", {

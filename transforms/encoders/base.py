@@ -56,6 +56,13 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def per_sample_means(per_step: np.ndarray, counts: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Split ``(sum(counts), dim)`` step vectors by sample: their means ``(len(counts), dim)`` and the pieces."""
+    bounds = np.cumsum([0, *counts])
+    pieces = [per_step[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+    return np.stack([piece.mean(axis=0) for piece in pieces]).astype(np.float32), pieces
+
+
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -74,9 +81,11 @@ class Encoder(abc.ABC):
     name: str = ""
     needs: frozenset[str] = frozenset()
     padded: bool = True  # whether a batch costs n * max(cost) (padding) rather than sum(cost)
+    sequence_unit: Optional[str] = None  # "frame" or "token" when ``embed_with_sequences`` is implemented
 
     def __init__(self) -> None:
         self.dim: Optional[int] = None
+        self.keep_sequences = False  # also store the per-frame/per-token vectors (a different embedding set)
         self._fingerprint: Optional[str] = None
 
     @abc.abstractmethod
@@ -91,6 +100,12 @@ class Encoder(abc.ABC):
     def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
         """Embeddings of a batch: float32 ``(len(payloads), dim)``."""
 
+    def embed_with_sequences(
+        self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The pooled ``(len(payloads), dim)`` embeddings and, per payload, the vectors they pool: ``(steps, dim)``."""
+        raise NotImplementedError(f"{self.name} has no per-{self.sequence_unit or 'step'} vectors")
+
     @abc.abstractmethod
     def dummy_payload(self) -> dict[str, Any]:
         """A small valid payload, used to check the model loads and to learn ``dim`` before a job starts."""
@@ -103,7 +118,7 @@ class Encoder(abc.ABC):
         """SHA-256 over ``fingerprint_parts`` (computed once)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            for part in [type(self).__name__, self.name, *self.fingerprint_parts()]:
+            for part in [type(self).__name__, self.name, *self.fingerprint_parts(), *(["sequences"] if self.keep_sequences else [])]:
                 digest.update(part.encode("utf-8") + b"\0")
             self._fingerprint = digest.hexdigest()
         return self._fingerprint

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from transforms.encoders.base import Encoder
+from transforms.encoders.base import Encoder, per_sample_means
 
 _HSV_BINS = (8, 3, 3)
 _ORIENTATION_BINS = 9
@@ -55,14 +55,21 @@ class ColorHogEncoder(Encoder):
     def cost(self, payload: dict[str, Any]) -> float:
         return float(len(payload["frames"]))
 
+    sequence_unit = "frame"
+
     def embed(self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
-        vectors = []
+        return self.embed_with_sequences(model, payloads, device=device, precision=precision)[0]
+
+    def embed_with_sequences(
+        self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        per_frame = []
         for payload in payloads:
             frames = [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) for jpeg in payload["frames"]]
             if not frames or any(f is None for f in frames):
                 raise ValueError("a sample has no decodable frames")
-            vectors.append(np.mean([color_hog(f) for f in frames], axis=0))
-        return np.stack(vectors).astype(np.float32)
+            per_frame.extend(color_hog(f) for f in frames)
+        return per_sample_means(np.stack(per_frame), [len(p["frames"]) for p in payloads])
 
     def dummy_payload(self) -> dict[str, Any]:
         ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))

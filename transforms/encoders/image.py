@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from transforms.encoders.base import Encoder, autocast, file_fingerprint, to_device
+from transforms.encoders.base import Encoder, autocast, file_fingerprint, to_device, per_sample_means
 from transforms.encoders.hf import folder_fingerprint_parts, quiet_transformers, read_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,7 +60,15 @@ class ImageEncoder(Encoder):
         images = (images - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
+    sequence_unit = "frame"
+
     def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        return self.embed_with_sequences(model, payloads, device=device, precision=precision)[0]
+
+    def embed_with_sequences(
+        self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Per sample, the mean of its frames' vectors, and those vectors ``(n_frames, dim)``."""
         frames = [frame for payload in payloads for frame in payload["frames"]]
         if any(not payload["frames"] for payload in payloads):
             raise ValueError("a sample has no frames to embed")
@@ -69,9 +77,7 @@ class ImageEncoder(Encoder):
             batch = to_device(self.pixels(frames[start : start + self.frames_per_forward]), device)
             with autocast(device, precision):
                 outputs.append(self.forward(model, batch).float().detach().cpu())
-        per_frame = torch.cat(outputs).numpy()
-        bounds = np.cumsum([0] + [len(p["frames"]) for p in payloads])
-        return np.stack([per_frame[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:])]).astype(np.float32)
+        return per_sample_means(torch.cat(outputs).numpy(), [len(p["frames"]) for p in payloads])
 
     def dummy_payload(self) -> dict[str, Any]:
         ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))

@@ -61,6 +61,8 @@ def resolve_encoder(modality: str, value: str, *, encode: EncodeConfig, extract:
         ConfigError: unknown name, missing path, not a model, or a model that fails to load or run.
     """
     if value == NONE:
+        if modality in encode.sequences:
+            raise ConfigError(f"--sequences {modality}: {FLAGS[modality]} is none, so there are no {modality} vectors to keep")
         return None
     if value in BUILTIN[modality]:
         encoder = BUILTIN[modality][value](encode, extract)
@@ -70,6 +72,10 @@ def resolve_encoder(modality: str, value: str, *, encode: EncodeConfig, extract:
         raise ConfigError(
             f"{FLAGS[modality]}: {value!r} is neither a built-in encoder ({', '.join(choices(modality))}) nor an existing path"
         )
+    if modality in encode.sequences:
+        if encoder.sequence_unit is None:
+            raise ConfigError(f"--sequences {modality}: the {modality} encoder {encoder.name!r} has no per-frame or per-token vectors")
+        encoder.keep_sequences = True
     encoder.probe()
     return encoder
 

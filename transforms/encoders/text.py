@@ -60,7 +60,23 @@ class HFTextEncoder(Encoder):
         # About four characters a token for English; only used to size batches.
         return float(min(self.max_tokens, len(payload["text"]) // 4 + 2))
 
+    sequence_unit = "token"
+
     def embed(self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        return self._pooled(*self._hidden_states(model, payloads, device=device, precision=precision))
+
+    def embed_with_sequences(
+        self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The pooled vectors and each text's last hidden states ``(n_tokens, dim)`` (special tokens included, no padding)."""
+        hidden, mask = self._hidden_states(model, payloads, device=device, precision=precision)
+        per_token = hidden.detach().cpu().numpy()
+        lengths = mask.sum(dim=1).cpu().tolist()
+        return self._pooled(hidden, mask), [per_token[row, :length] for row, length in enumerate(lengths)]
+
+    def _hidden_states(self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: torch.device,
+                       precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states ``(n, longest, dim)`` float32 of the batch padded to its longest text, and the mask ``(n, longest)``."""
         encodings = model.tokenizer.encode_batch([p["text"] for p in payloads])
         longest = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), longest), dtype=np.int64)
@@ -71,7 +87,10 @@ class HFTextEncoder(Encoder):
         input_ids, attention_mask = to_device(ids, device), to_device(mask, device)
         with autocast(device, precision):
             hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = masked_mean(hidden.float(), attention_mask)
+        return hidden.float(), attention_mask
+
+    def _pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        pooled = masked_mean(hidden, mask)
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.detach().cpu().numpy().astype(np.float32)
