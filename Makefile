@@ -30,6 +30,7 @@ test: install
 bench: install
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/encode.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(DEMO_CORPUS) $(DEMO_OUTPUT) .pytest_cache

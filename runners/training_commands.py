@@ -47,6 +47,7 @@ def _add_reader_options(parser: argparse.ArgumentParser) -> None:
     reading.add_argument("--reader", default="auto", choices=READERS,
                          help="memory, disk (memory-mapped, chunked: caches larger than memory) or auto (disk above a quarter of RAM)")
     reading.add_argument("--chunk-rows", type=int, help="rows in memory at once when reading from disk (default 4096)")
+    reading.add_argument("--labels-file", help="CSV, JSONL or Parquet with sample_id (or id) and the label columns, instead of the samples table's")
     reading.add_argument("--scratch", help="folder for the memory-mapped features (default: --output, or the system temp folder)")
 
 
@@ -101,13 +102,15 @@ def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.Argume
     parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels-file", help="CSV, JSONL or Parquet with sample_id (or id) and the label column")
 
 
 def _compare(args: argparse.Namespace) -> int:
     from trainer.compare import compare, format_table
     from trainer.train import TrainConfig
 
-    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds, config=TrainConfig(seed=args.seed))
+    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds, config=TrainConfig(seed=args.seed),
+                   labels_file=args.labels_file)
     print(format_table(rows))
     return EXIT_OK
 
@@ -151,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
     modalities = list(_modality_list(args.modalities)) or None
     report = train(args.cache, labels=args.label, config=config, output=args.output, folds=args.folds, modalities=modalities,
                    encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init, reader=args.reader,
-                   scratch=args.scratch)
+                   scratch=args.scratch, labels_file=args.labels_file)
     print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
     for name, mean in report.get("mean", {}).items():
         print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
@@ -161,7 +164,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from trainer.run import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.model, args.cache, encoders=_encoder_choices(args.encoder), reader=args.reader, scratch=args.scratch)
+    result = evaluate_checkpoint(args.model, args.cache, encoders=_encoder_choices(args.encoder), reader=args.reader, scratch=args.scratch,
+                                 labels_file=args.labels_file)
     print(json.dumps(result, indent=2))
     return EXIT_OK
 

@@ -123,6 +123,7 @@ def load_features(
     audio_step_s: float = 0.1,
     storage: Optional[str] = None,
     blocksize: Optional[str] = None,
+    labels_file: Optional[str] = None,
 ) -> FeatureSet:
     """Join the chosen embedding sets (or sequences) and the label columns by ``sample_id``.
 
@@ -132,19 +133,13 @@ def load_features(
         audio_step_s: seconds of MFCC frames averaged into one audio step.
         storage: a folder for memory-mapped feature arrays (caches larger than memory); ``None``: in memory.
         blocksize: the size of one dask partition (default ``trainer.cache_reader.DEFAULT_BLOCKSIZE``).
+        labels_file: a CSV, JSONL or Parquet file with ``sample_id`` (or ``id``) and the label columns,
+            read instead of the samples table's columns.
 
     Raises:
         ConfigError: a label column or a modality's features are missing.
     """
-    samples_table = ds.dataset(os.path.join(cache, "samples"), format="parquet")
-    missing = [label for label in labels if label not in samples_table.schema.names]
-    if missing:
-        raise ConfigError(f"--label {missing}: not a column of the samples table (columns: {samples_table.schema.names})")
-    usable = (pc.field("manifest_ok") == True) & (pc.field("status") != STATUS_FAILED)  # noqa: E712 (an expression)
-    for label in labels:
-        usable &= pc.field(label).is_valid()
-    samples = samples_table.to_table(columns=["sample_id", *labels], filter=usable)
-    samples = samples.take(pc.sort_indices(samples, [("sample_id", "ascending")]))
+    samples = _labelled_samples(cache, labels, labels_file)
     if not samples.num_rows:
         raise ConfigError(f"{cache}: no usable sample has all of {labels}")
     ids = samples.column("sample_id").to_pylist()
@@ -177,6 +172,54 @@ def load_features(
         labels={label: _as_array(samples.column(label)) for label in labels},
         lengths=lengths,
     )
+
+
+def _labelled_samples(cache: str, labels: list[str], labels_file: Optional[str]) -> pa.Table:
+    """``sample_id`` and ``labels`` of the usable samples (valid manifest row, not failed, every label set), sorted by id."""
+    samples_table = ds.dataset(os.path.join(cache, "samples"), format="parquet")
+    usable = (pc.field("manifest_ok") == True) & (pc.field("status") != STATUS_FAILED)  # noqa: E712 (an expression)
+    if labels_file:
+        samples = samples_table.to_table(columns=["sample_id"], filter=usable).join(read_labels_file(labels_file, labels), "sample_id")
+    else:
+        missing = [label for label in labels if label not in samples_table.schema.names]
+        if missing:
+            raise ConfigError(f"--label {missing}: not a column of the samples table (columns: {samples_table.schema.names}); "
+                              "or give the labels with --labels-file")
+        samples = samples_table.to_table(columns=["sample_id", *labels], filter=usable)
+    for label in labels:
+        samples = samples.filter(pc.is_valid(samples.column(label)))
+    return samples.take(pc.sort_indices(samples, [("sample_id", "ascending")]))
+
+
+def read_labels_file(path: str, labels: list[str]) -> pa.Table:
+    """``sample_id`` (from a ``sample_id`` or ``id`` column, as strings) and ``labels`` from a CSV, JSONL or Parquet file.
+
+    Raises:
+        ConfigError: an unknown format, a missing column, or a sample id given twice.
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    suffix = path.lower().rsplit(".", 1)[-1]
+    if not os.path.isfile(path):
+        raise ConfigError(f"--labels-file {path}: no such file")
+    if suffix == "csv":
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={"sample_id": pa.string(), "id": pa.string()}))
+    elif suffix in ("jsonl", "json"):
+        table = pajson.read_json(path)
+    elif suffix == "parquet":
+        table = pq.read_table(path)
+    else:
+        raise ConfigError(f"--labels-file {path}: use a .csv, .jsonl or .parquet file")
+    key = "sample_id" if "sample_id" in table.column_names else "id"
+    missing = [column for column in [key, *labels] if column not in table.column_names]
+    if missing:
+        raise ConfigError(f"--labels-file {path}: no column {missing} (columns: {table.column_names}); ids go in sample_id or id")
+    ids = pc.cast(table.column(key), pa.string())
+    if pc.count_distinct(ids).as_py() != len(ids):
+        raise ConfigError(f"--labels-file {path}: a sample id appears more than once")
+    return pa.table({"sample_id": ids, **{label: table.column(label) for label in labels}})
 
 
 def _as_array(column: pa.ChunkedArray) -> np.ndarray:

@@ -35,7 +35,7 @@ def memory_budget_bytes() -> int:
 
 @contextlib.contextmanager
 def _features(cache: str, config: TrainConfig, *, labels: list[str], modalities: Optional[list[str]], encoders: Optional[dict[str, str]],
-              reader: str, scratch: Optional[str]) -> Iterator[tuple[FeatureSet, TrainConfig]]:
+              reader: str, scratch: Optional[str], labels_file: Optional[str]) -> Iterator[tuple[FeatureSet, TrainConfig]]:
     """The features for ``config``, in memory or memory-mapped under ``scratch`` (removed on exit), and the config to train with."""
     if reader not in READERS:
         raise ConfigError(f"--reader must be one of {', '.join(READERS)} (got {reader!r})")
@@ -46,7 +46,7 @@ def _features(cache: str, config: TrainConfig, *, labels: list[str], modalities:
         logger.info("features take about %.1f MiB (budget %.0f MiB): reading them into %s", size / 2**20, budget / 2**20, reader)
     storage = tempfile.mkdtemp(prefix="mmfeat-features-", dir=scratch) if reader == "disk" else None
     try:
-        data = load_features(cache, labels=labels, **options, audio_step_s=config.audio_step_s, storage=storage)
+        data = load_features(cache, labels=labels, **options, audio_step_s=config.audio_step_s, storage=storage, labels_file=labels_file)
         if storage and config.chunk_rows is None:
             config = replace(config, chunk_rows=DISK_CHUNK_ROWS)
         yield data, config
@@ -68,16 +68,18 @@ def train(
     init: Optional[str] = None,
     reader: str = "auto",
     scratch: Optional[str] = None,
+    labels_file: Optional[str] = None,
 ) -> dict[str, Any]:
     """Cross-validate (when ``folds`` >= 2), then fit on every sample and save the checkpoint.
 
     Writes ``{output}/metrics.json`` (``folds``, ``mean``, ``std``, config, tasks, modalities) and the checkpoint.
-    Memory-mapped features go to ``scratch`` (default: ``output``).
+    Memory-mapped features go to ``scratch`` (default: ``output``). Labels come from the samples table, or ``labels_file``.
     """
     if init:
         config = replace(config, init=init)
     os.makedirs(output, exist_ok=True)
-    with _features(cache, config, labels=labels, modalities=modalities, encoders=encoders, reader=reader, scratch=scratch or output) as (data, config):
+    with _features(cache, config, labels=labels, modalities=modalities, encoders=encoders, reader=reader, scratch=scratch or output,
+                   labels_file=labels_file) as (data, config):
         tasks = [infer_task(label, data.labels[label], task_type) for label in labels]
         logger.info("training %s on %d samples, modalities %s (sequences %s), tasks %s",
                     config.fusion, len(data), data.modalities, list(data.lengths), labels)
@@ -97,10 +99,10 @@ def train(
 
 
 def evaluate_checkpoint(model_dir: str, cache: str, *, encoders: Optional[dict[str, str]] = None, reader: str = "auto",
-                        scratch: Optional[str] = None) -> dict[str, Any]:
+                        scratch: Optional[str] = None, labels_file: Optional[str] = None) -> dict[str, Any]:
     """Metrics of a saved model on (another) cache, per task."""
     fitted, config = checkpoint.load(model_dir)
     with _features(cache, config, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders,
-                   reader=reader, scratch=scratch) as (data, config):
+                   reader=reader, scratch=scratch, labels_file=labels_file) as (data, config):
         fitted.chunk_rows = config.chunk_rows
         return evaluate(fitted, data)

@@ -95,34 +95,34 @@ def test_memory_mapped_training_holds_far_less_than_the_features(tmp_path):
     The same steps first run on a small cache, so imports, thread pools and allocator arenas are not counted.
     """
     setup = f"""
-        import numpy as np, pyarrow as pa, pyarrow.parquet as pq, os
+        from tests.trainer.caches import write_vector_cache
         from trainer.data import load_features
         from trainer.train import TrainConfig, evaluate, fit, infer_task
-
-        def write_cache(folder, n, dim=1024, files=8):
-            os.makedirs(folder + "/samples"); os.makedirs(folder + "/embeddings/video/enc-0")
-            rng = np.random.default_rng(0)
-            labels = rng.integers(0, 2, n)
-            ids = [f"s{{i:06d}}" for i in range(n)]
-            pq.write_table(pa.table({{"sample_id": ids, "status": ["ok"] * n, "manifest_ok": [True] * n, "label": labels}}),
-                           folder + "/samples/part-0.parquet")
-            for part in range(files):
-                rows = slice(part * n // files, (part + 1) * n // files)
-                values = rng.standard_normal((rows.stop - rows.start, dim)).astype(np.float32)
-                values[:, 0] += 4 * labels[rows]
-                vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim)
-                pq.write_table(pa.table({{"sample_id": ids[rows], "vector": vectors}}), folder + f"/embeddings/video/enc-0/part-{{part}}.parquet",
-                               row_group_size=1024)
 
         def train_from_disk(folder):
             data = load_features(folder, labels=["label"], storage=folder + "/scratch", blocksize="4MiB")
             fitted = fit(data, [infer_task("label", data.labels["label"])], TrainConfig(fusion="concat", epochs=1, chunk_rows=1024))
             return evaluate(fitted, data)["label"]["accuracy"]
 
-        write_cache({str(tmp_path / "small")!r}, 4096)
-        write_cache({str(tmp_path / "large")!r}, 65536)
+        write_vector_cache({str(tmp_path / "small")!r}, n=4096)
+        write_vector_cache({str(tmp_path / "large")!r}, n=65536)
         train_from_disk({str(tmp_path / "small")!r})
     """
     printed, growth = peak_anonymous_growth_mb(setup, f"print(train_from_disk({str(tmp_path / 'large')!r}))")
     assert float(printed) > 0.9  # it trained on the real rows
     assert growth < 128, growth  # the features alone are 256 MiB; in memory they would all be held (measured: 73)
+
+
+def test_a_dataloader_over_the_cache_yields_the_rows_training_uses(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from trainer.standardise import Standardiser
+    from trainer.torch_data import FeatureDataset
+
+    data = _xor_on_disk(40, 2, str(tmp_path))
+    standardiser = Standardiser.fit(data)
+    batches = list(DataLoader(FeatureDataset(data, standardiser, np.arange(10, 30)), batch_size=8))
+    assert [len(b["present"]) for b in batches] == [8, 8, 4]
+    expected = standardiser.apply(data.subset(np.arange(10, 30)))
+    torch.testing.assert_close(torch.cat([b["inputs"]["video"] for b in batches]), expected["video"])
+    assert torch.cat([b["labels"]["label"] for b in batches]).tolist() == data.labels["label"][10:30].tolist()

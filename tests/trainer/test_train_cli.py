@@ -37,3 +37,26 @@ def test_unimodal_baseline_is_one_flag_away_and_bad_labels_fail_clearly(cache, t
     assert "concat on text (24 samples)" in printed and "acc2_has0" in printed and "acc7" in printed
     assert main(["train", "--cache", cache, "--label", "mood", "--output", str(tmp_path / "x")]) == 2
     assert "--label ['mood']: not a column of the samples table" in capsys.readouterr().err
+
+
+def test_labels_can_come_from_a_separate_file_joined_by_sample_id(cache, tmp_path, capsys):
+    import pyarrow.dataset as ds
+
+    samples = ds.dataset(os.path.join(cache, "samples")).to_table(columns=["sample_id", "label"]).to_pylist()
+    labels = tmp_path / "moods.csv"
+    labels.write_text("id,mood\n" + "".join(f"{r['sample_id']},{'up' if r['label'] == 'positive' else 'down'}\n" for r in samples[1:]))
+    model_dir = str(tmp_path / "model")
+    assert main(["train", "--cache", cache, "--labels-file", str(labels), "--label", "mood", "--fusion", "concat", "--folds", "2",
+                 "--epochs", "30", "--output", model_dir]) == 0
+    assert "(23 samples)" in capsys.readouterr().out  # the sample the file leaves out is not trained on
+    with open(os.path.join(model_dir, "metrics.json"), encoding="utf-8") as handle:
+        report = json.load(handle)
+    assert report["tasks"][0]["classes"] == ["down", "up"]
+    assert main(["evaluate", "--model", model_dir, "--cache", cache, "--labels-file", str(labels)]) == 0
+    assert json.loads(capsys.readouterr().out) == report["final_model"]["metrics_on_training_cache"]
+
+    labels.write_text("id,mood\na,up\na,down\n")
+    assert main(["train", "--cache", cache, "--labels-file", str(labels), "--label", "mood", "--output", str(tmp_path / "x")]) == 2
+    assert "a sample id appears more than once" in capsys.readouterr().err
+    assert main(["train", "--cache", cache, "--labels-file", str(labels), "--label", "valence", "--output", str(tmp_path / "y")]) == 2
+    assert "no column ['valence']" in capsys.readouterr().err
