@@ -78,9 +78,11 @@ class Standardiser:
         """Standardised inputs per modality, zero where absent (and after a sequence's length)."""
         inputs = {}
         for column, modality in enumerate(data.modalities):
-            scaled = (data.features[modality] - self.mean[modality]) / self.std[modality]
+            scaled = np.subtract(data.features[modality], self.mean[modality], dtype=np.float32)  # one new array, then in place
+            scaled /= self.std[modality]
             keep = data.present[:, column].astype(np.float32).reshape((-1,) + (1,) * (scaled.ndim - 1))
             if modality in data.lengths:
                 keep = keep * step_mask(data, modality)
-            inputs[modality] = torch.from_numpy((scaled * keep).astype(np.float32))
+            scaled *= keep
+            inputs[modality] = torch.from_numpy(scaled)
         return inputs
