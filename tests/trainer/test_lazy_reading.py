@@ -126,3 +126,37 @@ def test_a_dataloader_over_the_cache_yields_the_rows_training_uses(tmp_path):
     expected = standardiser.apply(data.subset(np.arange(10, 30)))
     torch.testing.assert_close(torch.cat([b["inputs"]["video"] for b in batches]), expected["video"])
     assert torch.cat([b["labels"]["label"] for b in batches]).tolist() == data.labels["label"][10:30].tolist()
+
+
+def test_extract_sequences_store_the_vectors_each_pooled_embedding_averages(cache, tmp_path, capsys):
+    import pyarrow.dataset as ds
+
+    def table(path, columns):
+        return {r["sample_id"]: r for r in ds.dataset(os.path.join(cache, path)).to_table(columns=columns).to_pylist()}
+
+    def embedding_set(modality):
+        (name,) = os.listdir(os.path.join(cache, "embeddings", modality))
+        return table(os.path.join("embeddings", modality, name), ["sample_id", "vector", "sequence"])
+
+    frames = {}
+    for row in ds.dataset(os.path.join(cache, "frames")).to_table(columns=["sample_id"]).to_pylist():
+        frames[row["sample_id"]] = frames.get(row["sample_id"], 0) + 1
+    for sample_id, row in embedding_set("video").items():
+        sequence = np.array(row["sequence"], np.float32)
+        assert len(sequence) == frames[sample_id]
+        np.testing.assert_allclose(sequence.mean(axis=0), row["vector"], rtol=1e-5, atol=1e-6)
+    tokens = table("text", ["sample_id", "token_ids"])
+    for sample_id, row in embedding_set("text").items():
+        sequence = np.array(row["sequence"], np.float32)
+        assert len(sequence) == len(tokens[sample_id]["token_ids"])  # special tokens included, no padding
+        mean = sequence.mean(axis=0)
+        np.testing.assert_allclose(mean / np.linalg.norm(mean), row["vector"], rtol=1e-4, atol=1e-5)  # MiniLM normalises
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a short text")
+    for flags, message in ((["--sequences", "audio"], "audio sequences are the cached MFCC frames"),
+                           (["--sequences", "video", "--image-encoder", "none"], "--image-encoder is none")):
+        assert main(["extract", "--input", str(corpus), "--output", str(tmp_path / "x"), *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")
