@@ -53,14 +53,17 @@ class FeatureSet:
         return len(self.sample_ids)
 
     def subset(self, index: np.ndarray) -> "FeatureSet":
-        """The rows ``index``, read into memory (from memory maps too)."""
+        """The rows ``index``: a view when they are a contiguous run (no copy), else a copy in memory (from memory maps too)."""
+        index = np.asarray(index, dtype=np.int64)
+        contiguous = len(index) > 0 and index[-1] - index[0] == len(index) - 1 and bool(np.all(np.diff(index) == 1))
+        rows = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
         return FeatureSet(
             sample_ids=[self.sample_ids[i] for i in index],
             modalities=self.modalities,
-            features={m: np.asarray(f[index]) for m, f in self.features.items()},
-            present=self.present[index],
-            labels={k: v[index] for k, v in self.labels.items()},
-            lengths={m: v[index] for m, v in self.lengths.items()},
+            features={m: np.asarray(f[rows]) for m, f in self.features.items()},
+            present=self.present[rows],
+            labels={k: v[rows] for k, v in self.labels.items()},
+            lengths={m: v[rows] for m, v in self.lengths.items()},
         )
 
     def only(self, modality: str) -> "FeatureSet":

@@ -26,6 +26,8 @@ from trainer.standardise import Standardiser
 
 logger = logging.getLogger(__name__)
 
+PREDICT_ROWS = 8192  # rows predicted at once (predictions do not depend on how rows are grouped)
+
 
 @dataclass
 class Task:
@@ -237,13 +239,19 @@ def _start_from_pretrained(model: FusionModel, directory: str, hidden: int) -> N
 def predict(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """Per task, on the rows ``index`` (default: all): class indices ``(n,)`` or real values ``(n,)``."""
     index = np.arange(len(data)) if index is None else np.asarray(index)
+    order = np.argsort(index, kind="stable")  # chunks come in row order; predictions are put back in the order of index
     parts: dict[str, list[np.ndarray]] = {t.label: [] for t in fitted.tasks}
     with torch.no_grad():
-        for tensors in _chunks(data, index, fitted.standardiser, [], chunk_rows=fitted.chunk_rows):
+        for tensors in _chunks(data, index[order], fitted.standardiser, [], chunk_rows=fitted.chunk_rows or PREDICT_ROWS):
             outputs = fitted.model(tensors.inputs, tensors.present, tensors.lengths)
             for t in fitted.tasks:
                 parts[t.label].append((outputs[t.label].argmax(dim=-1) if t.kind == "classification" else outputs[t.label].squeeze(-1)).numpy())
-    return {label: np.concatenate(values) for label, values in parts.items()}
+    predictions = {}
+    for label, values in parts.items():
+        in_row_order = np.concatenate(values)
+        predictions[label] = np.empty_like(in_row_order)
+        predictions[label][order] = in_row_order
+    return predictions
 
 
 def evaluate(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, dict[str, Any]]:

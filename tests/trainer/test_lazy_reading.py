@@ -160,3 +160,33 @@ def test_extract_sequences_store_the_vectors_each_pooled_embedding_averages(cach
         assert main(["extract", "--input", str(corpus), "--output", str(tmp_path / "x"), *flags]) == 2
         assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_predictions_follow_the_order_asked_for_whatever_the_chunks(tmp_path):
+    from trainer.train import predict
+
+    data = _xor_on_disk(300, 4, str(tmp_path))
+    task = infer_task("label", data.labels["label"])
+    fitted = fit(data, [task], TrainConfig(fusion="concat", epochs=5, seed=0))
+    shuffled = np.random.default_rng(0).permutation(300)
+    whole = predict(fitted, data)["label"]
+    fitted.chunk_rows = 32
+    np.testing.assert_array_equal(predict(fitted, data, shuffled)["label"], whole[shuffled])
+
+
+def test_auto_reader_goes_to_disk_when_the_features_exceed_the_memory_budget(cache, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from trainer import run
+    from trainer.data import estimated_bytes
+
+    full = load_features(cache, labels=["label"], sequences=("video",), max_steps=8)
+    expected = sum(24 * int(np.prod(full.features[m].shape[1:])) * 4 for m in full.modalities)  # every sample of the cache, float32
+    assert estimated_bytes(cache, sequences=("video",), max_steps=8) == expected
+    for budget, reader in ((expected * 2, "memory"), (expected // 2, "disk")):
+        monkeypatch.setattr(run, "memory_budget_bytes", lambda budget=budget: budget)
+        with caplog.at_level(logging.INFO, logger="trainer.run"):
+            run.train(cache, labels=["label"], config=TrainConfig(fusion="concat", epochs=2, sequences=("video",), max_steps=8),
+                      output=str(tmp_path / reader), folds=0)
+        assert f"reading them into {reader}" in caplog.text
+        caplog.clear()
