@@ -158,6 +158,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
     for name, mean in report.get("mean", {}).items():
         print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
+    weights = report["final_model"].get("modality_weights")
+    if weights:
+        print("  modality weights         " + ", ".join(f"{m} {w:.2f}" for m, w in weights.items()))
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ from schemas.errors import ConfigError
 from trainer import checkpoint
 from trainer.data import FeatureSet, estimated_bytes, load_features
 from trainer.plots import write_report_plots
-from trainer.train import TrainConfig, cross_validate, evaluate, fit, infer_task
+from trainer.train import TrainConfig, cross_validate, evaluate, fit, infer_task, modality_weights
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,9 @@ def train(
             "n_samples": len(data),
             "final_model": {"metrics_on_training_cache": evaluate(fitted, data), "history": fitted.history},
         }
+        weights = modality_weights(fitted, data)
+        if weights is not None:
+            report["final_model"]["modality_weights"] = weights
     with open(os.path.join(output, "metrics.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     write_report_plots(report, tasks, output)

@@ -19,7 +19,7 @@ from schemas.errors import ConfigError
 from schemas.tables import MODALITIES
 from trainer.chunks import iter_chunks
 from trainer.data import FeatureSet
-from trainer.heads import FUSIONS, FusionModel
+from trainer.heads import FUSIONS, AttentionFusion, FusionModel, WeightedFusion
 from trainer.metrics import classification_metrics, regression_metrics, sentiment_metrics
 from trainer.sequence_encoders import SEQUENCE_ENCODERS
 from trainer.standardise import Standardiser
@@ -252,6 +252,30 @@ def predict(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None
         predictions[label] = np.empty_like(in_row_order)
         predictions[label][order] = in_row_order
     return predictions
+
+
+def modality_weights(fitted: Fitted, data: FeatureSet) -> Optional[dict[str, float]]:
+    """The weight each modality gets on ``data``, averaged over samples; ``None`` unless the fusion is ``weighted`` or ``attention``.
+
+    ``weighted``: its softmax weights (renormalised over present modalities). ``attention``: the attention a
+    modality's token receives from the present tokens (averaged over heads). Either way they sum to 1 per sample.
+    """
+    fusion = getattr(fitted.model, "fusion", None)
+    if not isinstance(fusion, (WeightedFusion, AttentionFusion)):
+        return None
+    totals, count = np.zeros(len(data.modalities)), 0
+    with torch.no_grad():
+        for tensors in _chunks(data, np.arange(len(data)), fitted.standardiser, [], chunk_rows=fitted.chunk_rows or PREDICT_ROWS):
+            present = tensors.present
+            if isinstance(fusion, WeightedFusion):
+                weights = fusion.weights(present)
+            else:
+                fitted.model(tensors.inputs, present, tensors.lengths)
+                queries = present.float().unsqueeze(-1)
+                weights = (fusion.last_weights * queries).sum(dim=1) / queries.sum(dim=1).clamp(min=1.0)
+            totals += weights.sum(dim=0).numpy()
+            count += len(weights)
+    return {m: float(total / max(count, 1)) for m, total in zip(data.modalities, totals)}
 
 
 def evaluate(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, dict[str, Any]]:
