@@ -17,7 +17,7 @@ import pyarrow.dataset as ds
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BLOCKSIZE = "128MiB"
+DEFAULT_BLOCKSIZE = "64MiB"
 
 
 def read_partitions(folder: str, columns: list[str], *, blocksize: Optional[str] = None) -> Iterator[pa.Table]:

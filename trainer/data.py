@@ -167,6 +167,7 @@ def load_features(
             present[:, column] = lengths[modality] > 0
         else:
             features[modality] = _vectors(folder, index, present[:, column], storage=storage, name=modality, blocksize=blocksize)
+    pa.default_memory_pool().release_unused()  # hand the partitions' buffers back to the system
     return FeatureSet(
         sample_ids=ids,
         modalities=chosen,

@@ -10,14 +10,17 @@ import torch
 from trainer.chunks import iter_chunks
 from trainer.data import FeatureSet
 
+STATS_ROWS = 8192  # rows per pass step: bounds the temporaries of the statistics
+
 
 def valid_rows(data: FeatureSet, column: int) -> np.ndarray:
     """The feature vectors of modality ``column`` that exist: present rows, and for a sequence its valid steps; ``(k, dim)``."""
     modality = data.modalities[column]
-    features = data.features[modality][data.present[:, column]]
+    present = data.present[:, column]
+    features = data.features[modality] if present.all() else data.features[modality][present]
     if modality not in data.lengths:
         return features
-    lengths = data.lengths[modality][data.present[:, column]]
+    lengths = data.lengths[modality][present]
     return features[np.arange(features.shape[1])[None, :] < lengths[:, None]]
 
 
@@ -42,8 +45,9 @@ class Standardiser:
 
     @classmethod
     def fit(cls, data: FeatureSet, index: Optional[np.ndarray] = None, *, chunk_rows: Optional[int] = None) -> "Standardiser":
-        """Statistics of the rows ``index`` (default: all), in two passes over chunks of ``chunk_rows``."""
+        """Statistics of the rows ``index`` (default: all), in two passes over chunks of ``chunk_rows`` (at most ``STATS_ROWS``)."""
         index = np.arange(len(data)) if index is None else index
+        chunk_rows = min(chunk_rows or STATS_ROWS, STATS_ROWS)
         dims = data.dims()
         sums = {m: np.zeros(dims[m]) for m in data.modalities}
         counts = dict.fromkeys(data.modalities, 0)
