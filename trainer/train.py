@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -154,7 +154,8 @@ class _Tensors:
 
 
 def _chunks(data: FeatureSet, index: np.ndarray, standardiser: Standardiser, tasks: list[Task], *, chunk_rows: Optional[int],
-            generator: Optional[torch.Generator] = None):
+            generator: Optional[torch.Generator] = None) -> Iterator[_Tensors]:
+    """The rows ``index`` as model-ready chunks (see ``trainer.chunks.iter_chunks``)."""
     for chunk in iter_chunks(data, index, chunk_rows=chunk_rows, generator=generator):
         yield _Tensors.of(chunk, standardiser, tasks)
 
