@@ -45,7 +45,7 @@ def _add_reader_options(parser: argparse.ArgumentParser) -> None:
 
     reading = parser.add_argument_group("reading the cache")
     reading.add_argument("--reader", default="auto", choices=READERS,
-                         help="memory, disk (memory-mapped, chunked: caches larger than memory) or auto (disk above a quarter of RAM)")
+                         help="memory, disk (memory-mapped, chunked: caches larger than memory) or auto (disk above an eighth of RAM)")
     reading.add_argument("--chunk-rows", type=int, help="rows in memory at once when reading from disk (default 4096)")
     reading.add_argument("--labels-file", help="CSV, JSONL or Parquet with sample_id (or id) and the label columns, instead of the samples table's")
     reading.add_argument("--scratch", help="folder for the memory-mapped features (default: --output, or the system temp folder)")
