@@ -13,7 +13,6 @@ from typing import Iterator, Optional
 import dask
 import dask.dataframe as dd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +27,3 @@ def read_partitions(folder: str, columns: list[str], *, blocksize: Optional[str]
         part = dask.compute(partition, scheduler="synchronous")[0]
         yield pa.table({column: pa.chunked_array(part[column].array.__arrow_array__()) for column in columns})
 
-
-def uncompressed_bytes(folder: str) -> int:
-    """The uncompressed size of the Parquet table in ``folder`` (from file footers; nothing else is read)."""
-    total = 0
-    for fragment in ds.dataset(folder, format="parquet").get_fragments():
-        metadata = fragment.metadata
-        total += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    return total

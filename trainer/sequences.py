@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from schemas.errors import ConfigError
 from trainer.cache_reader import read_partitions
@@ -61,13 +62,11 @@ def embedding_sequences(
     Raises:
         ConfigError: the set was written without sequences.
     """
-    import pyarrow.dataset as ds
-
-    field = ds.dataset(folder, format="parquet").schema
-    if "sequence" not in field.names:
+    schema = ds.dataset(folder, format="parquet").schema
+    if "sequence" not in schema.names:
         modality = os.path.basename(os.path.dirname(folder))
         raise ConfigError(f"{folder} holds pooled vectors only; rerun mmfeat extract with --sequences {modality} to train on sequences")
-    dim = field.field("sequence").type.value_type.list_size
+    dim = schema.field("sequence").type.value_type.list_size
     features = allocate(storage, name, (len(index), max_steps, dim))
     lengths = np.zeros(len(index), dtype=np.int32)
     for part in read_partitions(folder, ["sample_id", "sequence"], blocksize=blocksize):

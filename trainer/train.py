@@ -146,9 +146,13 @@ class _Tensors:
         return len(self.present)
 
     def loss(self, model: FusionModel, tasks: list[Task], index: Any = slice(None), present: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The weighted task loss on rows ``index``; ``present`` overrides the mask (modality dropout zeroes the dropped inputs)."""
-        present = self.present[index] if present is None else present
-        inputs = {m: x[index] * present[:, i].reshape((-1,) + (1,) * (x.ndim - 1)) for i, (m, x) in enumerate(self.inputs.items())}
+        """The weighted task loss on rows ``index``; a given ``present`` overrides the mask and zeroes the inputs it drops
+        (modality dropout; absent modalities are already zero)."""
+        inputs = {m: x[index] for m, x in self.inputs.items()}
+        if present is None:
+            present = self.present[index]
+        else:
+            inputs = {m: x * present[:, i].reshape((-1,) + (1,) * (x.ndim - 1)) for i, (m, x) in enumerate(inputs.items())}
         outputs = model(inputs, present, {m: v[index] for m, v in self.lengths.items()})
         return sum(t.weight * _loss(t, outputs[t.label], self.targets[t.label][index]) for t in tasks)
 
@@ -199,8 +203,9 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig, index: Optiona
             order = torch.randperm(len(tensors), generator=generator)
             for start in range(0, len(tensors), config.batch_size):
                 batch = order[start : start + config.batch_size]
-                present = tensors.present[batch]
+                present = None
                 if config.modality_dropout:
+                    present = tensors.present[batch]
                     kept = present & ~(torch.rand(present.shape, generator=generator) < config.modality_dropout)
                     present = torch.where(kept.any(dim=1, keepdim=True), kept, present)
                 loss = tensors.loss(model, tasks, batch, present)

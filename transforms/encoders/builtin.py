@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from transforms.encoders.base import Encoder, per_sample_means
+from transforms.encoders.image import FrameEncoder
 
 _HSV_BINS = (8, 3, 3)
 _ORIENTATION_BINS = 9
@@ -43,22 +44,11 @@ def color_hog(bgr: np.ndarray) -> np.ndarray:
     return np.concatenate([histogram, *cells]).astype(np.float32)
 
 
-class ColorHogEncoder(Encoder):
-    modality = "video"
+class ColorHogEncoder(FrameEncoder):
     name = "builtin:color-hog"
-    needs = frozenset({"frames"})
-    padded = False
 
     def load(self, device: torch.device) -> None:
         return None
-
-    def cost(self, payload: dict[str, Any]) -> float:
-        return float(len(payload["frames"]))
-
-    sequence_unit = "frame"
-
-    def embed(self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
-        return self.embed_with_sequences(model, payloads, device=device, precision=precision)[0]
 
     def embed_with_sequences(
         self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
@@ -70,10 +60,6 @@ class ColorHogEncoder(Encoder):
                 raise ValueError("a sample has no decodable frames")
             per_frame.extend(color_hog(f) for f in frames)
         return per_sample_means(np.stack(per_frame), [len(p["frames"]) for p in payloads])
-
-    def dummy_payload(self) -> dict[str, Any]:
-        ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
-        return {"frames": [jpeg.tobytes()]}
 
     def fingerprint_parts(self) -> Iterable[str]:
         return [f"v1 hsv={_HSV_BINS} orientations={_ORIENTATION_BINS} grid={_GRID}"]

@@ -37,12 +37,28 @@ def decode_square(jpeg: bytes, *, size: int) -> np.ndarray:
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-class ImageEncoder(Encoder):
-    """Common frame handling; subclasses give ``size``/``mean``/``std`` and ``forward`` (pixels -> ``(n, dim)``)."""
+class FrameEncoder(Encoder):
+    """A video encoder over the sampled frames: one vector per frame (``embed_with_sequences``), their mean per sample."""
 
     modality = "video"
     needs = frozenset({"frames"})
     padded = False
+    sequence_unit = "frame"
+
+    def cost(self, payload: dict[str, Any]) -> float:
+        return float(len(payload["frames"]))
+
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+        return self.embed_with_sequences(model, payloads, device=device, precision=precision)[0]
+
+    def dummy_payload(self) -> dict[str, Any]:
+        ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
+        return {"frames": [jpeg.tobytes()]}
+
+
+class ImageEncoder(FrameEncoder):
+    """Common frame handling; subclasses give ``size``/``mean``/``std`` and ``forward`` (pixels -> ``(n, dim)``)."""
+
     size = 224
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
@@ -51,19 +67,11 @@ class ImageEncoder(Encoder):
     def forward(self, model: Any, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def cost(self, payload: dict[str, Any]) -> float:
-        return float(len(payload["frames"]))
-
     def pixels(self, frames: list[bytes]) -> np.ndarray:
         """Normalised ``(n, 3, size, size)`` float32."""
         images = np.stack([decode_square(f, size=self.size) for f in frames])
         images = (images - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-
-    sequence_unit = "frame"
-
-    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
-        return self.embed_with_sequences(model, payloads, device=device, precision=precision)[0]
 
     def embed_with_sequences(
         self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
@@ -78,10 +86,6 @@ class ImageEncoder(Encoder):
             with autocast(device, precision):
                 outputs.append(self.forward(model, batch).float().detach().cpu())
         return per_sample_means(torch.cat(outputs).numpy(), [len(p["frames"]) for p in payloads])
-
-    def dummy_payload(self) -> dict[str, Any]:
-        ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
-        return {"frames": [jpeg.tobytes()]}
 
     def preprocessing(self) -> str:
         return f"square {self.size} mean={self.mean} std={self.std} frame-mean"
