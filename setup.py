@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "librosa==0.11.0",
     "opencv-python-headless==5.0.0.93",
     "pyarrow==25.0.1",
+    "deltalake==1.6.6",
     "tokenizers==0.23.3",
     "dask[distributed]==2026.8.0",
     "distributed==2026.8.0",
@@ -32,6 +33,8 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "pytest==8.4.2",
     "scikit-image==0.26.0",
+    "polars==2.1.0",
+    "duckdb==2.0.1",
 ]
 
 setup(

@@ -1,11 +1,13 @@
-"""An extraction run: a corpus becomes frames, MFCCs, tokens, embeddings and errors in a Parquet cache.
+"""An extraction run: a corpus becomes frames, MFCCs, tokens, embeddings and errors in a cache of Delta tables.
 
-The run holds the cache's lock, finishes any commit a crash interrupted,
-records itself in ``_runs/``, runs the Beam graph (``pipelines.extract_graph``)
-into ``{output}/_staging/{run_id}/``, checks the accounting invariant (each
-input row once, as a ``samples`` row or as unchanged) and commits
-(``pipelines.commit``). A run that fails is recorded as ``failed``; one that is
-killed leaves only its staging folder, discarded by the next run.
+The run first removes damaged committed files (``schemas.cache.repair``), runs
+the Beam graph (``pipelines.extract_graph``), whose workers write data files
+into the table folders under the run attempt's name, checks the accounting
+invariant (each input row once, as a ``samples`` row or as unchanged) and
+commits them (``schemas.cache.commit_run``: feature tables first, ``samples``
+last, which pins the others). Until then nothing of the run is visible; a run
+that fails removes its files, one that is killed leaves files that no commit
+references, removed by a later vacuum.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -24,21 +27,21 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
-from pipelines.cache_index import check_schema_version, known_samples
-from pipelines.commit import EMPTY_FILE, CommitPlan, commit, ensure_dir, recover, staging_dir
+from pipelines.cache_index import known_samples
 from pipelines.extract_graph import ExtractToCache, build_handlers
 from pipelines.manifest import Corpus
-from pipelines.run_report import (
-    check_accounting, embedding_tables, package_versions, read_columns, runner_metrics, summarise, table_files,
+from pipelines.run_report import check_accounting, package_versions, read_run_columns, runner_metrics, summarise
+from schemas.cache import (
+    DEFAULT_RETENTION_HOURS, CacheView, RunCommit, check_format, commit_run, discard_attempt, new_attempt, read_pending, repair, vacuum,
 )
-from pipelines.run_state import FAILED, RUNNING, OutputLock, RunRecord, now, write_record
+from schemas.cache.layout import is_local
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
-from schemas.tables import SCHEMA_VERSION, TABLE_NAMES, embeddings_schema, table_schemas, with_metadata
+from schemas.tables import SCHEMA_VERSION, SKIPPED_TABLE, TABLE_NAMES, embeddings_schema, table_schemas
+from transforms.embed import EncoderModelHandler
 from transforms.encoders.base import Encoder
 from transforms.extract_sample import RunContext
 from transforms.media_io import sha256_of
-from transforms.parquet_sink import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +76,41 @@ def features_fingerprint(config: ExtractConfig, tokenizer_path: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+LEGACY_ENTRIES = ("samples", "frames", "audio", "text", "errors", "embeddings", "_staging", "_commit", "_runs", "_lock",
+                  "_run.json", "_SUCCESS")
+"""What a schema-version-1 cache (plain Parquet folders and our own commit protocol) left in its folder."""
+
+
 def check_output(output: str, *, overwrite: bool) -> None:
-    """An existing cache is extended incrementally; refuse one of another schema version unless ``overwrite``."""
+    """Refuse a cache of another schema version unless ``overwrite``, and an output that cannot be written.
+
+    Raises:
+        ConfigError: saying what to do.
+    """
     if not overwrite:
-        check_schema_version(output)
+        check_format(output)
+    if is_local(output):
+        existing = os.path.abspath(output)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"--output {output}: {existing} is not writable (read-only file system or permissions); "
+                              "choose a writable --output")
+
+
+def _clear_legacy_cache(output: str) -> None:
+    """``--overwrite`` of a schema-version-1 cache: delete its folders and bookkeeping files."""
+    try:
+        check_format(output)
+    except ConfigError:
+        doomed = [FileSystems.join(output, name) for name in LEGACY_ENTRIES if FileSystems.exists(FileSystems.join(output, name))]
+        logger.warning("--overwrite: deleting the schema-version-1 cache at %s", output)
+        FileSystems.delete(doomed)
 
 
 @dataclass(frozen=True)
 class RunReport:
-    """The result of a run: where it went and the content of ``_run.json``."""
+    """The result of a run: where it went and its summary (also in the metadata of its ``samples`` commit)."""
 
     output: str
     run_id: str
@@ -94,13 +123,6 @@ class RunReport:
     @property
     def n_failed(self) -> int:
         return self.summary["samples"]["failed"]
-
-
-def _stage_empty_tables(output: str, staging: str, schemas: dict[str, Any]) -> None:
-    """Give the staging an empty file of each table the cache has none of, so every table can be opened."""
-    for table in TABLE_NAMES:
-        if not table_files(output, table):
-            write_rows(FileSystems.join(staging, table, EMPTY_FILE), [], schemas[table])
 
 
 def run_extract(
@@ -122,57 +144,55 @@ def run_extract(
 
     An existing cache is extended: samples whose files, feature config and
     encoders are unchanged are not decoded or embedded again (unless
-    ``recompute``); ``overwrite`` replaces the whole cache.
+    ``recompute``); ``overwrite`` replaces the whole cache (earlier states stay
+    readable with ``--as-of`` until vacuumed).
 
     Raises:
-        ConfigError: the cache is in use by another run, has another schema
-            version (without ``overwrite``), or ``run_id`` is unusable.
+        ConfigError: the cache has another schema version (without ``overwrite``), the output is
+            not writable, or ``run_id`` is unusable.
         AccountingError: the runner lost or duplicated samples; nothing is committed.
+        ConcurrentRunError: another run kept the cache's commit for too long; nothing is committed.
     """
     run_id = validate_run_id(run_id or default_run_id())
-    with OutputLock(output, run_id):
-        recover(output)
-        check_output(output, overwrite=overwrite)
-        record = RunRecord(run_id=run_id, state=RUNNING)
-        write_record(output, record)
-        try:
-            summary = _run(corpus, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner,
-                           options=options, run_id=run_id, overwrite=overwrite, encoders=encoders or {},
-                           encode=encode or EncodeConfig(), device=device, recompute=recompute)
-        except BaseException as error:
-            record.state, record.finished_at, record.error = FAILED, now(), f"{type(error).__name__}: {error}"
-            write_record(output, record)
-            raise
+    check_output(output, overwrite=overwrite)
+    if overwrite:
+        _clear_legacy_cache(output)
+    else:
+        repair(output)  # damaged or missing committed files leave the cache; their samples are recomputed now
+    attempt = new_attempt(run_id)
+    handlers = build_handlers(encoders or {}, encode or EncodeConfig(), device)
+    tables = [*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values())]
+    try:
+        summary = _run(corpus, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
+                       run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute)
+    except BaseException:
+        removed = discard_attempt(output, attempt, tables)
+        logger.error("run %s failed: nothing was committed to %s (%d files of it removed)", run_id, output, removed)
+        raise
+    discard_attempt(output, attempt, [SKIPPED_TABLE])
+    removed = vacuum(output)
+    if removed:
+        logger.info("vacuum removed %d files no longer referenced (older than %d h)", len(removed), DEFAULT_RETENTION_HOURS)
     return RunReport(output=output, run_id=run_id, summary=summary)
 
 
 def _run(
     corpus: Corpus, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
-    options: Optional[PipelineOptions], run_id: str, overwrite: bool, encoders: dict[str, Encoder], encode: EncodeConfig,
+    options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EncoderModelHandler],
     device: str, recompute: bool,
 ) -> dict[str, Any]:
     records = corpus.records
     num_shards = config.num_shards or auto_num_shards(len(records))
     fingerprint = features_fingerprint(config, tokenizer_path)
     config_dict = config.to_dict() | {"tokenizer": tokenizer_path, "num_shards": num_shards, "features_fingerprint": fingerprint}
-    handlers = build_handlers(encoders, encode, device)
-    schemas = {
-        name: with_metadata(schema, table=name, run_id=run_id, config=config_dict)
-        for name, schema in table_schemas(corpus.extra_fields).items()
-    }
+    schemas = table_schemas(corpus.extra_fields)
+    descriptions: dict[str, dict[str, Any]] = {}
     for handler in handlers.values():
         encoder = handler.encoder
-        schemas[handler.table] = with_metadata(
-            embeddings_schema(encoder.dim, float16=handler.float16, sequence=encoder.keep_sequences),
-            table=handler.table,
-            run_id=run_id,
-            config=config_dict | {"encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint(), "preprocessing": list(encoder.fingerprint_parts())},
-        )
-    known = {} if (recompute or overwrite) else known_samples(output)
-    staging = staging_dir(output, run_id)
-    ensure_dir(staging)
-    if not overwrite:
-        _stage_empty_tables(output, staging, schemas)
+        schemas[handler.table] = embeddings_schema(sequence=encoder.keep_sequences)
+        descriptions[handler.table] = {"modality": encoder.modality, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint(),
+                                       "dim": encoder.dim, "preprocessing": list(encoder.fingerprint_parts())}
+    known = {} if (recompute or overwrite) else known_samples(CacheView.open(output))
     started = time.time()
     logger.info("run %s: %d samples from %s -> %s (%d already cached)", run_id, len(records), corpus.source, output, len(known))
 
@@ -182,24 +202,25 @@ def _run(
         | "Records" >> beam.Create(records)
         | "ExtractToCache"
         >> ExtractToCache(
-            config=config, tokenizer_path=tokenizer_path, directory=staging, schemas=schemas, num_shards=num_shards,
+            config=config, tokenizer_path=tokenizer_path, cache=output, attempt=attempt, schemas=schemas, num_shards=num_shards,
             handlers=handlers, context=RunContext(features_fingerprint=fingerprint, run_id=run_id, known=known),
         )
     )
     result = pipeline.run()
     result.wait_until_finish()
-    check_accounting(staging, len(records))
+    pipeline_s = time.time() - started
+    files = read_pending(output, attempt)
+    check_accounting(output, attempt, files, len(records))
 
-    samples = read_columns(table_files(staging, "samples"), ["sample_id", "manifest_ok"]).to_pylist()
-    recomputed = {row["sample_id"] for row in samples if row["manifest_ok"]}
-    embedded = {
-        row["sample_id"] for table in embedding_tables(staging) for row in read_columns(table_files(staging, table), ["sample_id"]).to_pylist()
-    }
+    written = read_run_columns(output, attempt, files, "samples", ["sample_id", "manifest_ok"]).to_pydict()
+    recomputed = {sample_id for sample_id, ok in zip(written["sample_id"], written["manifest_ok"]) if ok}
+    embedded = {sample_id for table in (h.table for h in handlers.values())
+                for sample_id in read_run_columns(output, attempt, files, table, ["sample_id"]).column("sample_id").to_pylist()}
     summary = {
         "run_id": run_id,
         "schema_version": SCHEMA_VERSION,
         "inputs": {"source": corpus.source, "records": len(records)},
-        **summarise(staging),
+        **summarise(output, attempt, files, [*TABLE_NAMES, *(h.table for h in handlers.values())]),
         "metrics": runner_metrics(result),
         "encoders": {
             modality: {"name": h.encoder.name, "fingerprint": h.encoder.fingerprint(), "dim": h.encoder.dim, "table": h.table}
@@ -210,7 +231,12 @@ def _run(
         "runner": runner if isinstance(runner, str) else type(runner).__name__,
         "versions": package_versions(),
         "started_at": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
+        "pipeline_s": round(pipeline_s, 3),
         "wall_time_s": round(time.time() - started, 3),
     }
-    commit(output, CommitPlan(run_id=run_id, recomputed=sorted(recomputed), reembedded=sorted(embedded - recomputed), overwrite=overwrite, summary=summary))
-    return summary
+    info = commit_run(output, RunCommit(
+        run_id=run_id, attempt=attempt, files=[f for f in files if f.table != SKIPPED_TABLE], schemas=schemas,
+        descriptions=descriptions, superseded=frozenset(recomputed), reembedded=frozenset(embedded - recomputed),
+        overwrite=overwrite, summary=summary,
+    ))
+    return info.summary | {"wall_time_s": round(time.time() - started, 3)}

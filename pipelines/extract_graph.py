@@ -49,13 +49,14 @@ def _is_cache_row(pair: tuple[str, dict]) -> bool:
 
 
 class ExtractToCache(beam.PTransform):
-    """``PCollection[ManifestRecord]`` -> Parquet files of every table under ``directory``.
+    """``PCollection[ManifestRecord]`` -> uncommitted Parquet files of every table in the cache, listed in ``_pending``.
 
     Args:
+        cache: the cache folder; attempt: the run attempt that names the files.
         handlers: model handlers by modality (empty: no embeddings).
         context: the run's fingerprint, id and the cache's content (its encoder requests come from ``handlers``).
 
-    Output: ``(table, path, n_rows)`` for each file written.
+    Output: the number of files written (one element).
     """
 
     def __init__(
@@ -63,7 +64,8 @@ class ExtractToCache(beam.PTransform):
         *,
         config: ExtractConfig,
         tokenizer_path: str,
-        directory: str,
+        cache: str,
+        attempt: str,
         schemas: dict[str, pa.Schema],
         num_shards: int,
         handlers: Optional[dict[str, EncoderModelHandler]] = None,
@@ -72,7 +74,8 @@ class ExtractToCache(beam.PTransform):
         super().__init__()
         self._config = config
         self._tokenizer_path = tokenizer_path
-        self._directory = directory
+        self._cache = cache
+        self._attempt = attempt
         self._schemas = schemas
         self._num_shards = num_shards
         self._handlers = handlers or {}
@@ -109,7 +112,7 @@ class ExtractToCache(beam.PTransform):
         return (
             (cache_rows, finalized)
             | "MergeAll" >> beam.Flatten()
-            | "Write" >> WriteCacheTables(self._directory, self._schemas, self._num_shards)
+            | "Write" >> WriteCacheTables(self._cache, self._attempt, self._schemas, self._num_shards)
         )
 
 
@@ -126,7 +129,6 @@ def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: s
             min_batch_size=encode.min_batch_size,
             max_batch_size=encode.max_batch_size,
             budget=budgets[modality],
-            float16=encode.embedding_dtype == "float16",
         )
         for modality, encoder in encoders.items()
     }

@@ -84,7 +84,6 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     encode.add_argument("--max-batch-tokens", type=int, default=defaults.max_batch_tokens, help="padded tokens per text batch")
     encode.add_argument("--max-batch-frames", type=int, default=defaults.max_batch_frames, help="frames per image batch")
     encode.add_argument("--max-batch-audio-s", type=float, default=defaults.max_batch_audio_s, help="padded seconds per audio batch")
-    encode.add_argument("--embedding-dtype", default=defaults.embedding_dtype, choices=["float32", "float16"])
     encode.add_argument("--sequences", default="", help="comma-separated video,text: also store per-frame/per-token vectors "
                         "(for mmfeat train --sequence)")
     encode.add_argument("--trust-remote-code", action="store_true", help="allow model folders that ship their own code")
@@ -155,7 +154,6 @@ def _encode_config_from(args: argparse.Namespace) -> EncodeConfig:
         max_batch_tokens=args.max_batch_tokens,
         max_batch_frames=args.max_batch_frames,
         max_batch_audio_s=args.max_batch_audio_s,
-        embedding_dtype=args.embedding_dtype,
         trust_remote_code=args.trust_remote_code,
         sequences=tuple(m for m in args.sequences.split(",") if m),
     )

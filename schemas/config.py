@@ -143,7 +143,6 @@ class EncodeConfig:
         max_batch_tokens: text budget: padded tokens in one batch.
         max_batch_frames: video budget: frames in one batch.
         max_batch_audio_s: audio budget: padded seconds of audio in one batch.
-        embedding_dtype: ``float32`` or ``float16`` for stored vectors.
         trust_remote_code: allow Hugging Face folders that ship their own model code.
         sequences: modalities (``video``, ``text``) whose embedding sets also store the per-frame or
             per-token vectors (a ``sequence`` column) for sequence models; audio sequences are the MFCC frames.
@@ -159,7 +158,6 @@ class EncodeConfig:
     max_batch_tokens: int = 8192
     max_batch_frames: int = 256
     max_batch_audio_s: float = 600.0
-    embedding_dtype: str = "float32"
     trust_remote_code: bool = False
     sequences: tuple[str, ...] = ()
 
@@ -180,7 +178,6 @@ class EncodeConfig:
         _require(self.max_batch_tokens >= 1, "--max-batch-tokens must be >= 1")
         _require(self.max_batch_frames >= 1, "--max-batch-frames must be >= 1")
         _require(self.max_batch_audio_s > 0, "--max-batch-audio-s must be > 0")
-        _require(self.embedding_dtype in ("float32", "float16"), "--embedding-dtype must be float32 or float16")
 
     def encoder_for(self, modality: str) -> str:
         """The encoder value of ``modality`` (``video``, ``audio`` or ``text``)."""

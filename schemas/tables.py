@@ -1,17 +1,15 @@
 """Explicit pyarrow schemas of every table in the cache, and the schema version.
 
-Every Parquet file carries in its schema metadata:
-``mmfeat.schema_version``, ``mmfeat.table``, ``mmfeat.run_id`` and
-``mmfeat.config`` (the extraction config as JSON).
+Each table is a Delta table (``schemas.cache``); its description records the
+schema version (and, for an embedding set, the encoder and the vector width),
+and each run's ``samples`` commit records the run's config and provenance.
+Vectors are ``list<float32>``: Delta has no fixed-size lists nor half floats.
 """
 from __future__ import annotations
 
-import json
-from typing import Any, Mapping
-
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 STATUS_OK = "ok"
 STATUS_PARTIAL = "partial"
@@ -119,22 +117,22 @@ SKIPPED_TABLE = "_skipped"
 EMBEDDINGS_DIR = "embeddings"
 
 
-def embeddings_schema(dim: int, *, float16: bool = False, sequence: bool = False) -> pa.Schema:
-    """Schema of one embedding set (one modality, one encoder): ``vector`` is a fixed-size list of ``dim`` floats.
+def embeddings_schema(*, sequence: bool = False) -> pa.Schema:
+    """Schema of one embedding set (one modality, one encoder): ``vector`` holds ``dim`` float32 values
+    (``dim`` is in the table's description and the run summary).
 
     With ``sequence``, a ``sequence`` column holds the vectors ``vector`` pools, ``(steps, dim)``: one per
     sampled frame (video) or per token (text, special tokens included).
     """
-    value_type = pa.float16() if float16 else pa.float32()
     fields = [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("modality", pa.string(), nullable=False),
         pa.field("encoder", pa.string(), nullable=False),
         pa.field("encoder_fingerprint", pa.string(), nullable=False),
-        pa.field("vector", pa.list_(value_type, dim), nullable=False),
+        pa.field("vector", pa.list_(pa.float32()), nullable=False),
     ]
     if sequence:
-        fields.append(pa.field("sequence", pa.list_(pa.list_(value_type, dim)), nullable=False))
+        fields.append(pa.field("sequence", pa.list_(pa.list_(pa.float32())), nullable=False))
     return pa.schema(fields)
 
 
@@ -159,15 +157,3 @@ def samples_schema(extra_fields: list[pa.Field]) -> pa.Schema:
 def table_schemas(extra_fields: list[pa.Field]) -> dict[str, pa.Schema]:
     """The feature and bookkeeping table schemas of one extraction run, keyed by table name."""
     return {"samples": samples_schema(extra_fields), **FEATURE_TABLES, SKIPPED_TABLE: SKIPPED}
-
-
-def with_metadata(schema: pa.Schema, *, table: str, run_id: str, config: Mapping[str, Any]) -> pa.Schema:
-    """``schema`` with the cache's file metadata attached (see module docstring)."""
-    return schema.with_metadata(
-        {
-            "mmfeat.schema_version": SCHEMA_VERSION,
-            "mmfeat.table": table,
-            "mmfeat.run_id": run_id,
-            "mmfeat.config": json.dumps(dict(config), sort_keys=True),
-        }
-    )

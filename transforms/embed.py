@@ -62,7 +62,6 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         min_batch_size: int,
         max_batch_size: int,
         budget: float,
-        float16: bool = False,
     ) -> None:
         super().__init__(
             min_batch_size=min_batch_size,
@@ -76,7 +75,6 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         self.precision = precision
         self.budget = budget
         self.max_batch_size = max_batch_size
-        self.float16 = float16
 
     def load_model(self) -> LoadedEncoder:
         return LoadedEncoder(self.encoder.load(torch.device(self.device)))
@@ -111,17 +109,16 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         return f"mmfeat_embed_{self.encoder.modality}"
 
     def _embedding_row(self, item: Item, vector: np.ndarray, sequence: Optional[np.ndarray]) -> TableRow:
-        dtype = np.float16 if self.float16 else np.float32
         row = {
             "sample_id": item["sample_id"],
             "manifest_row": item["manifest_row"],
             "modality": self.encoder.modality,
             "encoder": self.encoder.name,
             "encoder_fingerprint": self.encoder.fingerprint(),
-            "vector": vector.astype(dtype),
+            "vector": vector.astype(np.float32),
         }
         if sequence is not None:
-            row["sequence"] = list(sequence.astype(dtype))
+            row["sequence"] = sequence.astype(np.float32)
         return self.table, row
 
     def _error_row(self, item: Item, error: Exception) -> TableRow:

@@ -1,11 +1,13 @@
-"""The cache sink: ``(table, row)`` pairs to Parquet files, one per (table, shard).
+"""The cache sink: ``(table, row)`` pairs to Parquet data files, one per (table, shard), and their list.
 
 The shape is the one that gave identical rows on every runner we tried
 (FACTS.md): rows arrive as data on one PCollection, are keyed by
 ``(table, shard)``, grouped with ``GroupByKey``, and each group is streamed
 by pyarrow into a temporary file that is then renamed into place. Nothing
 is emitted from ``finish_bundle`` and there is a single terminal stage.
-Writing a group again (a retried bundle) replaces the same file.
+Writing a group again (a retried bundle) replaces the same file. The
+files' descriptions (``DataFile``: size, rows, min/max ``sample_id``) are
+gathered into one list under ``_pending/``, which the launcher commits.
 """
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import contextlib
 import logging
 import uuid
 import zlib
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from schemas.cache.layout import DataFile, data_folder, pending_uri
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +33,6 @@ _ROWS_PER_BATCH = 256
 def shard_of(sample_id: str, num_shards: int) -> int:
     """Stable shard of a sample (all rows of one sample land in the same file of each table)."""
     return zlib.crc32(sample_id.encode("utf-8")) % num_shards
-
-
-def shard_file_name(shard: int) -> str:
-    """File name of one shard of a table."""
-    return f"part-{shard:05d}.parquet"
 
 
 def _matrix_column(values: list[Any], value_type: pa.DataType) -> pa.Array:
@@ -51,13 +50,13 @@ def _matrix_column(values: list[Any], value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
 
 
-def _vector_column(values: list[Any], vector_type: pa.FixedSizeListType) -> pa.Array:
-    """A ``fixed_size_list<float, dim>`` column from 1-D arrays of length ``dim``."""
+def _vector_column(values: list[Any], vector_type: pa.ListType) -> pa.Array:
+    """A ``list<float>`` column from 1-D arrays, built from offsets (no Python float per value)."""
     element_type = vector_type.value_type
-    flat = np.concatenate([np.asarray(v, dtype=element_type.to_pandas_dtype()).reshape(-1) for v in values]) if values else np.zeros(0)
-    if len(flat) != len(values) * vector_type.list_size:
-        raise ValueError(f"vectors must all have {vector_type.list_size} values")
-    return pa.FixedSizeListArray.from_arrays(pa.array(flat, type=element_type), vector_type.list_size)
+    arrays = [np.asarray(v, dtype=element_type.to_pandas_dtype()).reshape(-1) for v in values]
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int32)
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=element_type.to_pandas_dtype())
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=element_type))
 
 
 def rows_to_table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -67,7 +66,8 @@ def rows_to_table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
         values = [row.get(field.name) for row in rows]
         if pa.types.is_list(field.type) and pa.types.is_list(field.type.value_type):
             columns.append(_matrix_column(values, field.type.value_type))
-        elif pa.types.is_fixed_size_list(field.type):
+        elif pa.types.is_list(field.type) and pa.types.is_floating(field.type.value_type) and any(
+                isinstance(v, np.ndarray) for v in values):
             columns.append(_vector_column(values, field.type))
         else:
             values = [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
@@ -88,7 +88,7 @@ def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 @contextlib.contextmanager
 def _atomic_parquet(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
-    """A Parquet writer on a temporary name, renamed to ``path`` once closed (readers never see half a file)."""
+    """A Parquet writer on a temporary name, renamed to ``path`` once closed (a retried bundle replaces the file whole)."""
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
     with FileSystems.create(temporary) as handle:
         with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
@@ -96,52 +96,72 @@ def _atomic_parquet(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     FileSystems.rename([temporary], [path])
 
 
-def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> int:
-    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count."""
-    count = 0
+def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> tuple[int, Optional[str], Optional[str]]:
+    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count and the min/max ``sample_id``."""
+    count, low, high = 0, None, None
     with _atomic_parquet(path, schema) as writer:
         for batch in _batched(rows, _ROWS_PER_BATCH):
             writer.write_table(rows_to_table(batch, schema))
             count += len(batch)
-    return count
-
-
-def write_table(path: str, table: pa.Table) -> None:
-    """Write an Arrow table to ``path``, atomically (a file rewritten in place is replaced whole)."""
-    with _atomic_parquet(path, table.schema) as writer:
-        writer.write_table(table)
+            ids = [row["sample_id"] for row in batch]
+            low = min(ids) if low is None else min(low, *ids)
+            high = max(ids) if high is None else max(high, *ids)
+    return count, low, high
 
 
 class _WriteShardFn(beam.DoFn):
-    """Writes one ``((table, shard), rows)`` group to ``{directory}/{table}/part-{shard}.parquet``."""
+    """Writes one ``((table, shard), rows)`` group as ``{attempt}-part-{shard}.parquet`` in the table's folder; emits its ``DataFile``."""
 
-    def __init__(self, directory: str, schemas: Mapping[str, pa.Schema]) -> None:
-        self._directory = directory
+    def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema]) -> None:
+        self._cache = cache
+        self._attempt = attempt
         self._schemas = dict(schemas)
         self._rows_written = beam.metrics.Metrics.counter("mmfeat", "rows_written")
 
-    def process(self, element: tuple[tuple[str, int], Iterable[Mapping[str, Any]]]) -> Iterator[tuple[str, str, int]]:
+    def process(self, element: tuple[tuple[str, int], Iterable[Mapping[str, Any]]]) -> Iterator[DataFile]:
         (table, shard), rows = element
-        path = FileSystems.join(self._directory, table, shard_file_name(shard))
-        count = write_rows(path, rows, self._schemas[table])
+        name = f"{self._attempt}-part-{shard:05d}.parquet"
+        path = FileSystems.join(data_folder(self._cache, table, self._attempt), name)
+        count, low, high = write_rows(path, rows, self._schemas[table])
+        metadata = FileSystems.match([path])[0].metadata_list[0]
         self._rows_written.inc(count)
-        yield table, path, count
+        yield DataFile(table=table, name=name, size=metadata.size_in_bytes, n_rows=count, min_id=low, max_id=high,
+                       modified_ms=int(metadata.last_updated_in_seconds * 1000))
+
+
+class _WriteFileListFn(beam.DoFn):
+    """Writes every ``DataFile`` of the run attempt, one JSON line each, to its ``_pending`` list (what the launcher commits)."""
+
+    def __init__(self, cache: str, attempt: str) -> None:
+        self._path = pending_uri(cache, attempt)
+
+    def process(self, element: tuple[None, Iterable[DataFile]]) -> Iterator[int]:
+        files = sorted(element[1], key=lambda f: (f.table, f.name))
+        temporary = f"{self._path}.tmp-{uuid.uuid4().hex}"
+        with FileSystems.create(temporary) as handle:
+            handle.write("".join(f"{f.to_json()}\n" for f in files).encode("utf-8"))
+        FileSystems.rename([temporary], [self._path])
+        yield len(files)
 
 
 class WriteCacheTables(beam.PTransform):
-    """``PCollection[(table, row)]`` -> one Parquet file per (table, shard) under ``directory``.
+    """``PCollection[(table, row)]`` -> one Parquet file per (table, shard) in the cache's table folders, listed in ``_pending``.
+
+    The files stay invisible until the launcher commits them (``schemas.cache.commit_run``).
 
     Args:
-        directory: where table folders are created (a run's staging folder).
-        schemas: pyarrow schema (with file metadata) of each table name that may occur.
+        cache: the cache folder (local path or URI).
+        attempt: the run attempt; names the files and the list.
+        schemas: pyarrow schema of each table name that may occur.
         num_shards: files per table at most; rows are spread by ``shard_of(sample_id)``.
 
-    Output: ``(table, path, n_rows)`` per file written.
+    Output: the number of files written (one element).
     """
 
-    def __init__(self, directory: str, schemas: Mapping[str, pa.Schema], num_shards: int) -> None:
+    def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int) -> None:
         super().__init__()
-        self._directory = directory
+        self._cache = cache
+        self._attempt = attempt
         self._schemas = dict(schemas)
         self._num_shards = num_shards
 
@@ -151,5 +171,8 @@ class WriteCacheTables(beam.PTransform):
             rows
             | "KeyByTableShard" >> beam.Map(lambda pair: ((pair[0], shard_of(pair[1]["sample_id"], num_shards)), pair[1]))
             | "GroupByTableShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(_WriteShardFn(self._directory, self._schemas))
+            | "WriteShards" >> beam.ParDo(_WriteShardFn(self._cache, self._attempt, self._schemas))
+            | "OneList" >> beam.Map(lambda data_file: (None, data_file))
+            | "GroupFiles" >> beam.GroupByKey()
+            | "WriteFileList" >> beam.ParDo(_WriteFileListFn(self._cache, self._attempt))
         )

@@ -108,7 +108,7 @@ def test_user_checkpoints_through_the_encoder_flags(tmp_path, small_manifest, to
     wav2vec2 = tiny_models.wav2vec2_folder(str(tmp_path / "wav2vec2"))
     output = str(tmp_path / "out")
     argv = ["extract", "--manifest", small_manifest, "--output", output, "--text-encoder", bert, "--image-encoder", vit,
-            "--audio-encoder", wav2vec2, "--embedding-dtype", "float16", "--max-batch-size", "2"]
+            "--audio-encoder", wav2vec2, "--max-batch-size", "2"]
     assert main(argv) == 0
     with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
         encoders = json.load(handle)["encoders"]

@@ -1,0 +1,185 @@
+"""A consistent view of a cache: every table at the version that one ``samples`` commit recorded.
+
+Runs commit the feature and embedding tables first and ``samples`` last; the
+``samples`` commit's metadata names the version it committed of every other
+table (``mmfeat.versions``). A view pins those versions, so a reader never
+sees half a run (a table committed by a run that died before its ``samples``
+commit) and never mixes two runs. ``as_of`` picks an earlier run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from schemas.cache.layout import filesystem, normalise, table_uri
+from schemas.errors import ConfigError
+from schemas.tables import EMBEDDINGS_DIR, SCHEMA_VERSION
+
+logger = logging.getLogger(__name__)
+
+RUN_ID = "mmfeat.run_id"
+ATTEMPT = "mmfeat.attempt"
+KIND = "mmfeat.kind"
+VERSIONS = "mmfeat.versions"
+SUMMARY = "mmfeat.summary"
+HOST = "mmfeat.host"
+PID = "mmfeat.pid"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One ``samples`` commit that pins a state of the cache (a run, a repair or a compaction).
+
+    Attributes:
+        run_id: the run's name.
+        kind: ``extract``, ``repair`` or ``compact``.
+        version: the ``samples`` version it committed.
+        timestamp_ms: commit time, milliseconds since the epoch.
+        versions: the version of every other table it pinned.
+        summary: the run summary (config, fingerprints, counts, package versions, wall time).
+    """
+
+    run_id: str
+    kind: str
+    version: int
+    timestamp_ms: int
+    versions: dict[str, int]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_commit(cls, commit: dict[str, Any]) -> Optional["RunInfo"]:
+        """The run a ``history()`` entry of ``samples`` pins, or ``None`` for other commits (claims, vacuum)."""
+        if VERSIONS not in commit:
+            return None
+        return cls(run_id=commit[RUN_ID], kind=commit.get(KIND, "extract"), version=int(commit["version"]),
+                   timestamp_ms=int(commit["timestamp"]), versions=json.loads(commit[VERSIONS]),
+                   summary=json.loads(commit.get(SUMMARY, "{}")))
+
+
+def open_table(uri: str, version: Optional[int] = None) -> Optional[Any]:
+    """The Delta table at ``uri`` (at ``version``), or ``None`` where there is none."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(uri):
+        return None
+    return DeltaTable(uri, version=version)
+
+
+def exists(uri: str) -> bool:
+    """Whether anything (file or folder) is at ``uri``."""
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != 0  # pyarrow.fs.FileType.NotFound
+
+
+def check_format(cache: str) -> None:
+    """Refuse a cache written by an mmfeat with another layout. Raises ``ConfigError``."""
+    samples = table_uri(cache, "samples")
+    if not exists(samples):
+        return
+    table = open_table(samples)
+    found = "1 (plain Parquet folders)" if table is None else describe(table).get("schema_version", "?")
+    if found != SCHEMA_VERSION:
+        raise ConfigError(f"{cache} holds a cache of schema version {found}, this mmfeat reads and writes {SCHEMA_VERSION} "
+                          "(Delta tables); rerun mmfeat extract with --overwrite, or use a new --output")
+
+
+def describe(table: Any) -> dict[str, Any]:
+    """The mmfeat description of a table (schema version; for embedding sets: encoder, fingerprint, dim)."""
+    try:
+        return json.loads(table.metadata().description or "{}")
+    except ValueError:
+        return {}
+
+
+def runs(cache: str) -> list[RunInfo]:
+    """Every state of the cache a ``samples`` commit pinned, oldest first."""
+    samples = open_table(table_uri(cache, "samples"))
+    if samples is None:
+        return []
+    found = (RunInfo.from_commit(commit) for commit in samples.history())
+    return sorted((run for run in found if run), key=lambda run: run.version)
+
+
+def latest_run(samples: Any) -> Optional[RunInfo]:
+    """The newest pinning commit of the ``samples`` table (reading back as few commits as it can)."""
+    limit = 16
+    while True:
+        history = samples.history(limit)
+        for commit in history:
+            run = RunInfo.from_commit(commit)
+            if run:
+                return run
+        if len(history) < limit:
+            return None
+        limit *= 4
+
+
+class CacheView:
+    """Readers' entry to a cache: tables at the versions one run pinned.
+
+    Use ``CacheView.open(cache)`` for the latest run, ``as_of=RUN_ID`` for the state a run left.
+    """
+
+    def __init__(self, cache: str, run: Optional[RunInfo]) -> None:
+        self.cache = normalise(cache)
+        self.run = run
+        self.versions: dict[str, int] = {} if run is None else {**run.versions, "samples": run.version}
+        self._tables: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, cache: str, *, as_of: Optional[str] = None) -> "CacheView":
+        """The latest consistent state of ``cache``, or the one run ``as_of`` committed.
+
+        Raises:
+            ConfigError: another schema version, or no run ``as_of``.
+        """
+        check_format(cache)
+        if as_of is None:
+            samples = open_table(table_uri(cache, "samples"))
+            return cls(cache, latest_run(samples) if samples is not None else None)
+        history = runs(cache)
+        chosen = [run for run in history if run.run_id == as_of]
+        if not chosen:
+            names = ", ".join(run.run_id for run in history) or "none"
+            raise ConfigError(f"--as-of {as_of}: no such run in {cache} (runs: {names})")
+        return cls(cache, chosen[-1])
+
+    def tables(self) -> list[str]:
+        """Every table of this state, sorted."""
+        return sorted(self.versions)
+
+    def embedding_tables(self, modality: Optional[str] = None) -> list[str]:
+        """Embedding sets of this state (``embeddings/<modality>/<set>``), of one modality or all."""
+        prefix = f"{EMBEDDINGS_DIR}/{modality}/" if modality else f"{EMBEDDINGS_DIR}/"
+        return [name for name in self.tables() if name.startswith(prefix)]
+
+    def has(self, name: str) -> bool:
+        return name in self.versions
+
+    def table(self, name: str) -> Any:
+        """The ``DeltaTable`` of ``name`` at its pinned version. Raises ``ConfigError`` when this state has none."""
+        if name not in self.versions:
+            raise ConfigError(f"{self.cache} has no table {name} (tables: {', '.join(self.tables()) or 'none: no run committed'})")
+        if name not in self._tables:
+            self._tables[name] = open_table(table_uri(self.cache, name), self.versions[name])
+        return self._tables[name]
+
+    def files(self, name: str) -> list[str]:
+        """The data files of ``name`` in this state (URIs), for readers without Delta support."""
+        return list(self.table(name).file_uris())
+
+    def dataset(self, name: str) -> ds.Dataset:
+        """A pyarrow dataset over ``name`` in this state."""
+        return self.table(name).to_pyarrow_dataset()
+
+    def read(self, name: str, columns: Optional[list[str]] = None, filter: Optional[Any] = None) -> pa.Table:
+        """``columns`` of ``name`` (rows matching ``filter``, a pyarrow expression)."""
+        return self.dataset(name).to_table(columns=columns, filter=filter)
+
+    def description(self, name: str) -> dict[str, Any]:
+        return describe(self.table(name))
