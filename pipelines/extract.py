@@ -12,6 +12,7 @@ references, removed by a later vacuum.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -34,7 +35,8 @@ from pipelines.run_report import check_accounting, package_versions, read_run_co
 from schemas.cache import (
     DEFAULT_RETENTION_HOURS, CacheView, RunCommit, check_format, commit_run, discard_attempt, new_attempt, read_pending, repair, vacuum,
 )
-from schemas.cache.layout import is_local
+from schemas.cache.commit import new_columns
+from schemas.cache.layout import is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, SKIPPED_TABLE, TABLE_NAMES, embeddings_schema, table_schemas
@@ -81,16 +83,25 @@ LEGACY_ENTRIES = ("samples", "frames", "audio", "text", "errors", "embeddings", 
 """What a schema-version-1 cache (plain Parquet folders and our own commit protocol) left in its folder."""
 
 
+CACHE_SCHEMES = ("file", "gs", "s3", "abfs", "abfss")
+"""URI schemes a cache can live on: those both delta-rs and pyarrow's file systems write (Beam-only schemes cannot)."""
+
+
 def check_output(output: str, *, overwrite: bool) -> None:
-    """Refuse a cache of another schema version unless ``overwrite``, and an output that cannot be written.
+    """Refuse an output Delta Lake cannot write, a cache of another schema version unless ``overwrite``, and an
+    output that cannot be written.
 
     Raises:
         ConfigError: saying what to do.
     """
+    scheme = output.split("://", 1)[0] if not is_local(output) else "file"
+    if scheme not in CACHE_SCHEMES:
+        raise ConfigError(f"--output {output}: the cache is written with Delta Lake, which cannot write {scheme}:// URIs; "
+                          f"use a local folder or one of {', '.join(f'{s}://' for s in CACHE_SCHEMES if s != 'file')}")
     if not overwrite:
         check_format(output)
     if is_local(output):
-        existing = os.path.abspath(output)
+        existing = normalise(output)  # a plain path, also for file:// URIs
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         if not os.access(existing, os.W_OK):
@@ -106,6 +117,20 @@ def _clear_legacy_cache(output: str) -> None:
         doomed = [FileSystems.join(output, name) for name in LEGACY_ENTRIES if FileSystems.exists(FileSystems.join(output, name))]
         logger.warning("--overwrite: deleting the schema-version-1 cache at %s", output)
         FileSystems.delete(doomed)
+
+
+_DISK_ERRORS = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def _disk_error(error: BaseException) -> Optional[OSError]:
+    """An ``OSError`` with the errno of a full or read-only disk when ``error`` (or what Beam wrapped in it) is one."""
+    while error is not None:
+        for number, text in _DISK_ERRORS.items():
+            if (isinstance(error, OSError) and error.errno == number) or text in str(error):
+                message = str(error).split("[while running")[0].strip()
+                return OSError(number, message[message.find(text):] if text in message else f"{text}: {message}")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -161,13 +186,17 @@ def run_extract(
         repair(output)  # damaged or missing committed files leave the cache; their samples are recomputed now
     attempt = new_attempt(run_id)
     handlers = build_handlers(encoders or {}, encode or EncodeConfig(), device)
-    tables = [*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values())]
+    # Where the attempt may leave files: its own tables, and every table of the cache (commits rewrite files there).
+    tables = sorted({*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values()), *CacheView.open(output).tables()})
     try:
         summary = _run(corpus, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
                        run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute)
-    except BaseException:
+    except BaseException as error:
         removed = discard_attempt(output, attempt, tables)
         logger.error("run %s failed: nothing was committed to %s (%d files of it removed)", run_id, output, removed)
+        disk_error = _disk_error(error)
+        if disk_error:
+            raise disk_error from error
         raise
     discard_attempt(output, attempt, [SKIPPED_TABLE])
     removed = vacuum(output)
@@ -192,7 +221,10 @@ def _run(
         schemas[handler.table] = embeddings_schema(sequence=encoder.keep_sequences)
         descriptions[handler.table] = {"modality": encoder.modality, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint(),
                                        "dim": encoder.dim, "preprocessing": list(encoder.fingerprint_parts())}
-    known = {} if (recompute or overwrite) else known_samples(CacheView.open(output))
+    view = CacheView.open(output)
+    if view.has("samples") and not overwrite:
+        new_columns(view.table("samples"), schemas["samples"], "samples")  # a manifest column that changed type fails now, not after the work
+    known = {} if (recompute or overwrite) else known_samples(view)
     started = time.time()
     logger.info("run %s: %d samples from %s -> %s (%d already cached)", run_id, len(records), corpus.source, output, len(known))
 

@@ -116,7 +116,6 @@ class ExtractToCache(beam.PTransform):
         )
 
 
-
 def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EncoderModelHandler]:
     """One model handler per encoder, with its modality's batch budget."""
     budgets = {"text": encode.max_batch_tokens, "video": encode.max_batch_frames, "audio": encode.max_batch_audio_s}

@@ -6,6 +6,7 @@ exits with status 2 and a message that says what to fix.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -15,9 +16,10 @@ from pipelines.extract import RunReport, check_output, default_run_id, run_extra
 from pipelines.manifest import Corpus, read_folder, read_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.beam_args import check_beam_args
-from runners.status import format_status
+from runners.status import MAINTENANCE_COMMANDS
 from runners.training_commands import TRAINING_COMMANDS, add_training_commands
 from runners.presets import RUNNER_PRESETS, add_runner_arguments, build_runner
+from schemas.cache import DEFAULT_RETENTION_HOURS, ConcurrentRunError, DamagedFileError
 from schemas.config import DEVICES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig
 from schemas.errors import ConfigError
 from transforms.encoders.base import resolve_device
@@ -27,7 +29,7 @@ from transforms.text import resolve_tokenizer_path
 
 logger = logging.getLogger("mmfeat")
 
-EXIT_OK, EXIT_TOO_MANY_FAILURES, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_TOO_MANY_FAILURES, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -105,9 +107,22 @@ def _add_sample_corpus(subparsers: argparse._SubParsersAction, common: argparse.
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def _add_status(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("status", parents=[common], help="list the runs of a cache and whether they committed")
-    parser.add_argument("output", help="cache folder")
+def _add_maintenance(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    status = subparsers.add_parser("status", parents=[common], help="list the runs committed to a cache (its Delta history)")
+    status.add_argument("output", help="cache folder")
+    repair = subparsers.add_parser("repair", parents=[common], help="remove damaged or missing data files from a cache; "
+                                   "their samples are recomputed by the next extract")
+    repair.add_argument("output", help="cache folder")
+    repair.add_argument("--deep", action="store_true", help="also read every data file whole (slower), not only its size")
+    vacuum = subparsers.add_parser("vacuum", parents=[common], help="delete files no recent version of a cache references "
+                                   "(files of killed runs, superseded rows)")
+    vacuum.add_argument("output", help="cache folder")
+    vacuum.add_argument("--retention-hours", type=int, default=DEFAULT_RETENTION_HOURS,
+                        help=f"keep files referenced within this many hours, and any younger file (default {DEFAULT_RETENTION_HOURS}: "
+                        "--as-of reaches runs this old; runs in progress are never touched)")
+    vacuum.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    compact = subparsers.add_parser("compact", parents=[common], help="merge the small files incremental runs leave (Delta optimize)")
+    compact.add_argument("output", help="cache folder")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -117,7 +132,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     common = _common_options()
     extract = _add_extract(subparsers, common)
     _add_sample_corpus(subparsers, common)
-    _add_status(subparsers, common)
+    _add_maintenance(subparsers, common)
     add_training_commands(subparsers, common)
     return parser, extract
 
@@ -232,8 +247,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command in TRAINING_COMMANDS:
             return TRAINING_COMMANDS[args.command](args)
-        if args.command == "status":
-            print(format_status(args.output))
+        if args.command in MAINTENANCE_COMMANDS:
+            print(MAINTENANCE_COMMANDS[args.command](args))
             return EXIT_OK
         if args.command == "make-sample-corpus":
             manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed)
@@ -242,6 +257,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as error:
         print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (ConcurrentRunError, DamagedFileError) as error:
+        print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise
+        print(f"mmfeat {args.command}: error: {error}; nothing of this run was committed and the cache is as before: "
+              "free space (or fix permissions) and run again", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_USAGE
 
 

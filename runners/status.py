@@ -1,9 +1,11 @@
-"""``mmfeat status CACHE``: the runs that committed to a cache (from the Delta history of ``samples``), oldest first."""
+"""The cache's own subcommands: ``status`` (the runs in the Delta history of ``samples``), ``repair``, ``vacuum``, ``compact``."""
 from __future__ import annotations
 
+import argparse
 import datetime
+from typing import Callable
 
-from schemas.cache import RunInfo, check_format, runs
+from schemas.cache import RunInfo, check_format, compact, repair, runs, vacuum
 from schemas.errors import ConfigError
 
 
@@ -38,3 +40,40 @@ def format_status(output: str) -> str:
         raise ConfigError(f"status: no cache at {output} (no run has committed there)")
     lines = [f"{output}: {len(history)} runs"]
     return "\n".join(lines + [line for run in history for line in _describe(run)])
+
+
+def _repair(args: argparse.Namespace) -> str:
+    check_format(args.output)
+    run = repair(args.output, deep=args.deep)
+    if run is None:
+        return f"mmfeat repair: {args.output}: every data file is intact"
+    damaged = run.summary["damaged_files"]
+    return (f"mmfeat repair: removed {sum(map(len, damaged.values()))} damaged files ({', '.join(sorted(damaged))}); "
+            f"{run.summary['samples_to_recompute']} samples will be recomputed by the next mmfeat extract")
+
+
+def _vacuum(args: argparse.Namespace) -> str:
+    check_format(args.output)
+    removed = vacuum(args.output, retention_hours=args.retention_hours, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    return "\n".join([f"mmfeat vacuum: {verb} {len(removed)} files"] + [f"  {path}" for path in removed])
+
+
+def _compact(args: argparse.Namespace) -> str:
+    check_format(args.output)
+    before = {table: len(files) for table, files in _file_counts(args.output).items()}
+    compact(args.output)
+    after = _file_counts(args.output)
+    return "\n".join(["mmfeat compact: data files per table"] + [f"  {t}: {before.get(t, 0)} -> {len(f)}" for t, f in sorted(after.items())])
+
+
+def _file_counts(output: str) -> dict[str, list[str]]:
+    from schemas.cache import CacheView
+
+    view = CacheView.open(output)
+    return {table: view.files(table) for table in view.tables()}
+
+
+MAINTENANCE_COMMANDS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "status": lambda args: format_status(args.output), "repair": _repair, "vacuum": _vacuum, "compact": _compact,
+}

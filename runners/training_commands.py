@@ -14,12 +14,17 @@ from schemas.tables import MODALITIES
 EXIT_OK = 0
 
 
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", required=True, help="a cache written by mmfeat extract")
+    parser.add_argument("--as-of", metavar="RUN_ID", help="read the cache as run RUN_ID left it (default: the latest run; mmfeat status lists runs)")
+
+
 def _add_train(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from trainer.heads import FUSIONS
     from trainer.sequence_encoders import SEQUENCE_ENCODERS
 
     parser = subparsers.add_parser("train", parents=[common], help="fit a fusion head on a cache, with cross-validation")
-    parser.add_argument("--cache", required=True, help="a cache written by mmfeat extract")
+    _add_cache_options(parser)
     parser.add_argument("--label", action="append", required=True, help="label column of the samples table (repeat for multi-task)")
     parser.add_argument("--fusion", default="attention", choices=FUSIONS)
     parser.add_argument("--modalities", help="comma-separated subset of video,audio,text (default: every embedded modality)")
@@ -53,7 +58,7 @@ def _add_reader_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_pretrain(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("pretrain", parents=[common], help="contrastive alignment of modality projections (no labels)")
-    parser.add_argument("--cache", required=True)
+    _add_cache_options(parser)
     parser.add_argument("--output", required=True, help="folder for pretrain.pt and pretrain.json")
     parser.add_argument("--modalities", help="comma-separated subset of video,audio,text")
     for name, kind, default in [("hidden", int, 32), ("epochs", int, 200), ("temperature", float, 0.1), ("seed", int, 0)]:
@@ -62,7 +67,7 @@ def _add_pretrain(subparsers: argparse._SubParsersAction, common: argparse.Argum
 
 def _add_retrieval(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("retrieval-eval", parents=[common], help="cross-modal retrieval recall@1/5/10")
-    parser.add_argument("--cache", required=True)
+    _add_cache_options(parser)
     parser.add_argument("--query", default="text", choices=["video", "audio", "text"])
     parser.add_argument("--target", default="video", choices=["video", "audio", "text"])
     parser.add_argument("--model", help="a mmfeat pretrain folder (default: random projections, the baseline)")
@@ -73,7 +78,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from trainer import pretrain as contrastive
     from trainer.data import load_features
 
-    data = load_features(args.cache, labels=[], modalities=list(_modality_list(args.modalities)) or None)
+    data = load_features(args.cache, labels=[], as_of=args.as_of, modalities=list(_modality_list(args.modalities)) or None)
     config = contrastive.PretrainConfig(hidden=args.hidden, epochs=args.epochs, temperature=args.temperature, seed=args.seed)
     model, standardiser, history = contrastive.pretrain(data, config)
     contrastive.save(model, standardiser, config, args.output)
@@ -85,7 +90,7 @@ def _retrieval(args: argparse.Namespace) -> int:
     from trainer import pretrain as contrastive
     from trainer.data import load_features
 
-    data = load_features(args.cache, labels=[], modalities=[args.query, args.target])
+    data = load_features(args.cache, labels=[], as_of=args.as_of, modalities=[args.query, args.target])
     if args.model:
         model, standardiser, _ = contrastive.load(args.model)
     else:
@@ -97,7 +102,7 @@ def _retrieval(args: argparse.Namespace) -> int:
 
 def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("compare", parents=[common], help="fusion heads against single-modality baselines, cross-validated")
-    parser.add_argument("--cache", required=True)
+    _add_cache_options(parser)
     parser.add_argument("--label", required=True)
     parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads")
     parser.add_argument("--folds", type=int, default=5)
@@ -110,7 +115,7 @@ def _compare(args: argparse.Namespace) -> int:
     from trainer.train import TrainConfig
 
     rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds, config=TrainConfig(seed=args.seed),
-                   labels_file=args.labels_file)
+                   labels_file=args.labels_file, as_of=args.as_of)
     print(format_table(rows))
     return EXIT_OK
 
@@ -118,8 +123,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _add_evaluate(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("evaluate", parents=[common], help="score a trained model on a cache")
     parser.add_argument("--model", required=True, help="the --output folder of mmfeat train")
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set")
+    _add_cache_options(parser)
+    parser.add_argument("--encoder", action="append", default=[],
+                        help="MODALITY=SET to pick an embedding set (default: the one the model was trained on, when the cache has it)")
     _add_reader_options(parser)
 
 
@@ -152,10 +158,11 @@ def _train(args: argparse.Namespace) -> int:
                          sequence_encoder=args.sequence_encoder, max_steps=args.max_steps, audio_step_s=args.audio_step_s,
                          chunk_rows=args.chunk_rows)
     modalities = list(_modality_list(args.modalities)) or None
-    report = train(args.cache, labels=args.label, config=config, output=args.output, folds=args.folds, modalities=modalities,
-                   encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init, reader=args.reader,
-                   scratch=args.scratch, labels_file=args.labels_file)
+    report = train(args.cache, labels=args.label, config=config, output=args.output, as_of=args.as_of, folds=args.folds,
+                   modalities=modalities, encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init,
+                   reader=args.reader, scratch=args.scratch, labels_file=args.labels_file)
     print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
+    print(f"  cache as run {report['cache']['run_id']} left it (samples version {report['cache']['samples_version']})")
     for name, mean in report.get("mean", {}).items():
         print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
     weights = report["final_model"].get("modality_weights")
@@ -167,8 +174,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from trainer.run import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.model, args.cache, encoders=_encoder_choices(args.encoder), reader=args.reader, scratch=args.scratch,
-                                 labels_file=args.labels_file)
+    result = evaluate_checkpoint(args.model, args.cache, as_of=args.as_of, encoders=_encoder_choices(args.encoder), reader=args.reader,
+                                 scratch=args.scratch, labels_file=args.labels_file)
     print(json.dumps(result, indent=2))
     return EXIT_OK
 

@@ -109,7 +109,7 @@ SKIPPED = pa.schema(
         pa.field("manifest_row", pa.int64(), nullable=False),
     ]
 )
-"""Manifest rows an incremental run found already cached (staging only: counted, never committed)."""
+"""Manifest rows an incremental run found already cached (written under ``_pending/``: counted, never committed)."""
 
 FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
 TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")

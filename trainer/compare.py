@@ -21,11 +21,11 @@ class ComparisonRow:
 
 def compare(
     cache: str, *, label: str, fusions: tuple[str, ...] = ("attention", "concat", "weighted"), folds: int = 5,
-    config: Optional[TrainConfig] = None, labels_file: Optional[str] = None,
+    config: Optional[TrainConfig] = None, labels_file: Optional[str] = None, as_of: Optional[str] = None,
 ) -> list[ComparisonRow]:
-    """Cross-validate each fusion on every modality, then ``concat`` on each modality alone."""
+    """Cross-validate each fusion on every modality, then ``concat`` on each modality alone (on the cache as run ``as_of`` left it)."""
     base = config or TrainConfig()
-    data = load_features(cache, labels=[label], labels_file=labels_file)
+    data = load_features(cache, labels=[label], labels_file=labels_file, as_of=as_of)
     task = infer_task(label, data.labels[label])
     metric = "f1_macro" if task.kind == "classification" else "pearson_r"
     runs = [(fusion, data) for fusion in fusions] + [("concat", data.only(m)) for m in data.modalities]

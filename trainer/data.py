@@ -1,6 +1,8 @@
 """Reading the cache for training: one feature array per modality, a presence mask, and label columns.
 
-The trainer reads Parquet with pyarrow and dask only (it never imports Beam).
+The trainer reads the cache through one consistent view
+(``schemas.cache.CacheView``: every table at the version the latest run, or
+the run ``as_of``, pinned), with pyarrow and dask only (it never imports Beam).
 Samples whose status is ``failed``, whose manifest row was invalid, or whose
 label is missing are left out. A sample without a modality keeps a zero row
 for it and ``present`` False: missing modalities are masked, not dropped.
@@ -12,19 +14,19 @@ are always held in memory.
 """
 from __future__ import annotations
 
-import json
+import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from schemas.cache import CacheView, runs
 from schemas.errors import ConfigError
-from schemas.tables import EMBEDDINGS_DIR, MODALITIES, STATUS_FAILED
-from trainer.cache_reader import read_partitions
+from schemas.tables import MODALITIES, STATUS_FAILED
+from trainer.cache_reader import columns, description, read_partitions, row_count
 from trainer.sequences import allocate, embedding_sequences, mfcc_sequences
 
 
@@ -40,6 +42,8 @@ class FeatureSet:
         present: bool ``(n, n_modalities)``.
         labels: per label column, ``(n,)`` values (str, int or float).
         lengths: per sequence modality, int32 ``(n,)`` steps (0 where absent).
+        source: what was read: ``cache``, ``run_id`` and ``samples_version`` of the state read, and per modality
+            the ``table`` and its ``version`` (empty for feature sets not read from a cache).
     """
 
     sample_ids: list[str]
@@ -48,6 +52,7 @@ class FeatureSet:
     present: np.ndarray
     labels: dict[str, np.ndarray]
     lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -64,61 +69,78 @@ class FeatureSet:
             present=self.present[rows],
             labels={k: v[rows] for k, v in self.labels.items()},
             lengths={m: v[rows] for m, v in self.lengths.items()},
+            source=self.source,
         )
 
     def only(self, modality: str) -> "FeatureSet":
         """The same samples with one modality (a unimodal baseline)."""
         column = self.modalities.index(modality)
         return FeatureSet(self.sample_ids, [modality], {modality: self.features[modality]}, self.present[:, column : column + 1],
-                          self.labels, {m: v for m, v in self.lengths.items() if m == modality})
+                          self.labels, {m: v for m, v in self.lengths.items() if m == modality}, self.source)
 
     def dims(self) -> dict[str, int]:
         """Input size per modality (the last axis)."""
         return {m: int(self.features[m].shape[-1]) for m in self.modalities}
 
 
-def embedding_sets(cache: str, modality: str) -> list[str]:
-    """Folder names of the embedding sets of ``modality`` in ``cache``."""
-    folder = os.path.join(cache, EMBEDDINGS_DIR, modality)
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+def open_view(cache: Union[str, CacheView], as_of: Optional[str] = None) -> CacheView:
+    """``cache`` itself when it is a view, else its latest state or the one run ``as_of`` left.
+
+    Raises:
+        ConfigError: an unknown run, a cache of another schema version, or ``as_of`` given with a view.
+    """
+    if isinstance(cache, CacheView):
+        if as_of is not None:
+            raise ConfigError(f"as_of={as_of!r} given with a view of {cache.cache}: open the view with as_of instead")
+        return cache
+    return CacheView.open(cache, as_of=as_of)
 
 
-def _latest_sets(cache: str) -> dict[str, str]:
-    """The embedding set of each modality that the latest run used (from ``_run.json``)."""
-    path = os.path.join(cache, "_run.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        encoders = json.load(handle).get("encoders", {})
-    return {modality: spec["table"].rsplit("/", 1)[-1] for modality, spec in encoders.items()}
+def embedding_sets(view: CacheView, modality: str) -> list[str]:
+    """Embedding tables of ``modality`` that hold rows in ``view`` (``embeddings/<modality>/<set>``), sorted."""
+    return [table for table in view.embedding_tables(modality) if row_count(view, table)]
 
 
-def choose_set(cache: str, modality: str, wanted: Optional[str] = None) -> str:
-    """The embedding set to train on: ``wanted`` (a set folder or encoder name prefix), the latest run's, or the only one.
+def _latest_set(view: CacheView, modality: str) -> Optional[str]:
+    """The embedding table of ``modality`` that the pinned run used, or the last run before it that embedded ``modality``."""
+    if view.run is None:
+        return None
+    earlier = (run for run in reversed(runs(view.cache)) if run.version < view.run.version)
+    for run in itertools.chain([view.run], earlier):
+        spec = run.summary.get("encoders", {}).get(modality)
+        if spec:
+            return spec["table"]
+    return None
+
+
+def choose_set(view: CacheView, modality: str, wanted: Optional[str] = None) -> str:
+    """The embedding table to train on: ``wanted`` (a set name, or an encoder name prefix), the latest run's, or the only one.
 
     Raises:
         ConfigError: no set, an unknown ``wanted``, or several sets and no way to choose.
     """
-    sets = embedding_sets(cache, modality)
+    sets = embedding_sets(view, modality)
     if not sets:
-        raise ConfigError(f"{cache} has no {modality} embeddings; run mmfeat extract with a {modality} encoder")
+        raise ConfigError(f"{view.cache} has no {modality} embeddings; run mmfeat extract with a {modality} encoder")
     if wanted:
-        matches = [s for s in sets if s == wanted or s.startswith(wanted.lower())]
+        name = wanted.lower().rsplit("/", 1)[-1]
+        matches = [table for table in sets if table.rsplit("/", 1)[-1].startswith(name)]
         if len(matches) != 1:
             raise ConfigError(f"--encoder {modality}={wanted}: matches {matches or 'nothing'} among {sets}")
         return matches[0]
-    latest = _latest_sets(cache).get(modality)
-    if latest in sets:
+    if len(sets) > 1:
+        latest = _latest_set(view, modality)
+        if latest not in sets:
+            raise ConfigError(f"{view.cache} has several {modality} embedding sets {sets}; choose one with --encoder {modality}=NAME")
         return latest
-    if len(sets) == 1:
-        return sets[0]
-    raise ConfigError(f"{cache} has several {modality} embedding sets {sets}; choose one with --encoder {modality}=NAME")
+    return sets[0]
 
 
 def load_features(
-    cache: str,
+    cache: Union[str, CacheView],
     *,
     labels: list[str],
+    as_of: Optional[str] = None,
     modalities: Optional[list[str]] = None,
     encoders: Optional[dict[str, str]] = None,
     sequences: tuple[str, ...] = (),
@@ -131,6 +153,8 @@ def load_features(
     """Join the chosen embedding sets (or sequences) and the label columns by ``sample_id``.
 
     Args:
+        cache: a cache folder or URI (read at its latest run, or ``as_of``), or a ``CacheView`` of one.
+        as_of: a run id: read the cache as that run left it.
         sequences: modalities read as sequences (see ``trainer.sequences``) rather than pooled vectors.
         max_steps: the longest sequence kept; longer ones are averaged over equal segments.
         audio_step_s: seconds of MFCC frames averaged into one audio step.
@@ -140,33 +164,36 @@ def load_features(
             read instead of the samples table's columns.
 
     Raises:
-        ConfigError: a label column or a modality's features are missing.
+        ConfigError: an unknown run, a label column or a modality's features are missing.
     """
-    samples = _labelled_samples(cache, labels, labels_file)
+    view = open_view(cache, as_of)
+    samples = _labelled_samples(view, labels, labels_file)
     if not samples.num_rows:
-        raise ConfigError(f"{cache}: no usable sample has all of {labels}")
+        raise ConfigError(f"{view.cache}: no usable sample has all of {labels}")
     ids = samples.column("sample_id").to_pylist()
     index = {sample_id: i for i, sample_id in enumerate(ids)}
     if len(index) != len(ids):
-        raise ConfigError(f"{cache}: the samples table repeats a sample_id among valid rows; the cache is damaged")
-    chosen = modalities or [m for m in MODALITIES if embedding_sets(cache, m)]
+        raise ConfigError(f"{view.cache}: the samples table repeats a sample_id among valid rows; the cache is damaged")
+    chosen = modalities or [m for m in MODALITIES if embedding_sets(view, m)]
     unknown = [m for m in sequences if m not in chosen]
     if unknown:
         raise ConfigError(f"--sequence {unknown}: not among the trained modalities {chosen}")
     features, lengths, present = {}, {}, np.zeros((len(ids), len(chosen)), dtype=bool)
+    tables = {}
     for column, modality in enumerate(chosen):
         if modality == "audio" and modality in sequences:
-            features[modality], lengths[modality] = mfcc_sequences(cache, index, max_steps=max_steps, step_s=audio_step_s,
+            tables[modality] = "audio"
+            features[modality], lengths[modality] = mfcc_sequences(view, index, max_steps=max_steps, step_s=audio_step_s,
                                                                    storage=storage, blocksize=blocksize)
             present[:, column] = lengths[modality] > 0
             continue
-        folder = os.path.join(cache, EMBEDDINGS_DIR, modality, choose_set(cache, modality, (encoders or {}).get(modality)))
+        tables[modality] = table = choose_set(view, modality, (encoders or {}).get(modality))
         if modality in sequences:
-            features[modality], lengths[modality] = embedding_sequences(folder, index, max_steps=max_steps, storage=storage,
+            features[modality], lengths[modality] = embedding_sequences(view, table, index, max_steps=max_steps, storage=storage,
                                                                         name=modality, blocksize=blocksize)
             present[:, column] = lengths[modality] > 0
         else:
-            features[modality] = _vectors(folder, index, present[:, column], storage=storage, name=modality, blocksize=blocksize)
+            features[modality] = _vectors(view, table, index, present[:, column], storage=storage, name=modality, blocksize=blocksize)
     pa.default_memory_pool().release_unused()  # hand the partitions' buffers back to the system
     return FeatureSet(
         sample_ids=ids,
@@ -175,12 +202,23 @@ def load_features(
         present=present,
         labels={label: _as_array(samples.column(label)) for label in labels},
         lengths=lengths,
+        source=_source(view, tables),
     )
 
 
-def _labelled_samples(cache: str, labels: list[str], labels_file: Optional[str]) -> pa.Table:
+def _source(view: CacheView, tables: dict[str, str]) -> dict[str, Any]:
+    """What a feature set was read from: the cache, the run whose state it read, and each modality's table and version."""
+    return {
+        "cache": view.cache,
+        "run_id": view.run.run_id if view.run else None,
+        "samples_version": view.versions.get("samples"),
+        "tables": {modality: {"table": table, "version": view.versions[table]} for modality, table in tables.items()},
+    }
+
+
+def _labelled_samples(view: CacheView, labels: list[str], labels_file: Optional[str]) -> pa.Table:
     """``sample_id`` and ``labels`` of the usable samples (valid manifest row, not failed, every label set), sorted by id."""
-    samples_table = ds.dataset(os.path.join(cache, "samples"), format="parquet")
+    samples_table = view.dataset("samples")
     usable = (pc.field("manifest_ok") == True) & (pc.field("status") != STATUS_FAILED)  # noqa: E712 (an expression)
     if labels_file:
         samples = samples_table.to_table(columns=["sample_id"], filter=usable).join(read_labels_file(labels_file, labels), "sample_id")
@@ -232,13 +270,21 @@ def _as_array(column: pa.ChunkedArray) -> np.ndarray:
     return values.astype(str) if values.dtype == object else values
 
 
-def _vectors(folder: str, index: dict[str, int], present: np.ndarray, *, storage: Optional[str], name: str,
+def _vectors(view: CacheView, table: str, index: dict[str, int], present: np.ndarray, *, storage: Optional[str], name: str,
              blocksize: Optional[str]) -> np.ndarray:
-    """The ``vector`` column of an embedding set as ``(n, dim)`` float32 rows aligned with ``index``; marks ``present``."""
-    dim = ds.dataset(folder, format="parquet").schema.field("vector").type.list_size
+    """The ``vector`` column of the embedding set ``table`` as ``(n, dim)`` float32 rows aligned with ``index``; marks ``present``.
+
+    Raises:
+        ConfigError: a vector is not ``dim`` values long (a damaged table).
+    """
+    dim = int(description(view, table, "dim"))
     matrix = allocate(storage, name, (len(index), dim))
-    for part in read_partitions(folder, ["sample_id", "vector"], blocksize=blocksize):
-        vectors = part.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    for part in read_partitions(view, table, ["sample_id", "vector"], blocksize=blocksize):
+        vectors = part.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        if len(vectors) != part.num_rows * dim:
+            raise ConfigError(f"{view.cache}: {table} holds vectors of other lengths than its {dim} dimensions; the table is damaged, "
+                              "rerun mmfeat extract --recompute")
+        vectors = vectors.reshape(-1, dim)
         positions = np.array([index.get(sample_id, -1) for sample_id in part.column("sample_id").to_pylist()], dtype=np.int64)
         kept = positions >= 0
         matrix[positions[kept]] = vectors[kept]
@@ -246,21 +292,18 @@ def _vectors(folder: str, index: dict[str, int], present: np.ndarray, *, storage
     return matrix
 
 
-def estimated_bytes(cache: str, *, modalities: Optional[list[str]] = None, encoders: Optional[dict[str, str]] = None,
-                    sequences: tuple[str, ...] = (), max_steps: int = 64) -> int:
-    """How many bytes ``load_features`` would hold for these options (float32 arrays), from file metadata only."""
-    n = ds.dataset(os.path.join(cache, "samples"), format="parquet").count_rows()
+def estimated_bytes(cache: Union[str, CacheView], *, as_of: Optional[str] = None, modalities: Optional[list[str]] = None,
+                    encoders: Optional[dict[str, str]] = None, sequences: tuple[str, ...] = (), max_steps: int = 64) -> int:
+    """How many bytes ``load_features`` would hold for these options (float32 arrays), from table metadata only."""
+    view = open_view(cache, as_of)
+    n = row_count(view, "samples")
     total = 0
-    for modality in modalities or [m for m in MODALITIES if embedding_sets(cache, m)]:
+    for modality in modalities or [m for m in MODALITIES if embedding_sets(view, m)]:
         if modality == "audio" and modality in sequences:
-            audio = ds.dataset(os.path.join(cache, "audio"), format="parquet")
-            first = audio.head(1, columns=["mfcc"]).column("mfcc").to_pylist() if audio.count_rows() else []
+            first = view.dataset("audio").head(1, columns=["mfcc"]).column("mfcc").to_pylist() if view.has("audio") else []
             total += n * max_steps * (len(first[0][0]) if first and first[0] else 1) * 4
             continue
-        schema = ds.dataset(os.path.join(cache, EMBEDDINGS_DIR, modality, choose_set(cache, modality, (encoders or {}).get(modality))),
-                            format="parquet").schema
-        if modality in sequences and "sequence" in schema.names:
-            total += n * max_steps * schema.field("sequence").type.value_type.list_size * 4
-        else:
-            total += n * schema.field("vector").type.list_size * 4
+        table = choose_set(view, modality, (encoders or {}).get(modality))
+        dim = int(description(view, table, "dim"))
+        total += n * (max_steps if modality in sequences and "sequence" in columns(view, table) else 1) * dim * 4
     return total

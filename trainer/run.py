@@ -17,9 +17,10 @@ import tempfile
 from dataclasses import replace
 from typing import Any, Iterator, Optional
 
+from schemas.cache import CacheView
 from schemas.errors import ConfigError
 from trainer import checkpoint
-from trainer.data import FeatureSet, estimated_bytes, load_features
+from trainer.data import FeatureSet, embedding_sets, estimated_bytes, load_features, open_view
 from trainer.plots import write_report_plots
 from trainer.train import TrainConfig, cross_validate, evaluate, fit, infer_task, modality_weights
 
@@ -35,19 +36,19 @@ def memory_budget_bytes() -> int:
 
 
 @contextlib.contextmanager
-def _features(cache: str, config: TrainConfig, *, labels: list[str], modalities: Optional[list[str]], encoders: Optional[dict[str, str]],
+def _features(view: CacheView, config: TrainConfig, *, labels: list[str], modalities: Optional[list[str]], encoders: Optional[dict[str, str]],
               reader: str, scratch: Optional[str], labels_file: Optional[str]) -> Iterator[tuple[FeatureSet, TrainConfig]]:
     """The features for ``config``, in memory or memory-mapped under ``scratch`` (removed on exit), and the config to train with."""
     if reader not in READERS:
         raise ConfigError(f"--reader must be one of {', '.join(READERS)} (got {reader!r})")
     options = dict(modalities=modalities, encoders=encoders, sequences=config.sequences, max_steps=config.max_steps)
     if reader == "auto":
-        size, budget = estimated_bytes(cache, **options), memory_budget_bytes()
+        size, budget = estimated_bytes(view, **options), memory_budget_bytes()
         reader = "disk" if size > budget else "memory"
         logger.info("features take about %.1f MiB (budget %.0f MiB): reading them into %s", size / 2**20, budget / 2**20, reader)
     storage = tempfile.mkdtemp(prefix="mmfeat-features-", dir=scratch) if reader == "disk" else None
     try:
-        data = load_features(cache, labels=labels, **options, audio_step_s=config.audio_step_s, storage=storage, labels_file=labels_file)
+        data = load_features(view, labels=labels, **options, audio_step_s=config.audio_step_s, storage=storage, labels_file=labels_file)
         if storage and config.chunk_rows is None:
             config = replace(config, chunk_rows=DISK_CHUNK_ROWS)
         yield data, config
@@ -62,6 +63,7 @@ def train(
     labels: list[str],
     config: TrainConfig,
     output: str,
+    as_of: Optional[str] = None,
     folds: int = 5,
     modalities: Optional[list[str]] = None,
     encoders: Optional[dict[str, str]] = None,
@@ -73,24 +75,26 @@ def train(
 ) -> dict[str, Any]:
     """Cross-validate (when ``folds`` >= 2), then fit on every sample and save the checkpoint.
 
-    Writes ``{output}/metrics.json`` (``folds``, ``mean``, ``std``, config, tasks, modalities) and the checkpoint.
+    Writes ``{output}/metrics.json`` (``folds``, ``mean``, ``std``, config, tasks, modalities, and ``cache``: the run
+    whose state was read, ``as_of`` or the latest, and each modality's table and version) and the checkpoint.
     Memory-mapped features go to ``scratch`` (default: ``output``). Labels come from the samples table, or ``labels_file``.
     """
     if init:
         config = replace(config, init=init)
     os.makedirs(output, exist_ok=True)
-    with _features(cache, config, labels=labels, modalities=modalities, encoders=encoders, reader=reader, scratch=scratch or output,
-                   labels_file=labels_file) as (data, config):
+    with _features(open_view(cache, as_of), config, labels=labels, modalities=modalities, encoders=encoders, reader=reader,
+                   scratch=scratch or output, labels_file=labels_file) as (data, config):
         tasks = [infer_task(label, data.labels[label], task_type) for label in labels]
         logger.info("training %s on %d samples, modalities %s (sequences %s), tasks %s",
                     config.fusion, len(data), data.modalities, list(data.lengths), labels)
         report: dict[str, Any] = cross_validate(data, tasks, config, folds) if folds >= 2 else {}
         fitted = fit(data, tasks, config)
-        checkpoint.save(fitted, config, output)
+        checkpoint.save(fitted, config, output, data.source)
         report |= {
             "modalities": data.modalities,
             "sequences": list(data.lengths),
             "n_samples": len(data),
+            "cache": data.source,
             "final_model": {"metrics_on_training_cache": evaluate(fitted, data), "history": fitted.history},
         }
         weights = modality_weights(fitted, data)
@@ -102,11 +106,25 @@ def train(
     return report
 
 
-def evaluate_checkpoint(model_dir: str, cache: str, *, encoders: Optional[dict[str, str]] = None, reader: str = "auto",
-                        scratch: Optional[str] = None, labels_file: Optional[str] = None) -> dict[str, Any]:
-    """Metrics of a saved model on (another) cache, per task."""
+def evaluate_checkpoint(model_dir: str, cache: str, *, as_of: Optional[str] = None, encoders: Optional[dict[str, str]] = None,
+                        reader: str = "auto", scratch: Optional[str] = None, labels_file: Optional[str] = None) -> dict[str, Any]:
+    """Metrics of a saved model on (another state of) a cache, per task.
+
+    Each modality is read from the embedding set the model was trained on when the cache has it (else as ``train`` chooses;
+    ``encoders`` overrides both).
+
+    Raises:
+        ConfigError: the features read have other sizes than the model's inputs.
+    """
     fitted, config = checkpoint.load(model_dir)
-    with _features(cache, config, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders,
+    view = open_view(cache, as_of)
+    trained = {m: t["table"] for m, t in checkpoint.trained_on(model_dir).get("tables", {}).items() if t["table"] != "audio"}
+    encoders = {**{m: table for m, table in trained.items() if table in embedding_sets(view, m)}, **(encoders or {})}
+    with _features(view, config, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders,
                    reader=reader, scratch=scratch, labels_file=labels_file) as (data, config):
+        expected = {m: int(fitted.standardiser.mean[m].shape[0]) for m in fitted.model.modalities}
+        if data.dims() != expected:
+            raise ConfigError(f"{model_dir} takes inputs of sizes {expected}, {view.cache} gives {data.dims()} "
+                              f"(from {data.source['tables']}); choose the sets it was trained on with --encoder MODALITY=SET")
         fitted.chunk_rows = config.chunk_rows
         return evaluate(fitted, data)

@@ -21,10 +21,11 @@ from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 
+from schemas.cache import CacheView
 from schemas.errors import ConfigError
-from trainer.cache_reader import read_partitions
+from trainer.cache_reader import columns, description, read_partitions
 
 
 def allocate(storage: Optional[str], name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
@@ -44,33 +45,44 @@ def pool_to_steps(values: np.ndarray, max_steps: int) -> np.ndarray:
     return (sums / np.diff(bounds)[:, None]).astype(np.float32)
 
 
-def _rows_of(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A ``list<list<float>>`` column as its flat ``(total_steps, dim)`` values and the row offsets ``(rows + 1,)``."""
+def _rows_of(column: pa.ChunkedArray, width: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """A ``list<list<float>>`` column as its flat ``(total_steps, width)`` values and the row offsets ``(rows + 1,)``.
+
+    ``width``: the number of values per step (default: that of the first step).
+
+    Raises:
+        ConfigError: a step has another width (a damaged table).
+    """
     lists = column.combine_chunks()
     inner = lists.flatten()
-    dim = inner.type.list_size if pa.types.is_fixed_size_list(inner.type) else (len(inner[0]) if len(inner) else 0)
-    values = inner.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, max(dim, 1))
+    if len(inner):
+        found = pc.min_max(inner.value_lengths()).as_py()
+        width = found["min"] if width is None else width
+        if found["min"] != width or found["max"] != width:
+            raise ConfigError(f"steps of {found['min']} to {found['max']} values where {width} were expected: the table is damaged; "
+                              "rerun mmfeat extract --recompute")
+    values = inner.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, max(width or 0, 1))
     offsets = lists.offsets.to_numpy() - lists.offsets[0].as_py()
     return values, offsets
 
 
 def embedding_sequences(
-    folder: str, index: dict[str, int], *, max_steps: int, storage: Optional[str], name: str, blocksize: Optional[str] = None
+    view: CacheView, table: str, index: dict[str, int], *, max_steps: int, storage: Optional[str], name: str,
+    blocksize: Optional[str] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``sequence`` column of the embedding set in ``folder``: ``(n, max_steps, dim)`` and lengths ``(n,)``.
+    """The ``sequence`` column of the embedding set ``table`` in ``view``: ``(n, max_steps, dim)`` and lengths ``(n,)``.
 
     Raises:
         ConfigError: the set was written without sequences.
     """
-    schema = ds.dataset(folder, format="parquet").schema
-    if "sequence" not in schema.names:
-        modality = os.path.basename(os.path.dirname(folder))
-        raise ConfigError(f"{folder} holds pooled vectors only; rerun mmfeat extract with --sequences {modality} to train on sequences")
-    dim = schema.field("sequence").type.value_type.list_size
+    if "sequence" not in columns(view, table):
+        modality = description(view, table, "modality")
+        raise ConfigError(f"{table} holds pooled vectors only; rerun mmfeat extract with --sequences {modality} to train on sequences")
+    dim = int(description(view, table, "dim"))
     features = allocate(storage, name, (len(index), max_steps, dim))
     lengths = np.zeros(len(index), dtype=np.int32)
-    for part in read_partitions(folder, ["sample_id", "sequence"], blocksize=blocksize):
-        values, offsets = _rows_of(part.column("sequence"))
+    for part in read_partitions(view, table, ["sample_id", "sequence"], blocksize=blocksize):
+        values, offsets = _rows_of(part.column("sequence"), dim)
         for row, sample_id in enumerate(part.column("sample_id").to_pylist()):
             position = index.get(sample_id)
             if position is not None and offsets[row + 1] > offsets[row]:
@@ -80,10 +92,10 @@ def embedding_sequences(
     return features, lengths
 
 
-def _chosen_audio(folder: str, index: dict[str, int], blocksize: Optional[str]) -> dict[str, tuple[str, float]]:
+def _chosen_audio(view: CacheView, index: dict[str, int], blocksize: Optional[str]) -> dict[str, tuple[str, float]]:
     """Per sample: the source whose frames are used (``audio`` over ``video``) and its duration in seconds."""
     chosen: dict[str, tuple[str, float]] = {}
-    for part in read_partitions(folder, ["sample_id", "source", "end_s"], blocksize=blocksize):
+    for part in read_partitions(view, "audio", ["sample_id", "source", "end_s"], blocksize=blocksize):
         for sample_id, source, end in zip(*(part.column(c).to_pylist() for c in ("sample_id", "source", "end_s"))):
             if sample_id not in index:
                 continue
@@ -96,22 +108,21 @@ def _chosen_audio(folder: str, index: dict[str, int], blocksize: Optional[str]) 
 
 
 def mfcc_sequences(
-    cache: str, index: dict[str, int], *, max_steps: int, step_s: float, storage: Optional[str], blocksize: Optional[str] = None
+    view: CacheView, index: dict[str, int], *, max_steps: int, step_s: float, storage: Optional[str], blocksize: Optional[str] = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MFCC frames of the ``audio`` table averaged per step: ``(n, max_steps, n_mfcc)`` and lengths ``(n,)``.
+    """MFCC frames of the ``audio`` table of ``view`` averaged per step: ``(n, max_steps, n_mfcc)`` and lengths ``(n,)``.
 
     A sample's step is ``step_s`` seconds, or its duration / ``max_steps`` when longer.
 
     Raises:
         ConfigError: the cache has no audio features.
     """
-    folder = os.path.join(cache, "audio")
-    chosen = _chosen_audio(folder, index, blocksize) if os.path.isdir(folder) else {}
+    chosen = _chosen_audio(view, index, blocksize) if view.has("audio") else {}
     if not chosen:
-        raise ConfigError(f"{cache}: no audio features (the audio table is empty) to train an audio sequence on")
+        raise ConfigError(f"{view.cache}: no audio features (the audio table is empty) to train an audio sequence on")
     features: Optional[np.ndarray] = None
     counts = allocate(storage, "audio-counts", (len(index), max_steps), np.int32)
-    for part in read_partitions(folder, ["sample_id", "source", "frame_times_s", "mfcc"], blocksize=blocksize):
+    for part in read_partitions(view, "audio", ["sample_id", "source", "frame_times_s", "mfcc"], blocksize=blocksize):
         mfcc, offsets = _rows_of(part.column("mfcc"))
         times = part.column("frame_times_s").combine_chunks().flatten().to_numpy()
         if features is None:

@@ -52,7 +52,7 @@ _PROGRESS_EVERY_S = 10.0
 
 
 def _count(table: str, row: dict[str, Any]) -> None:
-    """Beam counters (namespace ``mmfeat``) reported at the end of a run and written into ``_run.json``."""
+    """Beam counters (namespace ``mmfeat``) reported at the end of a run, in its summary (the metadata of its ``samples`` commit)."""
     counter = beam.metrics.Metrics.counter
     if table == "samples":
         counter("mmfeat", f"samples_{row['status']}").inc()

@@ -90,9 +90,12 @@ def _batched(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
 def _atomic_parquet(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     """A Parquet writer on a temporary name, renamed to ``path`` once closed (a retried bundle replaces the file whole)."""
     temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temporary) as handle:
-        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
-            yield writer
+    try:
+        with FileSystems.create(temporary) as handle:
+            with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+                yield writer
+    except OSError as error:  # name the file: "No space left on device" alone does not say which disk
+        raise OSError(error.errno, f"{error.strerror or error} writing {path}") from error
     FileSystems.rename([temporary], [path])
 
 

@@ -38,8 +38,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.cache.layout import DataFile, commit_order, filesystem, is_feature_or_embedding, table_uri
-from schemas.cache.view import ATTEMPT, HOST, KIND, PID, RUN_ID, SUMMARY, VERSIONS, RunInfo, latest_run, open_table
-from schemas.errors import Stage
+from schemas.cache.view import (
+    ATTEMPT, HOST, KIND, PID, RUN_ID, SUMMARY, VERSIONS, RunInfo, commit_infos, latest_run, log_versions, open_table,
+)
+from schemas.errors import ConfigError, Stage
 from schemas.tables import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -107,16 +109,34 @@ def _now_ms() -> int:
 
 
 def _alive(commit: dict[str, Any]) -> bool:
-    """Whether the process that made ``commit`` may still be running."""
+    """Whether the process that made ``commit`` may still be running.
+
+    On this host: its pid exists and started before the commit (not a reused pid). Elsewhere: the
+    commit is younger than ``STALE_CLAIM_S``.
+    """
     if commit.get(HOST) != socket.gethostname():
         return _now_ms() - int(commit["timestamp"]) < STALE_CLAIM_S * 1000
     try:
-        os.kill(int(commit[PID]), 0)
+        pid = int(commit[PID])
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, ValueError, KeyError):
         return True
-    return True
+    started = _process_start_ms(pid)
+    return started is None or started <= int(commit["timestamp"]) + 1000
+
+
+def _process_start_ms(pid: int) -> Optional[int]:
+    """When process ``pid`` started (ms since the epoch), from ``/proc``; ``None`` where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return int((boot + ticks / os.sysconf("SC_CLK_TCK")) * 1000)
 
 
 def _commit_properties(metadata: dict[str, Any], app_id: Optional[str] = None) -> Any:
@@ -133,8 +153,11 @@ def _create(cache: str, table: str, run: RunCommit, actions: list[Any], metadata
 
     description = json.dumps({"schema_version": SCHEMA_VERSION, "table": table, **run.descriptions.get(table, {})}, sort_keys=True)
     try:
+        # Statistics are written for sample_id only: declaring so keeps readers (deltalake's pyarrow datasets) from
+        # taking the other columns' missing statistics for nulls and skipping every file a filter on them touches.
         create_table_with_add_actions(table_uri(cache, table), Schema.from_arrow(run.schemas[table]), actions,
-                                      description=description, commit_properties=_commit_properties(metadata, app_id))
+                                      description=description, configuration={"delta.dataSkippingStatsColumns": "sample_id"},
+                                      commit_properties=_commit_properties(metadata, app_id))
     except DeltaError as error:
         if "already exists" not in str(error):
             raise
@@ -157,14 +180,15 @@ def _claim(cache: str, run: RunCommit, *, wait_s: float) -> Optional[RunInfo]:
     """
     deadline = time.monotonic() + wait_s
     samples = _samples_table(cache, run)
+    uri = table_uri(cache, "samples")
     while True:
-        samples.update_incremental()
-        pinned = latest_run(samples)
+        pinned = latest_run(uri)
         after = pinned.version if pinned else -1
-        samples.create_write_transaction([], mode="append", schema=samples.schema(), commit_properties=_commit_properties(run.marks(CLAIM)))
         samples.update_incremental()
-        claims = [c for c in samples.history(samples.version() - after) if c.get(KIND) == CLAIM and int(c["version"]) > after]
-        holder = next(c for c in sorted(claims, key=lambda c: int(c["version"])) if c[ATTEMPT] == run.attempt or _alive(c))
+        samples.create_write_transaction([], mode="append", schema=samples.schema(), commit_properties=_commit_properties(run.marks(CLAIM)))
+        mine = next(v for v in reversed(log_versions(uri)) if any(c.get(ATTEMPT) == run.attempt for c in commit_infos(uri, [v])))
+        claims = [c for c in commit_infos(uri, range(after + 1, mine + 1)) if c.get(KIND) == CLAIM]
+        holder = next(c for c in claims if c[ATTEMPT] == run.attempt or _alive(c))
         if holder[ATTEMPT] == run.attempt:
             return pinned
         if time.monotonic() > deadline:
@@ -174,20 +198,17 @@ def _claim(cache: str, run: RunCommit, *, wait_s: float) -> Optional[RunInfo]:
         logger.warning("run %s (pid %s on %s) is committing to %s; waiting to commit on top of it",
                        holder[RUN_ID], holder.get(PID), holder.get(HOST), cache)
         while time.monotonic() < deadline and _alive(holder):
-            samples.update_incremental()
-            newest = latest_run(samples)
+            newest = latest_run(uri)
             if newest and newest.version > after:
                 break
             time.sleep(0.2)
 
 
-def _undo_dead_runs(dt: Any, table: str, pinned: Optional[int], run: RunCommit) -> None:
+def _undo_dead_runs(cache: str, dt: Any, table: str, pinned: Optional[int], run: RunCommit) -> None:
     """Take ``table`` back to its pinned version when runs that died before their ``samples`` commit changed it."""
-    since = dt.version() - (pinned if pinned is not None else -1)
-    if since <= 0:
-        return
-    dead = sorted({c[RUN_ID] for c in dt.history(since) if c.get(ATTEMPT) and c[ATTEMPT] != run.attempt
-                   and int(c["version"]) > (pinned if pinned is not None else -1)})
+    first = (pinned if pinned is not None else -1) + 1
+    dead = sorted({c[RUN_ID] for c in commit_infos(table_uri(cache, table), range(first, dt.version() + 1))
+                   if c.get(ATTEMPT) and c[ATTEMPT] != run.attempt})
     if not dead:
         return
     logger.warning("%s: undoing what run(s) %s committed before dying (they never committed samples)", table, ", ".join(dead))
@@ -246,6 +267,7 @@ def write_data_file(cache: str, table: str, name: str, data: pa.Table) -> DataFi
     """Write ``data`` as ``{table}/{name}`` and describe it for its ``AddAction``."""
     uri = f"{table_uri(cache, table)}/{name}"
     fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     pq.write_table(data, path, filesystem=fs, compression="zstd")
     ids = data.column("sample_id")
     bounds = pc.min_max(ids).as_py() if data.num_rows else {"min": None, "max": None}
@@ -282,7 +304,7 @@ def _commit_table(cache: str, table: str, run: RunCommit, pinned: Optional[int],
     dt = open_table(table_uri(cache, table))
     if dt is not None:
         if table != "samples":  # a run's samples commit is its last: a dead run left none
-            _undo_dead_runs(dt, table, pinned, run)
+            _undo_dead_runs(cache, dt, table, pinned, run)
         if dt.transaction_version(f"mmfeat:{run.attempt}") is not None:
             return dt.version()
     if run.kind == "compact":
@@ -299,24 +321,36 @@ def _commit_table(cache: str, table: str, run: RunCommit, pinned: Optional[int],
         actions = _table_actions(cache, dt, table, run)
     if not actions and table != "samples":
         return dt.version()
-    schema = dt.schema()
     if table in run.schemas and run.kind == "extract":
-        schema = _merged_schema(dt, run.schemas[table], table)
-    dt.create_write_transaction(actions, mode="append", schema=schema, commit_properties=_commit_properties(metadata, f"mmfeat:{run.attempt}"))
+        _add_new_columns(dt, run.schemas[table], table, run)
+    dt.create_write_transaction(actions, mode="append", schema=dt.schema(), commit_properties=_commit_properties(metadata, f"mmfeat:{run.attempt}"))
     dt.update_incremental()
     return dt.version()
 
 
-def _merged_schema(dt: Any, wanted: pa.Schema, table: str) -> Any:
-    """The table's schema with columns only the run has (new manifest columns) appended."""
-    from deltalake import Schema
+def new_columns(dt: Any, wanted: pa.Schema, table: str) -> list[pa.Field]:
+    """The columns of ``wanted`` that ``table`` lacks (new manifest columns).
 
+    Raises:
+        ConfigError: a column the table has comes with another type (a manifest column changed its type).
+    """
     current = pa.schema(dt.schema().to_arrow())
-    new = [f for f in wanted if f.name not in current.names]
-    if not new:
-        return dt.schema()
-    logger.info("%s: new columns %s", table, [f.name for f in new])
-    return Schema.from_arrow(pa.schema(list(current) + [f.with_nullable(True) for f in new]))
+    changed = [f"{f.name}: {current.field(f.name).type} in the cache, {f.type} now" for f in wanted
+               if f.name in current.names and not current.field(f.name).type.equals(f.type)]
+    if changed:
+        raise ConfigError(f"{table}: columns changed type ({'; '.join(changed)}); rename them in the manifest, or rerun with --overwrite")
+    return [f for f in wanted if f.name not in current.names]
+
+
+def _add_new_columns(dt: Any, wanted: pa.Schema, table: str, run: RunCommit) -> None:
+    """Add the columns only this run has to the table's schema, as nullable columns (a metadata commit)."""
+    from deltalake import Field
+
+    new = new_columns(dt, wanted, table)
+    if new:
+        logger.info("%s: new columns %s", table, [f.name for f in new])
+        dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in new], commit_properties=_commit_properties(run.marks(run.kind)))
+        dt.update_incremental()
 
 
 def commit_run(cache: str, run: RunCommit, *, wait_s: float = 300.0) -> RunInfo:

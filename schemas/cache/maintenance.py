@@ -74,7 +74,7 @@ def _ids(view: CacheView, table: str, skip: set[str], columns: list[str]) -> pa.
     fs, root = filesystem(table_uri(view.cache, table))
     parts = [pq.read_table(f"{root}/{row['path']}", columns=columns, filesystem=fs) for row in _file_rows(view.table(table))
              if row["path"] not in skip]
-    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
+    return pa.concat_tables(parts) if parts else pa.schema(view.table(table).schema().to_arrow()).empty_table().select(columns)
 
 
 def lost_samples(view: CacheView, damaged: dict[str, set[str]]) -> set[str]:
@@ -125,7 +125,7 @@ def compact(cache: str, *, run_id: Optional[str] = None) -> RunInfo:
     return commit_run(cache, RunCommit(run_id=run_id, attempt=new_attempt(run_id), kind="compact"))
 
 
-def vacuum(cache: str, *, retention_hours: float = DEFAULT_RETENTION_HOURS, dry_run: bool = False) -> list[str]:
+def vacuum(cache: str, *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False) -> list[str]:
     """Delete files that no table version within ``retention_hours`` references (files of killed or failed runs,
     rows superseded long ago) and old ``_pending`` entries; the files of the latest state are always kept."""
     view = CacheView.open(cache)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from schemas.cache.layout import filesystem, normalise, table_uri
 from schemas.errors import ConfigError
@@ -53,7 +54,7 @@ class RunInfo:
 
     @classmethod
     def from_commit(cls, commit: dict[str, Any]) -> Optional["RunInfo"]:
-        """The run a ``history()`` entry of ``samples`` pins, or ``None`` for other commits (claims, vacuum)."""
+        """The run a commit of ``samples`` pins, or ``None`` for other commits (claims, vacuum)."""
         if VERSIONS not in commit:
             return None
         return cls(run_id=commit[RUN_ID], kind=commit.get(KIND, "extract"), version=int(commit["version"]),
@@ -96,27 +97,47 @@ def describe(table: Any) -> dict[str, Any]:
         return {}
 
 
+def log_versions(uri: str) -> list[int]:
+    """The versions whose commit files are in the table's ``_delta_log`` (ascending)."""
+    fs, path = filesystem(f"{uri}/_delta_log")
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(int(info.base_name[:-5]) for info in infos if info.base_name.endswith(".json") and info.base_name[:-5].isdigit())
+
+
+def commit_infos(uri: str, versions: Iterable[int]) -> list[dict[str, Any]]:
+    """The ``commitInfo`` of each of ``versions`` (custom metadata included, ``version`` set), read from the log.
+
+    The log files are read directly: ``DeltaTable.history`` numbers its entries from the loaded version, so
+    a commit that lands meanwhile shifts every number by one.
+    """
+    fs, path = filesystem(f"{uri}/_delta_log")
+    found = []
+    for version in versions:
+        try:
+            with fs.open_input_stream(f"{path}/{version:020d}.json") as handle:
+                lines = handle.read().decode("utf-8").splitlines()
+        except FileNotFoundError:  # removed by log clean-up
+            continue
+        info = next((json.loads(line)["commitInfo"] for line in lines if line.startswith('{"commitInfo"')), {})
+        found.append({**info, "version": version})
+    return found
+
+
 def runs(cache: str) -> list[RunInfo]:
     """Every state of the cache a ``samples`` commit pinned, oldest first."""
-    samples = open_table(table_uri(cache, "samples"))
-    if samples is None:
-        return []
-    found = (RunInfo.from_commit(commit) for commit in samples.history())
-    return sorted((run for run in found if run), key=lambda run: run.version)
+    uri = table_uri(cache, "samples")
+    found = (RunInfo.from_commit(commit) for commit in commit_infos(uri, log_versions(uri)))
+    return [run for run in found if run]
 
 
-def latest_run(samples: Any) -> Optional[RunInfo]:
-    """The newest pinning commit of the ``samples`` table (reading back as few commits as it can)."""
-    limit = 16
-    while True:
-        history = samples.history(limit)
-        for commit in history:
+def latest_run(uri: str) -> Optional[RunInfo]:
+    """The newest pinning commit of the ``samples`` table at ``uri`` (reading back from the newest commit)."""
+    for version in reversed(log_versions(uri)):
+        for commit in commit_infos(uri, [version]):
             run = RunInfo.from_commit(commit)
             if run:
                 return run
-        if len(history) < limit:
-            return None
-        limit *= 4
+    return None
 
 
 class CacheView:
@@ -140,8 +161,7 @@ class CacheView:
         """
         check_format(cache)
         if as_of is None:
-            samples = open_table(table_uri(cache, "samples"))
-            return cls(cache, latest_run(samples) if samples is not None else None)
+            return cls(cache, latest_run(table_uri(cache, "samples")))
         history = runs(cache)
         chosen = [run for run in history if run.run_id == as_of]
         if not chosen:

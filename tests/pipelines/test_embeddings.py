@@ -1,18 +1,15 @@
 """Embeddings inside the extract pipeline, and incremental reruns over a growing or changing corpus."""
 import collections
-import glob
 import json
-import os
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.extract import run_extract
 from pipelines.manifest import read_manifest
-from pipelines.run_report import embedding_tables
+from schemas.cache import CacheView
 from schemas.config import EncodeConfig, ExtractConfig
 from tests import media, tiny_models
 from transforms.encoders.registry import resolve_encoders
@@ -42,15 +39,16 @@ def _run(manifest, output, tokenizer_path, *, run_id, recompute=False, runner=No
 
 
 def _rows(output, table):
-    return ds.dataset(os.path.join(output, table), format="parquet").to_table().to_pylist()
+    return CacheView.open(output).read(table).to_pylist()
 
 
 def _all_rows(output):
-    return {table: _rows(output, table) for table in ["samples", "frames", "audio", "text", "errors", *embedding_tables(output)]}
+    view = CacheView.open(output)
+    return {table: view.read(table).to_pylist() for table in ["samples", "frames", "audio", "text", "errors", *view.embedding_tables()]}
 
 
 def _set(output, modality):
-    (table,) = [t for t in embedding_tables(output) if t.split("/")[1] == modality]
+    (table,) = CacheView.open(output).embedding_tables(modality)
     return table
 
 
@@ -75,15 +73,19 @@ def test_every_sample_is_embedded_once_per_modality(first_run):
     assert report.summary["encoders"]["text"]["dim"] == 384 and report.summary["encoders"]["video"]["dim"] == 108
 
 
-def test_embedding_files_record_the_encoder(first_run):
+def test_embedding_sets_record_the_encoder(first_run):
     _, _, output, report = first_run
-    path = glob.glob(os.path.join(output, _set(output, "text"), "*.parquet"))[0]
-    schema = pq.read_schema(path)
-    config = json.loads(schema.metadata[b"mmfeat.config"])
-    assert config["encoder"] == "all-MiniLM-L6-v2"
-    assert config["encoder_fingerprint"] == report.summary["encoders"]["text"]["fingerprint"]
-    vector_type = schema.field("vector").type
-    assert pa.types.is_fixed_size_list(vector_type) and vector_type.list_size == 384 and vector_type.value_type == pa.float32()
+    view = CacheView.open(output)
+    table = _set(output, "text")
+    description = view.description(table)
+    assert description["encoder"] == "all-MiniLM-L6-v2" and description["modality"] == "text"
+    assert description["encoder_fingerprint"] == report.summary["encoders"]["text"]["fingerprint"]
+    assert description["dim"] == 384
+    # Plain float32 lists (Delta has no fixed-size lists): in the table and in every data file; the width is the description's.
+    assert view.read(table).schema.field("vector").type == pa.list_(pa.float32())
+    for path in view.files(table):
+        assert pq.read_schema(path.removeprefix("file://")).field("vector").type == pa.list_(pa.float32())
+    assert {len(row["vector"]) for row in view.read(table, ["vector"]).to_pylist()} == {384}
 
 
 def _copy(first_run, tmp_path):
@@ -175,7 +177,7 @@ def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_pa
         assert sorted(map(repr, dask[table])) == sorted(map(repr, direct[table])), table
 
 
-def test_beam_counters_are_reported_in_run_json(first_run):
+def test_beam_counters_are_reported_in_the_run_summary(first_run):
     _, _, output, report = first_run
     metrics = report.summary["metrics"]
     rows = {t: len(r) for t, r in _all_rows(output).items()}
@@ -183,8 +185,7 @@ def test_beam_counters_are_reported_in_run_json(first_run):
     assert metrics["tokens"] == sum(len(r["token_ids"]) for r in _rows(output, "text"))
     assert metrics["embeddings_text"] == 6 and metrics["embeddings_video"] == 4 and metrics["embeddings_audio"] == 6
     assert metrics["audio_ms"] == pytest.approx(1000 * sum(r["audio_duration_s"] or 0 for r in _rows(output, "samples")), abs=10)
-    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
-        assert json.load(handle)["metrics"] == metrics
+    assert CacheView.open(output).run.summary["metrics"] == metrics
 
 
 def test_progress_is_logged_while_a_local_run_works(tmp_path, tokenizer_path, caplog, monkeypatch):

@@ -1,10 +1,10 @@
 """End to end: a manifest with every bad-input case, through the Beam pipeline, into the cache."""
 import glob
-import json
 import os
+import re
 import shutil
 
-import pyarrow.dataset as ds
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -12,7 +12,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.extract import run_extract
 from pipelines.extract_graph import ExtractToCache
 from pipelines.manifest import read_manifest
+from schemas.cache import CacheView, read_pending, runs
 from schemas.config import ExtractConfig
+from schemas.errors import ConfigError
 from schemas.tables import FEATURE_TABLES, SCHEMA_VERSION, TABLE_NAMES, samples_schema
 from tests import media
 from tests.beam_helpers import in_process_pipeline
@@ -40,7 +42,16 @@ def bad_run(tmp_path_factory, tokenizer_path):
 
 
 def _table(output: str, name: str):
-    return ds.dataset(os.path.join(output, name), format="parquet").to_table()
+    return CacheView.open(output).read(name)
+
+
+def _uncommitted(output: str) -> list[str]:
+    """Files in the cache folder that no committed table version of the latest state references, and ``_pending`` entries."""
+    view = CacheView.open(output)
+    committed = {os.path.normpath(path.removeprefix("file://")) for table in view.tables() for path in view.files(table)}
+    found = [p for p in glob.glob(os.path.join(output, "**", "*"), recursive=True) if os.path.isfile(p)]
+    return sorted(os.path.relpath(p, output) for p in found
+                  if "_delta_log" not in p.split(os.sep) and os.path.normpath(p) not in committed)
 
 
 def test_every_input_row_is_accounted_for_exactly_once(bad_run):
@@ -83,24 +94,26 @@ def test_features_of_good_samples(bad_run):
     assert [(t["sample_id"], t["text"], t["truncated"]) for t in text] == [("good", "A fine day.", False)]
 
 
-def test_files_carry_schema_version_config_and_explicit_schema(bad_run):
+def test_tables_carry_schema_version_config_and_explicit_schema(bad_run):
     _, output, _, _ = bad_run
+    view = CacheView.open(output)
+    assert view.run.run_id == "run1" and view.run.summary["config"]["audio"]["hop_length"] == 160
     for table in TABLE_NAMES:
-        files = glob.glob(os.path.join(output, table, "*.parquet"))
+        assert view.description(table)["schema_version"] == SCHEMA_VERSION, table
+        expected = samples_schema([]).names + ["label"] if table == "samples" else FEATURE_TABLES[table].names
+        assert view.read(table).schema.names == expected, table
+        files = view.files(table)
         assert files, table
         for path in files:
-            schema = pq.read_schema(path)
-            assert os.path.basename(path).startswith("run1-part-")
-            assert schema.metadata[b"mmfeat.schema_version"] == SCHEMA_VERSION.encode()
-            assert json.loads(schema.metadata[b"mmfeat.config"])["audio"]["hop_length"] == 160
-            expected = samples_schema([]).names + ["label"] if table == "samples" else FEATURE_TABLES[table].names
-            assert schema.names == expected
+            assert re.fullmatch(r"run1-[0-9a-f]{8}-part-\d{5}\.parquet", os.path.basename(path)), path
+            assert pq.read_schema(path.removeprefix("file://")).names == expected
 
 
-def test_run_json_matches_the_tables(bad_run):
-    _, output, expected, _ = bad_run
-    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
-        run = json.load(handle)
+def test_run_summary_matches_the_tables(bad_run):
+    _, output, expected, report = bad_run
+    run = CacheView.open(output).run.summary
+    assert [(r.run_id, r.kind, r.summary) for r in runs(output)] == [("run1", "extract", run)]
+    assert run["samples"] == report.summary["samples"] and run["run_id"] == "run1"
     assert run["inputs"]["records"] == len(expected)
     assert run["rows"] == {name: _table(output, name).num_rows for name in TABLE_NAMES}
     assert run["failures"]["by_stage_and_kind"]["manifest/duplicate_id"] == 1
@@ -109,12 +122,12 @@ def test_run_json_matches_the_tables(bad_run):
     assert run["config"]["video"]["fps"] == 1.0 and run["wall_time_s"] > 0
 
 
-def test_no_staging_or_temporary_files_are_left(bad_run):
+def test_no_pending_uncommitted_or_temporary_files_are_left(bad_run):
     _, output, _, _ = bad_run
     found = sorted(os.path.relpath(p, output) for p in glob.glob(os.path.join(output, "**", "*"), recursive=True))
-    assert [p for p in found if "tmp" in p or "_staging" in p or "beam-temp" in p] == []
-    bookkeeping = ["_SUCCESS", "_run.json", "_runs", "_runs/run1.json"]
-    assert sorted(p for p in found if not p.endswith(".parquet")) == sorted(bookkeeping + list(TABLE_NAMES))
+    assert [p for p in found if "tmp" in p or "beam-temp" in p or p.startswith("_pending" + os.sep)] == []
+    assert _uncommitted(output) == []
+    assert sorted(p for p in os.listdir(output) if p != "_pending") == sorted(TABLE_NAMES)
 
 
 def test_a_second_run_on_the_same_corpus_adds_nothing(bad_run, tokenizer_path, tmp_path):
@@ -135,7 +148,35 @@ def test_overwrite_replaces_the_cache(tmp_path, tokenizer_path):
     _run(manifest, output, tokenizer_path, run_id="one")
     _run(manifest, output, tokenizer_path, run_id="two", overwrite=True)
     assert _table(output, "samples").num_rows == 1
-    assert {os.path.basename(p)[:4] for p in glob.glob(os.path.join(output, "*", "*.parquet"))} == {"two-"}
+    view = CacheView.open(output)
+    assert {os.path.basename(p)[:4] for table in view.tables() for p in view.files(table)} == {"two-"}
+    assert CacheView.open(output, as_of="one").read("samples").num_rows == 1  # the replaced state stays readable
+
+
+def test_a_schema_version_1_cache_is_refused_then_replaced_with_overwrite(tmp_path, tokenizer_path):
+    manifest = media.manifest(str(tmp_path / "m.jsonl"), [{"id": "a", "text": media.text(str(tmp_path / "a.txt"), "hi")}])
+    output = tmp_path / "out"
+    for folder in ["samples", "text", "_runs"]:
+        (output / folder).mkdir(parents=True)
+    pq.write_table(pa.table({"sample_id": ["old"]}), output / "samples" / "part-00000.parquet")
+    pq.write_table(pa.table({"sample_id": ["old"]}), output / "text" / "part-00000.parquet")
+    for name in ["_run.json", "_SUCCESS", "_runs/old.json"]:
+        (output / name).write_text("{}")
+    with pytest.raises(ConfigError, match="schema version 1 .*--overwrite"):
+        _run(manifest, str(output), tokenizer_path)
+    assert (output / "_run.json").exists()  # refused before touching anything
+    _run(manifest, str(output), tokenizer_path, run_id="new", overwrite=True)
+    assert CacheView.open(str(output)).read("samples", ["sample_id"]).column("sample_id").to_pylist() == ["a"]
+    assert sorted(p for p in os.listdir(output) if p != "_pending") == sorted(TABLE_NAMES)
+    assert _uncommitted(str(output)) == []
+
+
+def test_an_output_given_as_a_file_uri_lands_in_that_folder(tmp_path, tokenizer_path):
+    manifest = media.manifest(str(tmp_path / "m.jsonl"), [{"id": "a", "text": media.text(str(tmp_path / "a.txt"), "hi")}])
+    report = _run(manifest, f"file://{tmp_path}/out", tokenizer_path)
+    assert report.summary["samples"]["ok"] == 1
+    assert CacheView.open(str(tmp_path / "out")).read("text", ["text"]).column("text").to_pylist() == ["hi"]
+    assert _uncommitted(str(tmp_path / "out")) == []
 
 
 def test_extract_to_cache_transform_reports_what_it_wrote(tmp_path, tokenizer_path):
@@ -143,6 +184,7 @@ def test_extract_to_cache_transform_reports_what_it_wrote(tmp_path, tokenizer_pa
     from apache_beam.testing.util import assert_that, equal_to
 
     from schemas.tables import table_schemas
+    from transforms.parquet_sink import shard_of
 
     corpus_dir = tmp_path / "c"
     corpus_dir.mkdir()
@@ -150,17 +192,21 @@ def test_extract_to_cache_transform_reports_what_it_wrote(tmp_path, tokenizer_pa
         str(corpus_dir / "m.jsonl"),
         [{"id": f"s{i}", "text": media.text(str(corpus_dir / f"s{i}.txt"), f"text number {i}")} for i in range(6)],
     )
+    cache, attempt = str(tmp_path / "o"), "t-00000000"
+    shards = {shard_of(f"s{i}", 2) for i in range(6)}
     with in_process_pipeline() as pipeline:
         written = (
             pipeline
             | beam.Create(read_manifest(manifest).records)
             | ExtractToCache(
-                config=ExtractConfig(), tokenizer_path=tokenizer_path, directory=str(tmp_path / "o"), schemas=table_schemas([]), num_shards=2
+                config=ExtractConfig(), tokenizer_path=tokenizer_path, cache=cache, attempt=attempt, schemas=table_schemas([]), num_shards=2
             )
-            | beam.Map(lambda out: (out[0], out[2]))
-            | beam.CombinePerKey(sum)
         )
-        assert_that(written, equal_to([("samples", 6), ("text", 6)]))
+        assert_that(written, equal_to([2 * len(shards)]))  # one file per shard of samples and of text
+    rows: dict[str, int] = {}
+    for data_file in read_pending(cache, attempt):
+        rows[data_file.table] = rows.get(data_file.table, 0) + data_file.n_rows
+    assert rows == {"samples": 6, "text": 6}
 
 
 def test_dask_runner_writes_the_same_rows(bad_run, tmp_path, tokenizer_path):
@@ -183,5 +229,5 @@ def test_dask_runner_writes_the_same_rows(bad_run, tmp_path, tokenizer_path):
         direct_rows = sorted(map(repr, _table(output, table).to_pylist()))
         dask_rows = sorted(map(repr, _table(dask_output, table).to_pylist()))
         assert dask_rows == direct_rows, table
-    leftovers = [p for p in glob.glob(os.path.join(dask_output, "**", "*"), recursive=True) if "beam-temp" in p or "_staging" in p]
-    assert leftovers == []
+    leftovers = [p for p in glob.glob(os.path.join(dask_output, "**", "*"), recursive=True) if "beam-temp" in p or "tmp-" in p]
+    assert leftovers == [] and _uncommitted(dask_output) == []

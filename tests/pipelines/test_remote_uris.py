@@ -1,14 +1,17 @@
-"""Inputs and outputs given as URIs (as with gs://) go through Beam's FileSystems end to end."""
-import os
+"""Inputs given as URIs (as with gs://) go through Beam's FileSystems end to end.
 
-import pyarrow.dataset as ds
+The cache itself is written by delta-rs, which knows real object stores (gs://, s3://, abfss://) but not a
+Beam-only scheme such as ``fakeremote://``: these tests write it to a local folder, and check that an output
+URI delta-rs cannot write is refused before any work.
+"""
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.extract import run_extract
 from pipelines.manifest import read_folder, read_manifest
-from pipelines.run_report import read_columns, table_files
+from schemas.cache import CacheView
 from schemas.config import ExtractConfig
+from schemas.errors import ConfigError
 from tests import media
 from tests.fake_remote_fs import FakeRemoteFileSystem
 
@@ -32,22 +35,31 @@ def remote_root(tmp_path):
     return tmp_path
 
 
-def test_manifest_media_and_cache_on_a_remote_filesystem(remote_root, tokenizer_path):
+def test_manifest_and_media_on_a_remote_filesystem(remote_root, tokenizer_path):
     corpus = read_manifest("fakeremote://corpus/m.jsonl")
     assert corpus.records[0].video == "fakeremote://corpus/a.mp4"  # relative paths resolve against the manifest URI
+    output = str(remote_root / "cache")
     report = run_extract(
-        corpus, output="fakeremote://cache", config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path, runner=FnApiRunner(), run_id="r"
+        corpus, output=output, config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path, runner=FnApiRunner(), run_id="r"
     )
     assert report.summary["samples"] == {"ok": 2, "partial": 0, "failed": 1, "unchanged": 0, "total": 3}
     assert report.summary["rows"]["frames"] == 2 and report.summary["rows"]["audio"] == 2
     assert report.summary["failures"]["by_stage_and_kind"] == {"read/missing_file": 1}
-    # The cache landed in the remote store, read back through FileSystems as a user on gs:// would.
-    statuses = read_columns(table_files("fakeremote://cache", "samples"), ["sample_id", "status"]).to_pylist()
+    view = CacheView.open(output)
+    statuses = view.read("samples", ["sample_id", "status"]).to_pylist()
     assert sorted((s["sample_id"], s["status"]) for s in statuses) == [("a", "ok"), ("b", "ok"), ("c", "failed")]
-    assert os.path.exists(remote_root / "cache" / "_run.json")
-    assert not (remote_root / "cache" / "_staging").exists()
-    text = ds.dataset(str(remote_root / "cache" / "text")).to_table().to_pylist()
+    assert view.run.run_id == "r" and view.run.summary["inputs"]["source"] == "fakeremote://corpus/m.jsonl"
+    text = view.read("text").to_pylist()
     assert [t["text"] for t in text] == ["remote words"]
+    assert {s["sample_id"]: s["audio"] for s in view.read("samples", ["sample_id", "audio"]).to_pylist()}["b"] == "fakeremote://corpus/b.wav"
+
+
+def test_an_output_delta_lake_cannot_write_is_refused_before_any_work(remote_root, tokenizer_path):
+    corpus = read_manifest("fakeremote://corpus/m.jsonl")
+    with pytest.raises(ConfigError, match="--output fakeremote://cache: .*gs://"):
+        run_extract(corpus, output="fakeremote://cache", config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path,
+                    runner=FnApiRunner(), run_id="r")
+    assert not (remote_root / "cache").exists()
 
 
 def test_folder_input_on_a_remote_filesystem(remote_root):

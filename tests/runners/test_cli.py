@@ -3,11 +3,16 @@ import os
 import subprocess
 import sys
 
-import pyarrow.dataset as ds
+import pyarrow as pa
 import pytest
 
 from runners.cli import main
+from schemas.cache import CacheView
 from tests import media
+
+
+def _count(output: str, table: str) -> int:
+    return CacheView.open(output).read(table).num_rows
 
 
 @pytest.fixture()
@@ -61,18 +66,18 @@ def test_extract_prints_a_summary_and_exits_0_despite_bad_files(tmp_path, small_
     printed = capsys.readouterr().out
     assert "samples   3 (ok 1, partial 0, failed 2, unchanged 0)" in printed
     assert "text/not_utf8 1" in printed and "read/missing_file 1" in printed
-    assert ds.dataset(os.path.join(output, "errors")).count_rows() == 2
+    assert _count(output, "errors") == 2
     # A second run into the same folder is incremental: nothing changed, nothing is added.
     assert main(["extract", "--manifest", small_manifest, "--output", output, "--no-embed"]) == 0
     assert "samples   3 (ok 0, partial 0, failed 0, unchanged 3)" in capsys.readouterr().out
-    assert ds.dataset(os.path.join(output, "errors")).count_rows() == 2
+    assert _count(output, "errors") == 2
 
 
 def test_too_many_failures_exit_1_after_writing_everything(tmp_path, small_manifest, capsys):
     output = str(tmp_path / "out")
     assert main(["extract", "--manifest", small_manifest, "--output", output, "--max-failure-ratio", "0.5", "--no-embed"]) == 1
     assert "2 of 3 samples failed" in capsys.readouterr().err
-    assert ds.dataset(os.path.join(output, "samples")).count_rows() == 3
+    assert _count(output, "samples") == 3
 
 
 def test_folder_input_and_beam_options_pass_through(tmp_path, capsys):
@@ -83,7 +88,7 @@ def test_folder_input_and_beam_options_pass_through(tmp_path, capsys):
     media.text(str(folder / "y.txt"), "world")
     output = str(tmp_path / "out")
     assert main(["extract", "--input", str(folder), "--output", output, "--job_name", "nightly", "--no-embed"]) == 0
-    samples = ds.dataset(os.path.join(output, "samples")).to_table().to_pylist()
+    samples = CacheView.open(output).read("samples").to_pylist()
     assert sorted((s["sample_id"], s["status"], s["n_audio_windows"]) for s in samples) == [("x", "ok", 1), ("y", "ok", 0)]
 
 
@@ -110,11 +115,14 @@ def test_user_checkpoints_through_the_encoder_flags(tmp_path, small_manifest, to
     argv = ["extract", "--manifest", small_manifest, "--output", output, "--text-encoder", bert, "--image-encoder", vit,
             "--audio-encoder", wav2vec2, "--max-batch-size", "2"]
     assert main(argv) == 0
-    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
-        encoders = json.load(handle)["encoders"]
+    view = CacheView.open(output)
+    encoders = view.run.summary["encoders"]
     assert {m: (e["name"], e["dim"]) for m, e in encoders.items()} == {"text": ("bert", 32), "video": ("vit", 24), "audio": ("wav2vec2", 16)}
-    vectors = ds.dataset(os.path.join(output, encoders["video"]["table"])).to_table()
-    assert vectors.num_rows == 1 and str(vectors.schema.field("vector").type.value_type) == "halffloat"
+    for encoder in encoders.values():
+        assert (view.description(encoder["table"])["encoder"], view.description(encoder["table"])["dim"]) == (encoder["name"], encoder["dim"])
+    vectors = view.read(encoders["video"]["table"])
+    assert vectors.num_rows == 1 and vectors.schema.field("vector").type == pa.list_(pa.float32())
+    assert len(vectors.column("vector")[0]) == 24
 
 
 @pytest.mark.parametrize(
@@ -147,7 +155,6 @@ def test_torchscript_image_encoder_through_the_flag(tmp_path, small_manifest):
     output = str(tmp_path / "out")
     assert main(["extract", "--manifest", small_manifest, "--output", output, "--image-encoder", scripted,
                  "--text-encoder", "none", "--audio-encoder", "none"]) == 0
-    with open(os.path.join(output, "_run.json"), encoding="utf-8") as handle:
-        encoders = json.load(handle)["encoders"]
+    encoders = CacheView.open(output).run.summary["encoders"]
     assert list(encoders) == ["video"] and (encoders["video"]["name"], encoders["video"]["dim"]) == ("frames.pt", 12)
-    assert ds.dataset(os.path.join(output, encoders["video"]["table"])).count_rows() == 1
+    assert _count(output, encoders["video"]["table"]) == 1

@@ -4,15 +4,14 @@ import os
 
 import apache_beam as beam
 import cloudpickle
-import pyarrow.dataset as ds
 import pytest
 
 from pipelines.extract_graph import ExtractToCache, build_handlers
 from pipelines.manifest import read_manifest
-from pipelines.run_report import embedding_tables
 from pipelines.sample_corpus import make_sample_corpus
 from runners.cli import main
 from runners.presets import dataflow_args
+from schemas.cache import CacheView
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
 from schemas.tables import table_schemas
@@ -34,8 +33,25 @@ def direct_output(sample_manifest, tmp_path_factory) -> str:
 
 
 def _tables(output: str) -> dict[str, list[str]]:
-    names = ["samples", "frames", "audio", "text", "errors", *embedding_tables(output)]
-    return {name: sorted(map(repr, ds.dataset(os.path.join(output, name)).to_table().to_pylist())) for name in names}
+    view = CacheView.open(output)
+    names = ["samples", "frames", "audio", "text", "errors", *view.embedding_tables()]
+    return {name: sorted(map(repr, view.read(name).to_pylist())) for name in names}
+
+
+def _leftovers(output: str) -> list[str]:
+    """``_pending`` entries, temporary files, and data files that no table of the latest state references."""
+    view = CacheView.open(output)
+    committed = {os.path.normpath(path.removeprefix("file://")) for table in view.tables() for path in view.files(table)}
+    found = []
+    for root, _, names in os.walk(output):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, output)
+            if "_delta_log" in relative.split(os.sep):
+                continue
+            if relative.startswith("_pending") or "beam-temp" in relative or ".tmp-" in name or os.path.normpath(path) not in committed:
+                found.append(relative)
+    return sorted(found)
 
 
 @pytest.mark.parametrize("runner_args", [["--workers", "2"], ["--runner", "dask", "--workers", "2"]], ids=["direct-2-workers", "dask-local-cluster"])
@@ -46,8 +62,7 @@ def test_every_runner_writes_identical_rows(sample_manifest, direct_output, tmp_
     assert set(other) == set(direct) and len(direct) == 8
     for table in direct:
         assert other[table] == direct[table], table
-    leftovers = [p for p in os.listdir(output) if p.startswith(("_staging", "_commit", "beam-temp", "_lock"))]
-    assert leftovers == []
+    assert _leftovers(output) == []
 
 
 def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, tokenizer_path, tmp_path):
@@ -57,8 +72,8 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
     handlers = build_handlers(resolve_encoders(encode, config), encode, "cpu")
     corpus = read_manifest(sample_manifest)
     schemas = dict(table_schemas(corpus.extra_fields))
-    transform = ExtractToCache(config=config, tokenizer_path=tokenizer_path, directory=str(tmp_path), schemas=schemas,
-                               num_shards=2, handlers=handlers)
+    transform = ExtractToCache(config=config, tokenizer_path=tokenizer_path, cache=str(tmp_path), attempt="r-00000000",
+                               schemas=schemas, num_shards=2, handlers=handlers)
     pipeline = beam.Pipeline()
     _ = pipeline | beam.Create(corpus.records) | transform
     proto = pipeline.to_runner_api()
@@ -66,7 +81,7 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
     beam.Pipeline.from_runner_api(proto, pipeline.runner, pipeline._options)
     dofns = _dofns(pipeline)
     names = {type(fn).__name__ for fn in dofns}
-    assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn"} <= names
+    assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn", "_WriteFileListFn"} <= names
     for obj in [transform, *handlers.values(), *(h.with_no_batching() for h in handlers.values()), *dofns]:
         restored = cloudpickle.loads(cloudpickle.dumps(obj))
         assert type(restored) is type(obj)

@@ -1,10 +1,14 @@
-"""Sample corpora extracted into caches, for trainer tests (each test module builds the one it needs)."""
+"""Caches for trainer tests: sample corpora extracted by mmfeat, and synthetic tables committed through ``schemas.cache``."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
 
 from pipelines.sample_corpus import make_sample_corpus
 from runners.cli import main
+from schemas.cache import RunCommit, RunInfo, commit_run, new_attempt, write_data_file
 
 
 def extract_sample_cache(tmp_path_factory, *, n: int, seed: int, image_encoder: Optional[str] = None, extra: Optional[list[str]] = None) -> str:
@@ -17,30 +21,37 @@ def extract_sample_cache(tmp_path_factory, *, n: int, seed: int, image_encoder: 
     return output
 
 
-def write_vector_cache(folder: str, *, n: int, dim: int = 1024, files: int = 8, row_group_size: int = 1024, seed: int = 0) -> None:
-    """A cache holding only ``samples`` (a binary ``label``) and one video embedding set of ``n`` float32 rows of ``dim``.
+def commit_tables(cache: str, parts: dict[str, list[pa.Table]], *, run_id: str = "synthetic",
+                  descriptions: Optional[dict[str, dict[str, Any]]] = None) -> RunInfo:
+    """Commit ``parts`` (per table, the tables of its data files) to ``cache`` as one run, through ``schemas.cache``.
 
-    Written straight with pyarrow, ``files`` files, so large caches are quick to make. Dimension 0 is
-    ``label * 4`` plus noise (Bayes accuracy about 0.98); the others are noise.
+    A run needs a ``samples`` table: without one in ``parts``, an empty one is committed.
     """
-    import os
+    attempt = new_attempt(run_id)
+    parts = {"samples": [pa.table({"sample_id": pa.array([], pa.string())})], **parts}
+    files = [write_data_file(cache, table, f"{attempt}-part-{number:05d}.parquet", data)
+             for table, tables in parts.items() for number, data in enumerate(tables)]
+    return commit_run(cache, RunCommit(run_id=run_id, attempt=attempt, files=files, schemas={t: data[0].schema for t, data in parts.items()},
+                                       descriptions=descriptions or {}))
 
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    os.makedirs(os.path.join(folder, "samples"))
-    embeddings = os.path.join(folder, "embeddings", "video", "synthetic-0")
-    os.makedirs(embeddings)
+def write_vector_cache(folder: str, *, n: int, dim: int = 1024, rows_per_file: int = 1024, seed: int = 0) -> None:
+    """A cache holding only ``samples`` (a binary ``label``) and one video embedding set of ``n`` float32 rows of ``dim``,
+    in files of ``rows_per_file`` rows (so that a dask partition can be as small as one file), committed as one run.
+
+    Dimension 0 is ``label * 4`` plus noise (Bayes accuracy about 0.98); the others are noise.
+    """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     ids = [f"s{i:08d}" for i in range(n)]
-    pq.write_table(pa.table({"sample_id": ids, "status": ["ok"] * n, "manifest_ok": [True] * n, "label": labels}),
-                   os.path.join(folder, "samples", "part-0.parquet"))
-    for part in range(files):
-        rows = slice(part * n // files, (part + 1) * n // files)
+    samples = pa.table({"sample_id": ids, "status": ["ok"] * n, "manifest_ok": [True] * n, "label": labels})
+    vectors = []
+    for start in range(0, n, rows_per_file):
+        rows = slice(start, min(n, start + rows_per_file))
         values = rng.standard_normal((rows.stop - rows.start, dim)).astype(np.float32)
         values[:, 0] += 4 * labels[rows]
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), dim)
-        pq.write_table(pa.table({"sample_id": ids[rows], "vector": vectors}), os.path.join(embeddings, f"part-{part}.parquet"),
-                       row_group_size=row_group_size)
+        column = pa.ListArray.from_arrays(pa.array(np.arange(0, values.size + 1, dim, dtype=np.int32)), pa.array(values.ravel()))
+        vectors.append(pa.table({"sample_id": ids[rows], "vector": column}))
+    table = "embeddings/video/synthetic-0"
+    commit_tables(folder, {"samples": [samples], table: vectors},
+                  descriptions={table: {"dim": dim, "modality": "video", "encoder": "synthetic", "encoder_fingerprint": "0"}})

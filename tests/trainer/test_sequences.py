@@ -1,11 +1,13 @@
 """Sequence inputs: pooling, the GRU/transformer encoders on a problem only order can solve, and reading sequences from a cache."""
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from schemas.cache import CacheView
 from schemas.errors import ConfigError
+from schemas.tables import embeddings_schema
+from tests.trainer.caches import commit_tables
 from trainer.data import FeatureSet
 from trainer.heads import FUSIONS, FusionModel
 from trainer.sequences import embedding_sequences, mfcc_sequences, pool_to_steps
@@ -80,12 +82,12 @@ def test_steps_after_a_length_do_not_change_the_output():
                                model({"video": padded}, torch.tensor([[True]]), lengths)["label"])
 
 
-def _write_audio_table(cache, rows):
+def _write_audio_table(cache, rows) -> CacheView:
     schema = pa.schema([("sample_id", pa.string()), ("source", pa.string()), ("window_index", pa.int32()), ("end_s", pa.float64()),
                         ("frame_times_s", pa.list_(pa.float64())), ("mfcc", pa.list_(pa.list_(pa.float32())))])
-    (cache / "audio").mkdir(parents=True)
-    for number, chunk in enumerate((rows[:2], rows[2:])):  # two files: a sample's windows may sit in different partitions
-        pq.write_table(pa.Table.from_pylist(chunk, schema=schema), cache / "audio" / f"part-{number}.parquet")
+    # two files: a sample's windows may sit in different partitions
+    commit_tables(str(cache), {"audio": [pa.Table.from_pylist(chunk, schema=schema) for chunk in (rows[:2], rows[2:])]})
+    return CacheView.open(str(cache))
 
 
 def _window(sample_id, source, index, times, values):
@@ -100,8 +102,8 @@ def test_mfcc_sequences_average_frames_per_step_prefer_the_audio_file_and_cover_
         _window("a", "audio", 1, [0.2, 0.25], [9, 11]),               # second window, in the other file
         _window("b", "video", 0, np.arange(40) * 0.05, np.arange(40)),  # 2 s, only a sound track; 4 steps max -> 0.5 s steps
     ]
-    _write_audio_table(tmp_path, rows)
-    features, lengths = mfcc_sequences(str(tmp_path), {"a": 0, "b": 1, "c": 2}, max_steps=4, step_s=0.1, storage=None, blocksize="1KiB")
+    view = _write_audio_table(tmp_path, rows)
+    features, lengths = mfcc_sequences(view, {"a": 0, "b": 1, "c": 2}, max_steps=4, step_s=0.1, storage=None, blocksize="1KiB")
     assert features.shape == (3, 4, 2) and lengths.tolist() == [3, 4, 0]
     np.testing.assert_allclose(features[0, :, 0], [2.0, 6.0, 10.0, 0.0])  # frames [0, 0.1) [0.1, 0.2) [0.2, 0.3)
     np.testing.assert_allclose(features[0, :, 1], [-2.0, -6.0, -10.0, 0.0])
@@ -109,18 +111,32 @@ def test_mfcc_sequences_average_frames_per_step_prefer_the_audio_file_and_cover_
     assert not features[2].any()
 
 
+def _embedding_set(cache, rows, *, sequence: bool, run_id: str) -> CacheView:
+    table = "embeddings/video/enc-1"
+    data = pa.Table.from_pylist(rows, schema=embeddings_schema(sequence=True))
+    commit_tables(str(cache), {table: [data if sequence else data.drop(["sequence"])]}, run_id=run_id,
+                  descriptions={table: {"dim": 2, "modality": "video", "encoder": "enc"}})
+    return CacheView.open(str(cache))
+
+
 def test_embedding_sequences_are_pooled_to_max_steps_and_a_set_without_them_says_how_to_get_them(tmp_path):
-    vectors = pa.list_(pa.float32(), 2)
-    schema = pa.schema([("sample_id", pa.string()), ("vector", vectors), ("sequence", pa.list_(vectors))])
-    folder = tmp_path / "embeddings" / "video" / "enc-1"
-    folder.mkdir(parents=True)
-    rows = [{"sample_id": "x", "vector": [0, 0], "sequence": [[i, 2 * i] for i in range(6)]},
-            {"sample_id": "y", "vector": [0, 0], "sequence": [[1, 1]]}]
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "part-0.parquet")
-    features, lengths = embedding_sequences(str(folder), {"y": 0, "x": 1}, max_steps=3, storage=str(tmp_path / "mm"), name="video")
+    rows = [{"sample_id": "x", "modality": "video", "encoder": "enc", "encoder_fingerprint": "1", "vector": [0, 0],
+             "sequence": [[i, 2 * i] for i in range(6)]},
+            {"sample_id": "y", "modality": "video", "encoder": "enc", "encoder_fingerprint": "1", "vector": [0, 0], "sequence": [[1, 1]]}]
+    view = _embedding_set(tmp_path / "with", rows, sequence=True, run_id="with")
+    features, lengths = embedding_sequences(view, "embeddings/video/enc-1", {"y": 0, "x": 1}, max_steps=3, storage=str(tmp_path / "mm"),
+                                            name="video")
     assert isinstance(features, np.memmap) and lengths.tolist() == [1, 3]
     np.testing.assert_allclose(features[1], [[0.5, 1.0], [2.5, 5.0], [4.5, 9.0]])
     np.testing.assert_allclose(features[0], [[1, 1], [0, 0], [0, 0]])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema).drop(["sequence"]), folder / "part-0.parquet")
+    view = _embedding_set(tmp_path / "without", rows, sequence=False, run_id="without")
     with pytest.raises(ConfigError, match="--sequences video"):
-        embedding_sequences(str(folder), {"x": 0}, max_steps=3, storage=None, name="video")
+        embedding_sequences(view, "embeddings/video/enc-1", {"x": 0}, max_steps=3, storage=None, name="video")
+
+
+def test_steps_of_another_width_than_the_set_records_are_refused(tmp_path):
+    rows = [{"sample_id": "x", "modality": "video", "encoder": "enc", "encoder_fingerprint": "1", "vector": [0, 0],
+             "sequence": [[1, 2], [3, 4, 5]]}]
+    view = _embedding_set(tmp_path, rows, sequence=True, run_id="ragged")
+    with pytest.raises(ConfigError, match="steps of 2 to 3 values where 2 were expected"):
+        embedding_sequences(view, "embeddings/video/enc-1", {"x": 0}, max_steps=3, storage=None, name="video")

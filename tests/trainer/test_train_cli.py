@@ -40,9 +40,9 @@ def test_unimodal_baseline_is_one_flag_away_and_bad_labels_fail_clearly(cache, t
 
 
 def test_labels_can_come_from_a_separate_file_joined_by_sample_id(cache, tmp_path, capsys):
-    import pyarrow.dataset as ds
+    from schemas.cache import CacheView
 
-    samples = ds.dataset(os.path.join(cache, "samples")).to_table(columns=["sample_id", "label"]).to_pylist()
+    samples = CacheView.open(cache).read("samples", ["sample_id", "label"]).to_pylist()
     labels = tmp_path / "moods.csv"
     labels.write_text("id,mood\n" + "".join(f"{r['sample_id']},{'up' if r['label'] == 'positive' else 'down'}\n" for r in samples[1:]))
     model_dir = str(tmp_path / "model")

@@ -3,11 +3,13 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.beam_helpers import in_process_pipeline
-from schemas.tables import AUDIO, ERRORS, with_metadata
+from schemas.cache import read_pending
+from schemas.tables import AUDIO, ERRORS, embeddings_schema
 from transforms.parquet_sink import WriteCacheTables, rows_to_table, shard_of
 
 
@@ -39,28 +41,51 @@ def test_shards_are_stable_and_spread():
 
 
 def test_write_cache_tables_writes_every_row_once_per_shard_file(tmp_path):
-    directory = str(tmp_path)
-    schemas = {
-        "audio": with_metadata(AUDIO, table="audio", run_id="r1", config={"k": 1}),
-        "errors": with_metadata(ERRORS, table="errors", run_id="r1", config={"k": 1}),
-    }
+    cache = str(tmp_path)
+    attempt = "r1-0123abcd"
+    schemas = {"audio": AUDIO, "errors": ERRORS}
     audio_rows = [("audio", _audio_row(f"s{i}", i % 4 + 1)) for i in range(30)]
     error_rows = [
         ("errors", {"sample_id": f"s{i}", "manifest_row": i, "uri": None, "stage": "text", "error_kind": "empty_text", "message": "m"})
         for i in range(5)
     ]
     with in_process_pipeline() as pipeline:
-        written = pipeline | beam.Create(audio_rows + error_rows) | WriteCacheTables(directory, schemas, num_shards=3)
-        counts = written | beam.Map(lambda out: (out[0], out[2])) | beam.CombinePerKey(sum)
-        assert_that(counts, equal_to([("audio", 30), ("errors", 5)]))
+        written = pipeline | beam.Create(audio_rows + error_rows) | WriteCacheTables(cache, attempt, schemas, num_shards=3)
+        assert_that(written, equal_to([6]))  # 3 shards of audio, 3 of errors
 
-    audio_files = sorted(glob.glob(os.path.join(directory, "audio", "*")))
-    assert [os.path.basename(p) for p in audio_files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
-    table = pq.read_table(os.path.join(directory, "audio"))
+    audio_files = sorted(glob.glob(os.path.join(cache, "audio", "*")))
+    assert [os.path.basename(p) for p in audio_files] == [f"{attempt}-part-0000{n}.parquet" for n in range(3)]
+    table = pq.read_table(os.path.join(cache, "audio"))
     assert sorted(table.column("sample_id").to_pylist()) == sorted(f"s{i}" for i in range(30))
-    assert pq.read_schema(audio_files[0]).metadata[b"mmfeat.run_id"] == b"r1"
+    assert table.schema.field("mfcc").type == AUDIO.field("mfcc").type
     # Each sample's rows are in the file of its shard.
     for path in audio_files:
-        shard = int(os.path.basename(path)[5:10])
+        shard = int(os.path.basename(path)[len(attempt) + 6:len(attempt) + 11])
         assert {shard_of(s, 3) for s in pq.read_table(path).column("sample_id").to_pylist()} == {shard}
-    assert not glob.glob(os.path.join(directory, "**", "*.tmp-*"), recursive=True)
+    assert not glob.glob(os.path.join(cache, "**", "*.tmp-*"), recursive=True)
+
+    # The attempt's file list names every file with what its Delta add action needs.
+    listed = read_pending(cache, attempt)
+    assert sorted((f.table, f.name) for f in listed) == sorted(
+        (os.path.basename(os.path.dirname(p)), os.path.basename(p)) for p in glob.glob(os.path.join(cache, "*", "*.parquet"))
+    )
+    for data_file in listed:
+        path = os.path.join(cache, data_file.table, data_file.name)
+        ids = pq.read_table(path).column("sample_id").to_pylist()
+        assert (data_file.size, data_file.n_rows, data_file.min_id, data_file.max_id) == (
+            os.path.getsize(path), len(ids), min(ids), max(ids)
+        ), data_file.name
+    assert sum(f.n_rows for f in listed if f.table == "audio") == 30 and sum(f.n_rows for f in listed if f.table == "errors") == 5
+
+
+def test_vectors_are_stored_as_float32_lists():
+    schema = embeddings_schema(sequence=True)
+    rows = [
+        {"sample_id": sid, "modality": "text", "encoder": "e", "encoder_fingerprint": "f",
+         "vector": np.arange(4, dtype=np.float64) + n, "sequence": np.ones((n + 1, 4), dtype=np.float32)}
+        for n, sid in enumerate(["a", "b"])
+    ]
+    table = rows_to_table(rows, schema)
+    assert table.schema.field("vector").type == pa.list_(pa.float32())
+    assert table.column("vector").to_pylist() == [[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]]
+    assert [len(s) for s in table.column("sequence").to_pylist()] == [1, 2]

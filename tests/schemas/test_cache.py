@@ -1,0 +1,212 @@
+"""The cache package on hand-made runs: superseding, exactly-once commits, pinned views, time travel, repair, vacuum."""
+from __future__ import annotations
+
+import collections
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from schemas.cache import CacheView, RunCommit, commit_run, compact, find_damaged, new_attempt, repair, runs, vacuum, write_data_file
+from schemas.cache.commit import _commit_table
+from schemas.errors import ConfigError
+from tests.schemas.cache_helpers import FEATURES, SCHEMAS, frames_rows, run, samples_rows
+
+
+def _rows(view: CacheView, table: str) -> list[tuple]:
+    columns = {"samples": ["sample_id", "label"], "frames": ["sample_id", "frame_index", "width"]}[table]
+    return sorted(tuple(row.values()) for row in view.read(table, columns).to_pylist())
+
+
+def test_every_table_exists_after_the_first_run_even_when_empty(tmp_path):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b"])
+    view = CacheView.open(cache)
+    assert view.tables() == sorted(FEATURES)
+    assert view.read("errors").num_rows == 0 and view.read("audio").num_rows == 0
+    assert DeltaTable(os.path.join(cache, "errors")).to_pyarrow_table().num_rows == 0
+
+
+def test_a_recomputed_sample_replaces_its_rows_in_the_same_commit(tmp_path):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b", "c"])
+    frames = DeltaTable(os.path.join(cache, "frames"))
+    version, (shared_file,) = frames.version(), frames.file_uris()
+    run(cache, "second", ["b"], label=1, width=16)
+    view = CacheView.open(cache)
+    assert _rows(view, "samples") == [("a", 0), ("b", 1), ("c", 0)]
+    assert _rows(view, "frames") == [("a", 0, 8), ("a", 1, 8), ("b", 0, 16), ("b", 1, 16), ("c", 0, 8), ("c", 1, 8)]
+    frames.update_incremental()
+    assert frames.version() == version + 1 and frames.history(1)[0]["mmfeat.run_id"] == "second"  # one commit...
+    files = frames.file_uris()
+    assert shared_file not in files and any("-rewrite-" in f for f in files)  # ...removed a, b, c's file and added a, c's rewrite
+    assert DeltaTable(os.path.join(cache, "frames"), version=version).to_pyarrow_table().num_rows == 6
+
+
+def test_commit_is_exactly_once_per_attempt(tmp_path):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b"])
+    attempt = new_attempt("again")
+    files = [write_data_file(cache, "samples", f"{attempt}-0.parquet", samples_rows(["a"], run_id="again", label=5)),
+             write_data_file(cache, "frames", f"{attempt}-0.parquet", frames_rows(["a"], width=32))]
+    change = RunCommit(run_id="again", attempt=attempt, files=files, schemas={t: SCHEMAS[t] for t in FEATURES}, superseded=frozenset(["a"]))
+    commit_run(cache, change)
+    for table in ("frames", "samples"):  # a commit repeated after a crash: nothing is added twice
+        _commit_table(cache, table, change, None, change.marks("extract"))
+    commit_run(cache, change)
+    view = CacheView.open(cache)
+    assert _rows(view, "samples") == [("a", 5), ("b", 0)]
+    assert collections.Counter(r[0] for r in _rows(view, "frames")) == {"a": 2, "b": 2}
+
+
+def test_as_of_reads_the_state_a_run_left(tmp_path):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b", "c"])
+    first = _rows(CacheView.open(cache), "frames"), _rows(CacheView.open(cache), "samples")
+    run(cache, "second", ["b", "d"], label=1, width=16)
+    run(cache, "third", ["a"], label=2, width=24)
+    old = CacheView.open(cache, as_of="first")
+    assert (_rows(old, "frames"), _rows(old, "samples")) == first
+    assert _rows(CacheView.open(cache, as_of="second"), "samples") == [("a", 0), ("b", 1), ("c", 0), ("d", 1)]
+    assert [r.run_id for r in runs(cache)] == ["first", "second", "third"]
+    with pytest.raises(ConfigError, match="no such run in .* first, second, third"):
+        CacheView.open(cache, as_of="fourth")
+
+
+def test_a_run_that_died_between_table_commits_is_invisible_and_undone_by_the_next(tmp_path):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b"])
+    before = CacheView.open(cache)
+    attempt = new_attempt("dead")
+    dead = RunCommit(run_id="dead", attempt=attempt, schemas={t: SCHEMAS[t] for t in FEATURES}, superseded=frozenset(["a"]),
+                     files=[write_data_file(cache, "frames", f"{attempt}-0.parquet", frames_rows(["a"], width=99))])
+    metadata = dead.marks("extract") | {"mmfeat.pid": "999999999"}  # a process that no longer exists
+    _commit_table(cache, "frames", dead, before.versions["frames"], metadata)
+    assert DeltaTable(os.path.join(cache, "frames")).version() > before.versions["frames"]  # the table is ahead of samples...
+    view = CacheView.open(cache)
+    assert _rows(view, "frames") == _rows(before, "frames") and view.versions == before.versions  # ...but no reader sees it
+    run(cache, "next", ["c"])
+    latest = DeltaTable(os.path.join(cache, "frames")).to_pyarrow_table(columns=["sample_id", "width"]).to_pylist()
+    assert sorted((r["sample_id"], r["width"]) for r in latest) == [("a", 8)] * 2 + [("b", 8)] * 2 + [("c", 8)] * 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("table", ["samples", "frames"])
+def test_a_damaged_file_is_found_removed_and_its_samples_left_to_recompute(tmp_path, damage, table):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b", "c", "d"], files_per_table=2)
+    victim = sorted(CacheView.open(cache).files(table))[0]
+    lost = set(pq.read_table(victim, columns=["sample_id"]).column("sample_id").to_pylist())
+    if damage == "delete":
+        os.remove(victim)
+    else:
+        with open(victim, "r+b") as handle:
+            handle.truncate(os.path.getsize(victim) // 2)
+    assert set(find_damaged(CacheView.open(cache))) == {table}
+    repaired = repair(cache)
+    assert repaired.summary["samples_to_recompute"] == len(lost)
+    view = CacheView.open(cache)
+    assert {r[0] for r in _rows(view, "samples")} == {"a", "b", "c", "d"} - lost
+    assert {r[0] for r in _rows(view, "frames")} == {"a", "b", "c", "d"} - lost
+    assert repair(cache) is None
+    run(cache, "second", sorted(lost))
+    assert {r[0] for r in _rows(CacheView.open(cache), "frames")} == {"a", "b", "c", "d"}
+
+
+def test_vacuum_removes_unreferenced_files_but_keeps_the_pinned_state(tmp_path):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b"])
+    run(cache, "second", ["a"], width=16)
+    orphan = os.path.join(cache, "frames", "killed-12345678-part-00000.parquet")
+    pq.write_table(frames_rows(["z"]), orphan)
+    assert vacuum(cache) == []  # younger than the retention window: a run in progress is never touched
+    removed = vacuum(cache, retention_hours=0)
+    assert "frames/killed-12345678-part-00000.parquet" in removed and not os.path.exists(orphan)
+    assert _rows(CacheView.open(cache), "frames") == [("a", 0, 16), ("a", 1, 16), ("b", 0, 8), ("b", 1, 8)]
+
+
+def test_compact_merges_files_and_keeps_rows(tmp_path):
+    cache = str(tmp_path / "cache")
+    for i in range(4):
+        run(cache, f"run{i}", [f"s{i}"])
+    before = CacheView.open(cache)
+    rows = _rows(before, "frames")
+    assert len(before.files("frames")) == 4
+    info = compact(cache)
+    after = CacheView.open(cache)
+    assert after.run.run_id == info.run_id and after.run.kind == "compact"
+    assert len(after.files("frames")) == 1 and _rows(after, "frames") == rows
+    assert _rows(CacheView.open(cache, as_of="run3"), "frames") == rows
+
+
+def test_an_old_cache_is_refused_with_what_to_do(tmp_path):
+    cache = tmp_path / "cache"
+    os.makedirs(cache / "samples")
+    pq.write_table(samples_rows(["a"], run_id="old"), cache / "samples" / "part-00000.parquet")
+    with pytest.raises(ConfigError, match="schema version 1 .*--overwrite"):
+        CacheView.open(str(cache))
+
+
+def test_new_manifest_columns_join_the_schema_and_a_changed_type_is_refused(tmp_path):
+    import pyarrow as pa
+
+    from schemas.cache.commit import new_columns
+    from tests.schemas.cache_helpers import SCHEMAS as WITH_LABEL
+
+    cache = str(tmp_path / "cache")
+    without = {t: s for t, s in WITH_LABEL.items() if t in FEATURES} | {"samples": WITH_LABEL["samples"].remove(WITH_LABEL["samples"].get_field_index("label"))}
+    attempt = new_attempt("plain")
+    rows = samples_rows(["a"], run_id="plain").drop(["label"])
+    commit_run(cache, RunCommit(run_id="plain", attempt=attempt, schemas=without, superseded=frozenset(["a"]),
+                                files=[write_data_file(cache, "samples", f"{attempt}-0.parquet", rows)]))
+    run(cache, "labelled", ["b"], label=3)
+    assert sorted(map(tuple, (r.values() for r in CacheView.open(cache).read("samples", ["sample_id", "label"]).to_pylist()))) == [("a", None), ("b", 3)]
+    changed = WITH_LABEL["samples"].set(WITH_LABEL["samples"].get_field_index("label"), pa.field("label", pa.string()))
+    with pytest.raises(ConfigError, match="label: int64 in the cache, string now"):
+        new_columns(CacheView.open(cache).table("samples"), changed, "samples")
+
+
+def test_a_claim_of_a_reused_pid_counts_as_dead():
+    import socket
+    import time
+
+    from schemas.cache.commit import _alive
+
+    mine = {"mmfeat.host": socket.gethostname(), "mmfeat.pid": str(os.getpid())}
+    assert _alive(mine | {"timestamp": int(time.time() * 1000)})
+    assert not _alive(mine | {"timestamp": int(time.time() * 1000) - 3_600_000})  # made before this process started
+    assert not _alive({"mmfeat.host": "elsewhere", "mmfeat.pid": "1", "timestamp": int(time.time() * 1000) - 3_600_000})
+
+
+_COMMIT_AT = """
+import sys, time
+from tests.schemas.cache_helpers import run
+cache, name, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))
+run(cache, name, ["a", "b", "c", name], width=len(name))
+"""
+
+
+@pytest.mark.parametrize("trial", range(10))
+def test_runs_committing_at_the_same_moment_serialise_without_duplicates(tmp_path, trial):
+    import subprocess
+    import sys
+    import time
+
+    cache = str(tmp_path / "cache")
+    if trial % 2:
+        run(cache, "earlier", ["a", "z"])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    start = time.time() + 2.0
+    names = ["left", "right", "middle"]
+    processes = [subprocess.Popen([sys.executable, "-c", _COMMIT_AT, cache, name, str(start)], cwd=root, stderr=subprocess.PIPE, text=True)
+                 for name in names]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0], [p.stderr.read() for p in processes]
+    view = CacheView.open(cache)
+    ids = [r[0] for r in _rows(view, "samples")]
+    assert ids == sorted(set(ids)) == sorted({"a", "b", "c", *names} | ({"z"} if trial % 2 else set()))
+    frames = collections.Counter(r[0] for r in _rows(view, "frames"))
+    assert set(frames.values()) == {2}
+    assert set(names) <= {r.run_id for r in runs(cache)}
+    assert len({r[2] for r in _rows(view, "frames") if r[0] == "a"}) == 1  # a's rows come from one run, whichever committed last
