@@ -228,7 +228,7 @@ def _run(
     started = time.time()
     logger.info("run %s: %d samples from %s -> %s (%d already cached)", run_id, len(records), corpus.source, output, len(known))
 
-    pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions())
+    pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
     _ = (
         pipeline
         | "Records" >> beam.Create(records)

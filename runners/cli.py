@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from pipelines.run_report import AccountingError
 from pipelines.extract import RunReport, check_output, default_run_id, run_extract, validate_run_id
 from pipelines.manifest import Corpus, read_folder, read_manifest
 from pipelines.sample_corpus import make_sample_corpus
@@ -257,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as error:
         print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (ConcurrentRunError, DamagedFileError) as error:
+    except (ConcurrentRunError, DamagedFileError, AccountingError) as error:
         print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as error:
