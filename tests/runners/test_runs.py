@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 
-import pytest
 from deltalake import DeltaTable
 
 from pipelines.run_report import AccountingError
