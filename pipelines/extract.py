@@ -187,9 +187,10 @@ def run_extract(
     attempt = new_attempt(run_id)
     handlers = build_handlers(encoders or {}, encode or EncodeConfig(), device)
     # Where the attempt may leave files: its own tables, and every table of the cache (commits rewrite files there).
-    tables = sorted({*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values()), *CacheView.open(output).tables()})
+    view = CacheView.open(output)
+    tables = sorted({*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values()), *view.tables()})
     try:
-        summary = _run(corpus, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
+        summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
                        run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute)
     except BaseException as error:
         removed = discard_attempt(output, attempt, tables)
@@ -206,7 +207,7 @@ def run_extract(
 
 
 def _run(
-    corpus: Corpus, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
+    corpus: Corpus, view: CacheView, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
     options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EncoderModelHandler],
     device: str, recompute: bool,
 ) -> dict[str, Any]:
@@ -221,7 +222,6 @@ def _run(
         schemas[handler.table] = embeddings_schema(sequence=encoder.keep_sequences)
         descriptions[handler.table] = {"modality": encoder.modality, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint(),
                                        "dim": encoder.dim, "preprocessing": list(encoder.fingerprint_parts())}
-    view = CacheView.open(output)
     if view.has("samples") and not overwrite:
         new_columns(view.table("samples"), schemas["samples"], "samples")  # a manifest column that changed type fails now, not after the work
     known = {} if (recompute or overwrite) else known_samples(view)
@@ -242,9 +242,10 @@ def _run(
     result.wait_until_finish()
     pipeline_s = time.time() - started
     files = read_pending(output, attempt)
-    check_accounting(output, attempt, files, len(records))
+    written = read_run_columns(output, attempt, files, "samples", ["sample_id", "manifest_row", "manifest_ok", "status"]).to_pydict()
+    skipped = read_run_columns(output, attempt, files, SKIPPED_TABLE, ["manifest_row"]).column("manifest_row").to_pylist()
+    check_accounting(written["manifest_row"] + skipped, len(records))
 
-    written = read_run_columns(output, attempt, files, "samples", ["sample_id", "manifest_ok"]).to_pydict()
     recomputed = {sample_id for sample_id, ok in zip(written["sample_id"], written["manifest_ok"]) if ok}
     embedded = {sample_id for table in (h.table for h in handlers.values())
                 for sample_id in read_run_columns(output, attempt, files, table, ["sample_id"]).column("sample_id").to_pylist()}
@@ -252,7 +253,8 @@ def _run(
         "run_id": run_id,
         "schema_version": SCHEMA_VERSION,
         "inputs": {"source": corpus.source, "records": len(records)},
-        **summarise(output, attempt, files, [*TABLE_NAMES, *(h.table for h in handlers.values())]),
+        **summarise(written["status"], read_run_columns(output, attempt, files, "errors", ["stage", "error_kind"]), files,
+                    [*TABLE_NAMES, *(h.table for h in handlers.values())]),
         "metrics": runner_metrics(result),
         "encoders": {
             modality: {"name": h.encoder.name, "fingerprint": h.encoder.fingerprint(), "dim": h.encoder.dim, "table": h.table}

@@ -35,15 +35,13 @@ def read_run_columns(cache: str, attempt: str, files: list[DataFile], table: str
     return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
 
 
-def check_accounting(cache: str, attempt: str, files: list[DataFile], n_inputs: int) -> None:
-    """Verify that each manifest row appears exactly once, as a ``samples`` row or as unchanged (``_skipped``).
+def check_accounting(manifest_rows: list[int], n_inputs: int) -> None:
+    """Verify that each manifest row appears exactly once in ``manifest_rows`` (the run's ``samples`` and ``_skipped`` rows).
 
     Raises:
         AccountingError: with the missing and duplicated ``manifest_row`` values.
     """
-    rows = [row for table in ("samples", SKIPPED_TABLE)
-            for row in read_run_columns(cache, attempt, files, table, ["manifest_row"]).column("manifest_row").to_pylist()]
-    counts = collections.Counter(rows)
+    counts = collections.Counter(manifest_rows)
     duplicated = sorted(r for r, c in counts.items() if c > 1)
     missing = sorted(set(range(n_inputs)) - set(counts))
     extra = sorted(set(counts) - set(range(n_inputs)))
@@ -65,10 +63,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def summarise(cache: str, attempt: str, files: list[DataFile], tables: list[str]) -> dict[str, Any]:
-    """Counts of what the attempt wrote: samples by status (and unchanged), rows per table of ``tables``, failures by stage and kind."""
-    statuses = read_run_columns(cache, attempt, files, "samples", ["status"]).column("status").to_pylist()
-    errors = read_run_columns(cache, attempt, files, "errors", ["stage", "error_kind"])
+def summarise(statuses: list[str], errors: pa.Table, files: list[DataFile], tables: list[str]) -> dict[str, Any]:
+    """Counts of what the attempt wrote: samples by ``statuses`` (and unchanged), rows per table of ``tables`` (from
+    ``files``), failures by stage and kind (``errors``: its ``stage`` and ``error_kind`` columns)."""
     rows: dict[str, int] = collections.Counter({table: 0 for table in tables})
     for data_file in files:
         rows[data_file.table] += data_file.n_rows

@@ -314,12 +314,11 @@ def _commit_table(cache: str, table: str, run: RunCommit, pinned: Optional[int],
             _undo_dead_runs(cache, dt, table, pinned, run)
         if dt.transaction_version(f"mmfeat:{run.attempt}") is not None:
             return dt.version()
-    if run.kind == "compact":
-        if dt is not None:
-            dt.optimize.compact(commit_properties=_commit_properties(metadata if table != "samples" else run.marks(run.kind)))
-            dt.update_incremental()
-        if table != "samples" or dt is None:
-            return dt.version() if dt is not None else -1
+    if run.kind == "compact":  # every pinned table exists; samples then gets the pinning commit below
+        dt.optimize.compact(commit_properties=_commit_properties(run.marks(run.kind)))
+        dt.update_incremental()
+        if table != "samples":
+            return dt.version()
     actions = [] if run.kind == "compact" else _table_actions(cache, dt, table, run)
     if dt is None:
         dt = _create(cache, table, run, actions, metadata, f"mmfeat:{run.attempt}")

@@ -132,9 +132,11 @@ def vacuum(cache: str, *, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_ru
     removed: list[str] = []
     for table, version in view.versions.items():
         latest = open_table(table_uri(cache, table))
-        if latest.vacuum(retention_hours, dry_run=True, enforce_retention_duration=False, full=True, keep_versions=[version]):
-            removed += [f"{table}/{path}" for path in latest.vacuum(
-                retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True, keep_versions=[version])]
+        options = {"enforce_retention_duration": False, "full": True, "keep_versions": [version]}
+        found = latest.vacuum(retention_hours, dry_run=True, **options)
+        if found and not dry_run:  # a real vacuum writes two commits: only where there is something to delete
+            found = latest.vacuum(retention_hours, dry_run=False, **options)
+        removed += [f"{table}/{path}" for path in found]
     fs, pending = filesystem(f"{normalise(cache)}/{PENDING_DIR}")
     if fs.get_file_info(pending).type == pafs.FileType.Directory:
         cutoff = time.time() - retention_hours * 3600

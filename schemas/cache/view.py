@@ -74,7 +74,7 @@ def open_table(uri: str, version: Optional[int] = None) -> Optional[Any]:
 def exists(uri: str) -> bool:
     """Whether anything (file or folder) is at ``uri``."""
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != 0  # pyarrow.fs.FileType.NotFound
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def check_format(cache: str) -> None:

@@ -60,7 +60,7 @@ def test_a_failed_run_commits_nothing_and_the_cache_stays_usable(tmp_path, capsy
     assert main(["extract", "--manifest", small, "--output", output, "--run-id", "good", "--no-embed"]) == 0
     before = _snapshot(output)
 
-    def lose_data(cache, attempt, files, n_inputs):
+    def lose_data(manifest_rows, n_inputs):
         raise AccountingError("samples table does not match the 4 input rows: missing rows [3]")
 
     monkeypatch.setattr("pipelines.extract.check_accounting", lose_data)
