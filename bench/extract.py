@@ -11,8 +11,8 @@ writes nothing; the pipeline also writes the cache.
 
 ``commit``: extracts a corpus of ``--commit-samples`` short texts (1,000; no
 encoders), edits ``--commit-changed`` of them (100) and runs again into the
-same cache (incremental: 900 unchanged, 100 recomputed, whose earlier rows the
-commit removes by rewriting the files that hold them). Prints, from the run
+same cache (incremental: 900 unchanged, 100 recomputed, whose earlier rows leave
+in the commit; the workers rewrote the files that hold them). Prints, from the run
 summary, ``pipeline_s`` (Beam pipeline), ``commit_s`` and ``wall_time_s``, the
 commit time measured around ``commit_run`` (the summary's ``commit_s`` is
 taken before the final ``samples`` commit, which it cannot include), and the

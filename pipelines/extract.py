@@ -2,7 +2,8 @@
 
 The run first removes damaged committed files (``schemas.cache.repair``), runs
 the Beam graph (``pipelines.extract_graph``), whose workers write data files
-into the table folders under the run attempt's name, checks the accounting
+into the table folders under the run attempt's name (new rows, and committed
+files rewritten without the rows the run supersedes), checks the accounting
 invariant (each input row once, as a ``samples`` row or as unchanged) and
 commits them (``schemas.cache.commit_run``: feature tables first, ``samples``
 last, which pins the others). Until then nothing of the run is visible; a run
@@ -33,7 +34,8 @@ from pipelines.extract_graph import ExtractToCache, build_handlers
 from pipelines.manifest import Corpus
 from pipelines.run_report import check_accounting, package_versions, read_run_columns, runner_metrics, summarise
 from schemas.cache import (
-    DEFAULT_RETENTION_HOURS, CacheView, RunCommit, check_format, commit_run, discard_attempt, new_attempt, read_pending, repair, vacuum,
+    DEFAULT_RETENTION_HOURS, CacheView, RunCommit, check_format, commit_run, discard_attempt, file_rows, new_attempt, read_pending,
+    repair, vacuum,
 )
 from schemas.cache.commit import new_columns
 from schemas.cache.layout import is_local, normalise
@@ -225,6 +227,8 @@ def _run(
     if view.has("samples") and not overwrite:
         new_columns(view.table("samples"), schemas["samples"], "samples")  # a manifest column that changed type fails now, not after the work
     known = {} if (recompute or overwrite) else known_samples(view)
+    # The files the workers rewrite without the rows this run supersedes (with --overwrite the commit removes them all).
+    committed = [] if overwrite else [(table, file) for table in view.tables() for file in file_rows(view.table(table))]
     started = time.time()
     logger.info("run %s: %d samples from %s -> %s (%d already cached)", run_id, len(records), corpus.source, output, len(known))
 
@@ -235,13 +239,14 @@ def _run(
         | "ExtractToCache"
         >> ExtractToCache(
             config=config, tokenizer_path=tokenizer_path, cache=output, attempt=attempt, schemas=schemas, num_shards=num_shards,
-            handlers=handlers, context=RunContext(features_fingerprint=fingerprint, run_id=run_id, known=known),
+            handlers=handlers, context=RunContext(features_fingerprint=fingerprint, run_id=run_id, known=known), committed=committed,
         )
     )
     result = pipeline.run()
     result.wait_until_finish()
     pipeline_s = time.time() - started
-    files = read_pending(output, attempt)
+    pending = read_pending(output, attempt)
+    files = pending.files
     written = read_run_columns(output, attempt, files, "samples", ["sample_id", "manifest_row", "manifest_ok", "status"]).to_pydict()
     skipped = read_run_columns(output, attempt, files, SKIPPED_TABLE, ["manifest_row"]).column("manifest_row").to_pylist()
     check_accounting(written["manifest_row"] + skipped, len(records))
@@ -271,6 +276,7 @@ def _run(
     info = commit_run(output, RunCommit(
         run_id=run_id, attempt=attempt, files=[f for f in files if f.table != SKIPPED_TABLE], schemas=schemas,
         descriptions=descriptions, superseded=frozenset(recomputed), reembedded=frozenset(embedded - recomputed),
-        overwrite=overwrite, summary=summary,
+        overwrite=overwrite, summary=summary, replacements=pending.replacements,
+        replaced_on=view.run.version if view.run and not overwrite else None,
     ))
     return info.summary | {"wall_time_s": round(time.time() - started, 3)}

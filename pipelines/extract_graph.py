@@ -6,7 +6,8 @@ Shape (one chain with branches merged by Flatten, safe on every runner; see FACT
       |-- cache rows ----------------------------------------------------------+
       |-- _encode/<modality> items -> EmbedItems (RunInference) --+            |
       |-- samples rows ------------------------------------------+-> Finalize -+-> Flatten
-                                                                                 -> (table, shard) GroupByKey -> write
+                                                                          |      -> (table, shard) GroupByKey -> write --+
+                                    committed files -> rewrite without superseded rows (rule from Finalize) ------------+-> _pending list
 
 Finalize groups a sample's ``samples`` row with its embedding results (by
 ``manifest_row``), so that a failed embedding makes the sample ``partial``.
@@ -26,7 +27,8 @@ from transforms.embed import EmbedItems, EncoderModelHandler
 from transforms.encoders.base import Encoder
 from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
-from transforms.parquet_sink import WriteCacheTables
+from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
+from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 
 class _FinalizeSamplesFn(beam.DoFn):
@@ -55,8 +57,10 @@ class ExtractToCache(beam.PTransform):
         cache: the cache folder; attempt: the run attempt that names the files.
         handlers: model handlers by modality (empty: no embeddings).
         context: the run's fingerprint, id and the cache's content (its encoder requests come from ``handlers``).
+        committed: the files of the cache state the run started from; those holding rows the run supersedes are
+            rewritten without them (``ReplaceSupersededRows``).
 
-    Output: the number of files written (one element).
+    Output: the number of data files written (one element).
     """
 
     def __init__(
@@ -70,8 +74,10 @@ class ExtractToCache(beam.PTransform):
         num_shards: int,
         handlers: Optional[dict[str, EncoderModelHandler]] = None,
         context: Optional[RunContext] = None,
+        committed: Optional[list[CommittedFile]] = None,
     ) -> None:
         super().__init__()
+        self._committed = committed or []
         self._config = config
         self._tokenizer_path = tokenizer_path
         self._cache = cache
@@ -109,11 +115,13 @@ class ExtractToCache(beam.PTransform):
             | "GroupPerSample" >> beam.GroupByKey()
             | "FinalizeSamples" >> beam.ParDo(_FinalizeSamplesFn())
         )
-        return (
+        data_files = (
             (cache_rows, finalized)
             | "MergeAll" >> beam.Flatten()
-            | "Write" >> WriteCacheTables(self._cache, self._attempt, self._schemas, self._num_shards)
+            | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards)
         )
+        replacements = finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed)
+        return (data_files, replacements) | "MergePending" >> beam.Flatten() | "ListPending" >> WritePendingList(self._cache, self._attempt)
 
 
 def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EncoderModelHandler]:

@@ -6,7 +6,8 @@ The shape is the one that gave identical rows on every runner we tried
 by pyarrow into a temporary file that is then renamed into place. Nothing
 is emitted from ``finish_bundle`` and there is a single terminal stage.
 Writing a group again (a retried bundle) replaces the same file. The
-files' descriptions (``DataFile``: size, rows, min/max ``sample_id``) are
+files' descriptions (``DataFile``: size, rows, min/max ``sample_id``), with
+the replacements of committed files (``transforms.cache_rewrite``), are
 gathered into one list under ``_pending/``, which the launcher commits.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.cache.layout import DataFile, data_folder, pending_uri
+from schemas.cache.layout import DataFile, PendingEntry, data_folder, pending_uri
 
 logger = logging.getLogger(__name__)
 
@@ -132,33 +133,32 @@ class _WriteShardFn(beam.DoFn):
                        modified_ms=int(metadata.last_updated_in_seconds * 1000))
 
 
-class _WriteFileListFn(beam.DoFn):
-    """Writes every ``DataFile`` of the run attempt, one JSON line each, to its ``_pending`` list (what the launcher commits)."""
+class _WritePendingListFn(beam.DoFn):
+    """Writes every entry of the run attempt (``DataFile`` or ``Replacement``), one JSON line each, to its ``_pending``
+    list (what the launcher commits)."""
 
     def __init__(self, cache: str, attempt: str) -> None:
         self._path = pending_uri(cache, attempt)
 
-    def process(self, element: tuple[None, Iterable[DataFile]]) -> Iterator[int]:
-        files = sorted(element[1], key=lambda f: (f.table, f.name))
+    def process(self, element: tuple[None, Iterable[PendingEntry]]) -> Iterator[int]:
+        entries = sorted(element[1], key=lambda e: e.to_json())
         temporary = f"{self._path}.tmp-{uuid.uuid4().hex}"
         with FileSystems.create(temporary) as handle:
-            handle.write("".join(f"{f.to_json()}\n" for f in files).encode("utf-8"))
+            handle.write("".join(f"{e.to_json()}\n" for e in entries).encode("utf-8"))
         FileSystems.rename([temporary], [self._path])
-        yield len(files)
+        yield sum(1 for e in entries if isinstance(e, DataFile))
 
 
-class WriteCacheTables(beam.PTransform):
-    """``PCollection[(table, row)]`` -> one Parquet file per (table, shard) in the cache's table folders, listed in ``_pending``.
+class WriteDataFiles(beam.PTransform):
+    """``PCollection[(table, row)]`` -> ``PCollection[DataFile]``: one Parquet file per (table, shard) in the cache's table folders.
 
     The files stay invisible until the launcher commits them (``schemas.cache.commit_run``).
 
     Args:
         cache: the cache folder (local path or URI).
-        attempt: the run attempt; names the files and the list.
+        attempt: the run attempt; names the files.
         schemas: pyarrow schema of each table name that may occur.
         num_shards: files per table at most; rows are spread by ``shard_of(sample_id)``.
-
-    Output: the number of files written (one element).
     """
 
     def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int) -> None:
@@ -175,7 +175,33 @@ class WriteCacheTables(beam.PTransform):
             | "KeyByTableShard" >> beam.Map(lambda pair: ((pair[0], shard_of(pair[1]["sample_id"], num_shards)), pair[1]))
             | "GroupByTableShard" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(_WriteShardFn(self._cache, self._attempt, self._schemas))
-            | "OneList" >> beam.Map(lambda data_file: (None, data_file))
-            | "GroupFiles" >> beam.GroupByKey()
-            | "WriteFileList" >> beam.ParDo(_WriteFileListFn(self._cache, self._attempt))
         )
+
+
+class WritePendingList(beam.PTransform):
+    """``PCollection[DataFile | Replacement]`` -> the attempt's ``_pending`` list; outputs the number of data files (one element)."""
+
+    def __init__(self, cache: str, attempt: str) -> None:
+        super().__init__()
+        self._cache = cache
+        self._attempt = attempt
+
+    def expand(self, entries: beam.PCollection) -> beam.PCollection:
+        return (
+            entries
+            | "OneList" >> beam.Map(lambda entry: (None, entry))
+            | "GroupEntries" >> beam.GroupByKey()
+            | "WritePendingList" >> beam.ParDo(_WritePendingListFn(self._cache, self._attempt))
+        )
+
+
+class WriteCacheTables(beam.PTransform):
+    """``PCollection[(table, row)]`` -> data files (``WriteDataFiles``) listed in ``_pending``; outputs the number of files."""
+
+    def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int) -> None:
+        super().__init__()
+        self._write = WriteDataFiles(cache, attempt, schemas, num_shards)
+        self._list = WritePendingList(cache, attempt)
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return rows | "WriteDataFiles" >> self._write | "ListFiles" >> self._list

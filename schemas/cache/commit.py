@@ -12,18 +12,16 @@ A run attempt's workers have written data files into the table folders
 2. **undoes** commits that a run which died before its ``samples`` commit left
    on other tables (``restore`` to the pinned version), so nothing of it stays.
 3. commits each table: ``RemoveAction`` for every file holding superseded rows,
-   ``AddAction`` for the same file rewritten without them and for the run's new
-   files, in one transaction (exactly once: keyed by the attempt).
+   ``AddAction`` for the same file rewritten without them (``schemas.cache.supersede``;
+   normally made by the workers) and for the run's new files, in one
+   transaction (exactly once: keyed by the attempt).
 4. commits ``samples`` last, with the run summary and the version of every
    other table in its metadata: readers pin those versions (``CacheView``).
 
-Superseded rows: every row of a sample the run recomputed; in ``samples``
-and ``errors`` of an extraction, the manifest-level failures (re-evaluated by
-every run) and earlier embedding errors of samples embedded again.
+Superseded rows: see ``SupersedeRule``.
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import os
@@ -34,14 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from schemas.cache.layout import DataFile, commit_order, filesystem, is_feature_or_embedding, table_uri
+from schemas.cache.layout import DataFile, Replacement, commit_order, is_feature_or_embedding, now_ms, table_uri
+from schemas.cache.supersede import SupersedeRule, file_rows, replace_file
 from schemas.cache.view import (
     ATTEMPT, HOST, KIND, PID, RUN_ID, SUMMARY, VERSIONS, RunInfo, commit_infos, latest_run, log_versions, open_table,
 )
-from schemas.errors import ConfigError, Stage
+from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -53,15 +50,6 @@ STALE_CLAIM_S = 600.0
 
 class ConcurrentRunError(RuntimeError):
     """Another run holds the cache's commit and did not finish in time; this run committed nothing."""
-
-
-class DamagedFileError(RuntimeError):
-    """A committed data file cannot be read. ``path`` names it; ``mmfeat repair`` removes it."""
-
-    def __init__(self, table: str, path: str, reason: str) -> None:
-        super().__init__(f"data file {path} of table {table} is damaged or missing ({reason}); "
-                         "run mmfeat repair --deep on the cache to remove it (its samples are recomputed by the next run)")
-        self.table, self.path = table, path
 
 
 @dataclass
@@ -80,6 +68,9 @@ class RunCommit:
         dropped_files: per table, files removed whole (damaged or missing).
         overwrite: remove every earlier file of every table.
         summary: the run summary stored in the ``samples`` commit.
+        replacements: files with superseded rows and their rewrites, made by the workers against the state
+            pinned by ``samples`` version ``replaced_on``; they apply when that is still the latest state,
+            otherwise the commit makes them again (``None``: nothing planned, the commit makes them).
     """
 
     run_id: str
@@ -93,6 +84,8 @@ class RunCommit:
     dropped_files: dict[str, set[str]] = field(default_factory=dict)
     overwrite: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    replacements: list[Replacement] = field(default_factory=list)
+    replaced_on: Optional[int] = None
 
     def marks(self, kind: str) -> dict[str, Any]:
         """Commit metadata naming this attempt (``kind``: claim, undo or the run's kind)."""
@@ -104,10 +97,6 @@ def new_attempt(run_id: str) -> str:
     return f"{run_id}-{uuid.uuid4().hex[:8]}"
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _alive(commit: dict[str, Any]) -> bool:
     """Whether the process that made ``commit`` may still be running.
 
@@ -115,7 +104,7 @@ def _alive(commit: dict[str, Any]) -> bool:
     commit is younger than ``STALE_CLAIM_S``.
     """
     if commit.get(HOST) != socket.gethostname():
-        return _now_ms() - int(commit["timestamp"]) < STALE_CLAIM_S * 1000
+        return now_ms() - int(commit["timestamp"]) < STALE_CLAIM_S * 1000
     try:
         pid = int(commit[PID])
         os.kill(pid, 0)
@@ -213,101 +202,39 @@ def _undo_dead_runs(cache: str, dt: Any, table: str, pinned: Optional[int], run:
         return
     logger.warning("%s: undoing what run(s) %s committed before dying (they never committed samples)", table, ", ".join(dead))
     if pinned is None:
-        removes = [_remove(row) for row in _file_rows(dt)]
+        removes = [action for row in file_rows(dt) for action in Replacement(table, row["path"], row["size_bytes"], None).actions()]
         dt.create_write_transaction(removes, mode="append", schema=dt.schema(), commit_properties=_commit_properties(run.marks("undo")))
     else:
         dt.restore(pinned, commit_properties=_commit_properties(run.marks("undo")))
     dt.update_incremental()
 
 
-def _file_rows(dt: Any) -> list[dict[str, Any]]:
-    """One dict per data file: ``path``, ``size_bytes``, ``num_records``, ``min.sample_id``, ``max.sample_id``."""
-    return pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-
-
-def _remove(row: dict[str, Any]) -> Any:
-    from deltalake.transaction import RemoveAction
-
-    return RemoveAction(row["path"], True, _now_ms(), size=row["size_bytes"])
-
-
-def _may_hold(row: dict[str, Any], table: str, run: RunCommit, ids: list[str]) -> bool:
-    """Whether the file ``row`` can hold superseded rows (from its min/max ``sample_id``)."""
-    if run.kind == "extract" and table in ("samples", "errors"):
-        return True
-    low, high = row.get("min.sample_id"), row.get("max.sample_id")
-    if low is None or high is None:
-        return bool(ids)
-    start = bisect.bisect_left(ids, low)
-    return start < len(ids) and ids[start] <= high
-
-
-def _drop_mask(data: pa.Table, table: str, run: RunCommit) -> pa.Array:
-    ids = data.column("sample_id")
-    drop = pc.is_in(ids, value_set=pa.array(sorted(run.superseded), pa.string()))
-    if run.kind == "extract" and table == "samples":
-        drop = pc.or_(drop, pc.invert(data.column("manifest_ok")))
-    if run.kind == "extract" and table == "errors":
-        stage = data.column("stage")
-        reembedded = pc.is_in(ids, value_set=pa.array(sorted(run.reembedded), pa.string()))
-        drop = pc.or_(drop, pc.or_(pc.equal(stage, Stage.MANIFEST), pc.and_(pc.equal(stage, Stage.EMBED), reembedded)))
-    return drop
-
-
-def _read(cache: str, table: str, path: str, columns: Optional[list[str]] = None) -> pa.Table:
-    uri = f"{table_uri(cache, table)}/{path}"
-    fs, local = filesystem(uri)
-    try:
-        return pq.read_table(local, columns=columns, filesystem=fs)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise DamagedFileError(table, uri, f"{type(error).__name__}: {error}") from error
-
-
-def write_data_file(cache: str, table: str, name: str, data: pa.Table) -> DataFile:
-    """Write ``data`` as ``{table}/{name}`` and describe it for its ``AddAction``."""
-    uri = f"{table_uri(cache, table)}/{name}"
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(data, path, filesystem=fs, compression="zstd")
-    ids = data.column("sample_id")
-    bounds = pc.min_max(ids).as_py() if data.num_rows else {"min": None, "max": None}
-    return DataFile(table=table, name=name, size=fs.get_file_info(path).size, n_rows=data.num_rows,
-                    min_id=bounds["min"], max_id=bounds["max"], modified_ms=_now_ms())
-
-
-def _table_actions(cache: str, dt: Any, table: str, run: RunCommit) -> list[Any]:
-    """Remove actions for files with superseded rows, add actions for their rewrites and the run's new files.
-
-    The commit's cost is dominated by rewriting the files that hold superseded rows.
-    """
+def _table_actions(cache: str, dt: Any, table: str, run: RunCommit, planned: bool) -> list[Any]:
+    """Add actions for the run's new files; remove actions for files with superseded rows and add actions for their
+    rewrites: those the workers made when ``planned`` (the cache did not change since), otherwise made now."""
     actions = [f.add_action() for f in run.files if f.table == table]
     if dt is None:
         return actions
-    ids = sorted(run.superseded)
+    if planned:
+        return actions + [action for r in run.replacements if r.table == table for action in r.actions()]
+    if run.replaced_on is not None:
+        logger.info("%s: the cache changed after run %s planned its rewrites; rewriting superseded rows at commit", table, run.run_id)
+    rule = SupersedeRule.of(run.kind, run.superseded, run.reembedded)
     dropped = run.dropped_files.get(table, set())
-    needed = ["sample_id", *(["manifest_ok"] if table == "samples" else ["stage"] if table == "errors" else [])]
-
-    def supersede(row: dict[str, Any]) -> list[Any]:
-        if run.overwrite or row["path"] in dropped:
-            return [_remove(row)]
-        if not _may_hold(row, table, run, ids):
-            return []
-        drop = _drop_mask(_read(cache, table, row["path"], needed), table, run)
-        if not pc.any(drop).as_py():
-            return []
-        kept = _read(cache, table, row["path"]).filter(pc.invert(drop))
-        if not kept.num_rows:
-            return [_remove(row)]
-        rewrite = write_data_file(cache, table, f"{run.attempt}-rewrite-{uuid.uuid4().hex[:8]}.parquet", kept)
-        return [_remove(row), rewrite.add_action()]
-
-    for row in _file_rows(dt):
-        actions += supersede(row)
+    for file in file_rows(dt):
+        if run.overwrite or file["path"] in dropped:
+            actions += Replacement(table, file["path"], file["size_bytes"], None).actions()
+        else:
+            replacement = replace_file(cache, table, file, rule, run.attempt)
+            actions += replacement.actions() if replacement else []
     return actions
 
 
-def _commit_table(cache: str, table: str, run: RunCommit, pinned: Optional[int], metadata: dict[str, Any]) -> int:
-    """Commit ``run``'s changes to ``table`` (exactly once per attempt); returns the version readers pin."""
+def _commit_table(cache: str, table: str, run: RunCommit, pinned: Optional[int], metadata: dict[str, Any], planned: bool = False) -> int:
+    """Commit ``run``'s changes to ``table`` (exactly once per attempt); returns the version readers pin.
+
+    ``planned``: the workers' replacements apply (the cache is still in the state they read).
+    """
     dt = open_table(table_uri(cache, table))
     if dt is not None:
         if table != "samples":  # a run's samples commit is its last: a dead run left none
@@ -319,12 +246,12 @@ def _commit_table(cache: str, table: str, run: RunCommit, pinned: Optional[int],
         dt.update_incremental()
         if table != "samples":
             return dt.version()
-    actions = [] if run.kind == "compact" else _table_actions(cache, dt, table, run)
+    actions = [] if run.kind == "compact" else _table_actions(cache, dt, table, run, planned)
     if dt is None:
         dt = _create(cache, table, run, actions, metadata, f"mmfeat:{run.attempt}")
         if dt is None:
             return open_table(table_uri(cache, table)).version()
-        actions = _table_actions(cache, dt, table, run)
+        actions = _table_actions(cache, dt, table, run, planned=False)
     if not actions and table != "samples":
         return dt.version()
     if table in run.schemas and run.kind == "extract":
@@ -368,14 +295,15 @@ def commit_run(cache: str, run: RunCommit, *, wait_s: float = 300.0) -> RunInfo:
     """
     started = time.monotonic()
     pinned = _claim(cache, run, wait_s=wait_s)
+    planned = run.replaced_on is not None and pinned is not None and run.replaced_on == pinned.version
     base = dict(pinned.versions) if pinned else {}
     tables = set(base) | {f.table for f in run.files} | {t for t in run.schemas if is_feature_or_embedding(t)}
     versions: dict[str, int] = {}
     for table in commit_order(tables - {"samples"}):
-        versions[table] = _commit_table(cache, table, run, base.get(table), run.marks(run.kind))
+        versions[table] = _commit_table(cache, table, run, base.get(table), run.marks(run.kind), planned)
     summary = run.summary | {"commit_s": round(time.monotonic() - started, 3)}
     metadata = run.marks(run.kind) | {VERSIONS: json.dumps(versions, sort_keys=True), SUMMARY: json.dumps(summary, sort_keys=True, default=str)}
-    version = _commit_table(cache, "samples", run, pinned.version if pinned else None, metadata)
+    version = _commit_table(cache, "samples", run, pinned.version if pinned else None, metadata, planned)
     logger.info("run %s committed to %s: samples version %d, %d other tables", run.run_id, cache, version, len(versions))
     summary |= {"commit_s": round(time.monotonic() - started, 3)}  # the stored summary cannot hold its own commit's time
-    return RunInfo(run_id=run.run_id, kind=run.kind, version=version, timestamp_ms=_now_ms(), versions=versions, summary=summary)
+    return RunInfo(run_id=run.run_id, kind=run.kind, version=version, timestamp_ms=now_ms(), versions=versions, summary=summary)

@@ -3,8 +3,9 @@
 A cache folder holds one Delta Lake table per table name (``samples``,
 ``frames``, ``audio``, ``text``, ``errors``, ``embeddings/<modality>/<set>``)
 and ``_pending/``, where each run attempt lists the data files its workers
-wrote and the manifest rows it found unchanged (read by the launcher that
-commits them, never by readers; removed after the commit).
+wrote, the committed files it replaces and the manifest rows it found
+unchanged (read by the launcher that commits them, never by readers; removed
+after the commit).
 
 Data files are named ``{attempt}-...parquet`` (``attempt`` is the run id plus
 a random token), so two runs never write the same name.
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import pyarrow.fs as pafs
 
@@ -59,6 +61,11 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if is_local(uri):
         return pafs.LocalFileSystem(), normalise(uri)
     return pafs.FileSystem.from_uri(uri)
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch (Delta's timestamps)."""
+    return int(time.time() * 1000)
 
 
 def is_feature_or_embedding(table: str) -> bool:
@@ -108,6 +115,41 @@ class DataFile:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, line: str) -> "DataFile":
-        return cls(**json.loads(line))
+
+@dataclass(frozen=True)
+class Replacement:
+    """A committed data file that leaves its table because it holds superseded rows, and the rewrite of the rows it keeps.
+
+    Attributes:
+        table: the table name.
+        path: the committed file, relative to the table folder.
+        size: its committed size, bytes.
+        rewrite: the kept rows as a new file; ``None`` when every row was superseded.
+    """
+
+    table: str
+    path: str
+    size: int
+    rewrite: Optional[DataFile]
+
+    def actions(self) -> list[Any]:
+        """The ``RemoveAction`` of the file and the ``AddAction`` of its rewrite (one commit)."""
+        from deltalake.transaction import RemoveAction
+
+        return [RemoveAction(self.path, True, now_ms(), size=self.size), *([self.rewrite.add_action()] if self.rewrite else [])]
+
+    def to_json(self) -> str:
+        return json.dumps({"replaces": self.path, "table": self.table, "size": self.size,
+                           "rewrite": asdict(self.rewrite) if self.rewrite else None}, sort_keys=True)
+
+
+PendingEntry = Union[DataFile, Replacement]
+
+
+def pending_entry(line: str) -> PendingEntry:
+    """A line of a ``_pending`` list: a ``DataFile`` or a ``Replacement``."""
+    entry = json.loads(line)
+    if "replaces" not in entry:
+        return DataFile(**entry)
+    rewrite = DataFile(**entry["rewrite"]) if entry["rewrite"] else None
+    return Replacement(table=entry["table"], path=entry["replaces"], size=entry["size"], rewrite=rewrite)

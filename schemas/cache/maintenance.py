@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
@@ -11,8 +12,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.cache.commit import RunCommit, _file_rows, commit_run, new_attempt
-from schemas.cache.layout import PENDING_DIR, ROW_COUNT_COLUMNS, DataFile, filesystem, normalise, pending_uri, table_uri
+from schemas.cache.commit import RunCommit, commit_run, new_attempt
+from schemas.cache.layout import (
+    PENDING_DIR, ROW_COUNT_COLUMNS, DataFile, Replacement, filesystem, normalise, pending_entry, pending_uri, table_uri,
+)
+from schemas.cache.supersede import file_rows
 from schemas.cache.view import CacheView, RunInfo, open_table
 
 logger = logging.getLogger(__name__)
@@ -22,13 +26,22 @@ DEFAULT_RETENTION_HOURS = 168
 A run in progress writes files younger than this, so vacuum never touches them."""
 
 
-def read_pending(cache: str, attempt: str) -> list[DataFile]:
-    """The data files a run attempt's workers wrote (empty when they wrote none)."""
+@dataclass(frozen=True)
+class Pending:
+    """What a run attempt's workers left to commit: the data files they wrote and the committed files they replaced."""
+
+    files: list[DataFile]
+    replacements: list[Replacement]
+
+
+def read_pending(cache: str, attempt: str) -> Pending:
+    """The attempt's ``_pending`` list (empty when its workers wrote nothing)."""
     fs, path = filesystem(pending_uri(cache, attempt))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
+        return Pending([], [])
     with fs.open_input_stream(path) as handle:
-        return [DataFile.from_json(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
+        entries = [pending_entry(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
+    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)])
 
 
 def discard_attempt(cache: str, attempt: str, tables: list[str]) -> int:
@@ -50,7 +63,7 @@ def find_damaged(view: CacheView, *, deep: bool = False) -> dict[str, set[str]]:
     damaged: dict[str, set[str]] = collections.defaultdict(set)
     for table in view.tables():
         fs, root = filesystem(table_uri(view.cache, table))
-        rows = _file_rows(view.table(table))
+        rows = file_rows(view.table(table))
         infos = fs.get_file_info([f"{root}/{row['path']}" for row in rows])
         for row, info in zip(rows, infos):
             reason = None
@@ -72,7 +85,7 @@ def find_damaged(view: CacheView, *, deep: bool = False) -> dict[str, set[str]]:
 def _ids(view: CacheView, table: str, skip: set[str], columns: list[str]) -> pa.Table:
     """``columns`` of the readable files of ``table`` (all but ``skip``)."""
     fs, root = filesystem(table_uri(view.cache, table))
-    parts = [pq.read_table(f"{root}/{row['path']}", columns=columns, filesystem=fs) for row in _file_rows(view.table(table))
+    parts = [pq.read_table(f"{root}/{row['path']}", columns=columns, filesystem=fs) for row in file_rows(view.table(table))
              if row["path"] not in skip]
     return pa.concat_tables(parts) if parts else pa.schema(view.table(table).schema().to_arrow()).empty_table().select(columns)
 

@@ -119,10 +119,15 @@ def test_changing_one_encoder_reembeds_only_that_modality(first_run, tmp_path, t
         assert len(after[table]) == len(rows), table  # nothing else was recomputed or dropped
 
 
-def test_a_changed_file_is_recomputed_without_duplicates(first_run, tmp_path, tokenizer_path):
+def test_a_changed_file_is_recomputed_without_duplicates(first_run, tmp_path, tokenizer_path, monkeypatch):
     directory, manifest, output = _copy(first_run, tmp_path)
     old_text = next(r for r in _rows(output, _set(output, "text")) if r["sample_id"] == "s1")
     media.text(str(directory / "s1.txt"), "a completely different sentence about whales")
+
+    def commit_rewrites(*args, **kwargs):
+        raise AssertionError("the commit rewrote a file: the workers should have")
+
+    monkeypatch.setattr("schemas.cache.commit.replace_file", commit_rewrites)  # the workers take s1's old rows out
     try:
         report = _run(manifest, output, tokenizer_path, run_id="r2")
     finally:

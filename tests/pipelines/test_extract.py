@@ -204,7 +204,7 @@ def test_extract_to_cache_transform_reports_what_it_wrote(tmp_path, tokenizer_pa
         )
         assert_that(written, equal_to([2 * len(shards)]))  # one file per shard of samples and of text
     rows: dict[str, int] = {}
-    for data_file in read_pending(cache, attempt):
+    for data_file in read_pending(cache, attempt).files:
         rows[data_file.table] = rows.get(data_file.table, 0) + data_file.n_rows
     assert rows == {"samples": 6, "text": 6}
 

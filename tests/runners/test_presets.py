@@ -81,7 +81,8 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
     beam.Pipeline.from_runner_api(proto, pipeline.runner, pipeline._options)
     dofns = _dofns(pipeline)
     names = {type(fn).__name__ for fn in dofns}
-    assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn", "_WriteFileListFn"} <= names
+    assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn", "_ReplaceFileFn",
+            "_WritePendingListFn"} <= names
     for obj in [transform, *handlers.values(), *(h.with_no_batching() for h in handlers.values()), *dofns]:
         restored = cloudpickle.loads(cloudpickle.dumps(obj))
         assert type(restored) is type(obj)

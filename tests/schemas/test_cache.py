@@ -210,3 +210,49 @@ def test_runs_committing_at_the_same_moment_serialise_without_duplicates(tmp_pat
     assert set(frames.values()) == {2}
     assert set(names) <= {r.run_id for r in runs(cache)}
     assert len({r[2] for r in _rows(view, "frames") if r[0] == "a"}) == 1  # a's rows come from one run, whichever committed last
+
+
+def _planned_run(cache: str, run_id: str, ids: list[str], *, width: int) -> RunCommit:
+    """A run of ``ids`` whose replacements were made as the workers make them, against the cache's current state."""
+    from schemas.cache import SupersedeRule, file_rows, replace_file
+
+    view = CacheView.open(cache)
+    attempt = new_attempt(run_id)
+    rule = SupersedeRule.of("extract", frozenset(ids))
+    replacements = [r for table in view.tables() for file in file_rows(view.table(table))
+                    if (r := replace_file(cache, table, file, rule, attempt))]
+    files = [write_data_file(cache, "samples", f"{attempt}-0.parquet", samples_rows(ids, run_id=run_id, label=width)),
+             write_data_file(cache, "frames", f"{attempt}-0.parquet", frames_rows(ids, width=width))]
+    return RunCommit(run_id=run_id, attempt=attempt, files=files, schemas={t: SCHEMAS[t] for t in FEATURES}, superseded=frozenset(ids),
+                     replacements=replacements, replaced_on=view.run.version)
+
+
+def test_a_commit_applies_the_workers_rewrites_without_reading_a_file(tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b", "c", "d"], files_per_table=2)
+    planned = _planned_run(cache, "second", ["b", "c"], width=16)
+    assert {r.table for r in planned.replacements} == {"samples", "frames"}
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the commit rewrote a file although the workers' rewrites applied")
+
+    monkeypatch.setattr("schemas.cache.commit.replace_file", no_reading)
+    commit_run(cache, planned)
+    view = CacheView.open(cache)
+    assert _rows(view, "samples") == [("a", 0), ("b", 16), ("c", 16), ("d", 0)]
+    assert collections.Counter(r[0] for r in _rows(view, "frames")) == {"a": 2, "b": 2, "c": 2, "d": 2}
+    assert {r[2] for r in _rows(view, "frames") if r[0] in "bc"} == {16}
+
+
+def test_rewrites_planned_on_an_older_state_are_made_again_at_commit(tmp_path):
+    """Another run committed between this run's workers and its commit: the workers' rewrites would bring back rows
+    that run replaced, so the commit rewrites from the state it commits on."""
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b", "c"])
+    planned = _planned_run(cache, "second", ["b"], width=16)
+    run(cache, "meanwhile", ["a"], label=7, width=24)
+    commit_run(cache, planned)
+    view = CacheView.open(cache)
+    assert _rows(view, "samples") == [("a", 7), ("b", 16), ("c", 0)]
+    assert sorted({(r[0], r[2]) for r in _rows(view, "frames")}) == [("a", 24), ("b", 16), ("c", 8)]
+    assert collections.Counter(r[0] for r in _rows(view, "frames")) == {"a": 2, "b": 2, "c": 2}

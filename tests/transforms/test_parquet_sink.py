@@ -65,7 +65,7 @@ def test_write_cache_tables_writes_every_row_once_per_shard_file(tmp_path):
     assert not glob.glob(os.path.join(cache, "**", "*.tmp-*"), recursive=True)
 
     # The attempt's file list names every file with what its Delta add action needs.
-    listed = read_pending(cache, attempt)
+    listed = read_pending(cache, attempt).files
     assert sorted((f.table, f.name) for f in listed) == sorted(
         (os.path.basename(os.path.dirname(p)), os.path.basename(p)) for p in glob.glob(os.path.join(cache, "*", "*.parquet"))
     )

@@ -1,0 +1,130 @@
+"""Which committed rows a run replaces, and taking them out of the data files that hold them.
+
+A run's new rows replace the earlier rows of the samples it recomputed. Delta
+files are immutable: a file holding superseded rows is replaced by a rewrite
+without them (``Replacement``; both in the table's next commit). The rewrites
+are made by the pipeline's workers (``transforms.cache_rewrite``), so the
+commit only commits; the commit makes them itself when the cache changed
+after the run planned them.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.cache.layout import DataFile, Replacement, filesystem, now_ms, table_uri
+from schemas.errors import Stage
+
+
+class DamagedFileError(RuntimeError):
+    """A committed data file cannot be read. ``path`` names it; ``mmfeat repair`` removes it."""
+
+    def __init__(self, table: str, path: str, reason: str) -> None:
+        super().__init__(f"data file {path} of table {table} is damaged or missing ({reason}); "
+                         "run mmfeat repair --deep on the cache to remove it (its samples are recomputed by the next run)")
+        self.table, self.path = table, path
+
+
+@dataclass(frozen=True)
+class SupersedeRule:
+    """The rows a run takes out of the cache.
+
+    Attributes:
+        kind: the run's kind. An extraction also replaces every manifest-level failure in ``samples`` and
+            ``errors`` (each run evaluates the whole manifest again).
+        superseded: sorted sample ids whose earlier rows leave every table.
+        reembedded: sorted sample ids embedded again: their earlier embedding errors leave ``errors``.
+    """
+
+    kind: str
+    superseded: tuple[str, ...] = ()
+    reembedded: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, kind: str, superseded: frozenset[str] = frozenset(), reembedded: frozenset[str] = frozenset()) -> "SupersedeRule":
+        return cls(kind, tuple(sorted(superseded)), tuple(sorted(reembedded)))
+
+    def columns(self, table: str) -> list[str]:
+        """The columns ``drop_mask`` reads."""
+        if self.kind == "extract" and table == "samples":
+            return ["sample_id", "manifest_ok"]
+        if self.kind == "extract" and table == "errors":
+            return ["sample_id", "stage"]
+        return ["sample_id"]
+
+    def may_hold(self, file: dict[str, Any], table: str) -> bool:
+        """Whether the committed file ``file`` (a ``file_rows`` row) can hold rows to drop, from its ``sample_id`` range."""
+        if self.kind == "extract" and table in ("samples", "errors"):
+            return True
+        low, high = file.get("min.sample_id"), file.get("max.sample_id")
+        if low is None or high is None:
+            return bool(self.superseded)
+        start = bisect.bisect_left(self.superseded, low)
+        return start < len(self.superseded) and self.superseded[start] <= high
+
+    def drop_mask(self, data: pa.Table, table: str) -> pa.Array:
+        """True for the rows of ``data`` (with ``columns(table)``) that leave the table."""
+        ids = data.column("sample_id")
+        drop = pc.is_in(ids, value_set=pa.array(self.superseded, pa.string()))
+        if self.kind == "extract" and table == "samples":
+            drop = pc.or_(drop, pc.invert(data.column("manifest_ok")))
+        if self.kind == "extract" and table == "errors":
+            stage = data.column("stage")
+            reembedded = pc.is_in(ids, value_set=pa.array(self.reembedded, pa.string()))
+            drop = pc.or_(drop, pc.or_(pc.equal(stage, Stage.MANIFEST), pc.and_(pc.equal(stage, Stage.EMBED), reembedded)))
+        return drop
+
+
+def file_rows(dt: Any) -> list[dict[str, Any]]:
+    """One dict per data file of the Delta table ``dt``: ``path``, ``size_bytes``, ``num_records``, ``min.sample_id``,
+    ``max.sample_id`` (what ``SupersedeRule.may_hold`` and ``replace_file`` need)."""
+    keep = ("path", "size_bytes", "num_records", "min.sample_id", "max.sample_id")
+    return [{key: row.get(key) for key in keep} for row in pa.table(dt.get_add_actions(flatten=True)).to_pylist()]
+
+
+def read_data_file(cache: str, table: str, path: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """``columns`` of the committed file ``path`` of ``table``. Raises ``DamagedFileError`` when it cannot be read."""
+    uri = f"{table_uri(cache, table)}/{path}"
+    fs, local = filesystem(uri)
+    try:
+        return pq.read_table(local, columns=columns, filesystem=fs)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DamagedFileError(table, uri, f"{type(error).__name__}: {error}") from error
+
+
+def write_data_file(cache: str, table: str, name: str, data: pa.Table) -> DataFile:
+    """Write ``data`` as ``{table}/{name}`` and describe it for its ``AddAction``."""
+    uri = f"{table_uri(cache, table)}/{name}"
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(data, path, filesystem=fs, compression="zstd")
+    ids = data.column("sample_id")
+    bounds = pc.min_max(ids).as_py() if data.num_rows else {"min": None, "max": None}
+    return DataFile(table=table, name=name, size=fs.get_file_info(path).size, n_rows=data.num_rows,
+                    min_id=bounds["min"], max_id=bounds["max"], modified_ms=now_ms())
+
+
+def replace_file(cache: str, table: str, file: dict[str, Any], rule: SupersedeRule, attempt: str) -> Optional[Replacement]:
+    """The replacement of the committed ``file`` (a ``file_rows`` row) without the rows ``rule`` drops, or ``None`` when it
+    keeps them all. The rewrite is named after the attempt and the file, so a retried worker writes the same name.
+
+    Raises:
+        DamagedFileError: the file cannot be read.
+    """
+    if not rule.may_hold(file, table):
+        return None
+    drop = rule.drop_mask(read_data_file(cache, table, file["path"], rule.columns(table)), table)
+    if not pc.any(drop).as_py():
+        return None
+    kept = read_data_file(cache, table, file["path"]).filter(pc.invert(drop))
+    rewrite = None
+    if kept.num_rows:
+        name = f"{attempt}-rewrite-{hashlib.sha256(file['path'].encode()).hexdigest()[:12]}.parquet"
+        rewrite = write_data_file(cache, table, name, kept)
+    return Replacement(table=table, path=file["path"], size=file["size_bytes"], rewrite=rewrite)
