@@ -45,7 +45,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines.extract
 from pipelines.extract import RunReport, run_extract
-from pipelines.manifest import read_manifest
+from pipelines.manifest import open_manifest
 from schemas.cache import CacheView
 from schemas.config import ExtractConfig
 from transforms.media_writers import write_media, write_wav
@@ -81,7 +81,11 @@ def make_corpus(directory: str, *, samples: int, seconds: float, width: int, hei
 
 def naive_loop(manifest: str, config: ExtractConfig, tokenizer_path: str) -> int:
     """The hand-written baseline; returns the number of frames kept (so the work cannot be skipped)."""
-    records = read_manifest(manifest).records
+    directory = os.path.dirname(manifest)
+    with open(manifest, encoding="utf-8") as handle:  # what a script does: its own manifest loop
+        rows = [json.loads(line) for line in handle if line.strip()]
+    records = [argparse.Namespace(**{m: os.path.join(directory, row[m]) if row.get(m) else None for m in ("video", "audio", "text")})
+               for row in rows]
     tokenizer = TextTokenizer(tokenizer_path, max_tokens=config.text.max_tokens)
     kept = 0
     for record in records:
@@ -175,7 +179,7 @@ def timed_run(manifest: str, output: str, run_id: str, config: ExtractConfig, to
     """One in-process run: its report, the seconds ``run_extract`` took (launcher work around the run included) and of its commit."""
     with CommitTimer() as timer:
         start = time.perf_counter()
-        report = run_extract(read_manifest(manifest), output=output, config=config, tokenizer_path=tokenizer_path,
+        report = run_extract(open_manifest(manifest), output=output, config=config, tokenizer_path=tokenizer_path,
                              runner=FnApiRunner(), options=PipelineOptions([]), run_id=run_id)
         total = time.perf_counter() - start
     return report, total, sum(timer.seconds)
@@ -255,7 +259,7 @@ def throughput_bench(args: argparse.Namespace) -> None:
         ]:
             start = time.perf_counter()
             outputs[label] = os.path.join(work, label.replace(" ", "_"))
-            report = run_extract(read_manifest(manifest), output=outputs[label], config=config,
+            report = run_extract(open_manifest(manifest), output=outputs[label], config=config,
                                  tokenizer_path=tokenizer_path, runner=FnApiRunner(), options=options)
             elapsed = time.perf_counter() - start
             if report.summary["samples"]["ok"] != args.samples:
@@ -265,7 +269,7 @@ def throughput_bench(args: argparse.Namespace) -> None:
 
         # A scheduled rerun over the unchanged corpus: everything is already cached.
         start = time.perf_counter()
-        report = run_extract(read_manifest(manifest), output=outputs["mmfeat extract (in-process)"], config=config,
+        report = run_extract(open_manifest(manifest), output=outputs["mmfeat extract (in-process)"], config=config,
                              tokenizer_path=tokenizer_path, runner=FnApiRunner(), options=PipelineOptions([]))
         rerun_s = time.perf_counter() - start
         if report.summary["samples"]["unchanged"] != args.samples:

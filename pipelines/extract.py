@@ -17,7 +17,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -29,10 +28,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
-from pipelines.cache_index import known_samples
-from pipelines.extract_graph import ExtractToCache, build_handlers
+from pipelines.extract_graph import ExtractCorpus, build_handlers
 from pipelines.manifest import Corpus
-from pipelines.run_report import check_accounting, package_versions, read_run_columns, runner_metrics, summarise
+from pipelines.run_report import check_accounting, package_versions, read_run_columns, read_run_schema, runner_metrics, summarise
 from schemas.cache import (
     DEFAULT_RETENTION_HOURS, CacheView, RunCommit, check_format, commit_run, discard_attempt, file_rows, new_attempt, read_pending,
     repair, vacuum,
@@ -62,11 +60,6 @@ def validate_run_id(run_id: str) -> str:
     if not _RUN_ID.match(run_id):
         raise ConfigError(f"--run-id must be letters, digits, '.', '_' or '-' (got {run_id!r})")
     return run_id
-
-
-def auto_num_shards(n_records: int) -> int:
-    """Files per table when ``--num-shards`` is 0: one per 100 samples, between 1 and 64."""
-    return max(1, min(64, math.ceil(n_records / 100)))
 
 
 def features_fingerprint(config: ExtractConfig, tokenizer_path: str) -> str:
@@ -166,17 +159,23 @@ def run_extract(
     encode: Optional[EncodeConfig] = None,
     device: str = "cpu",
     recompute: bool = False,
+    verify_content: bool = False,
+    allow_empty: bool = False,
 ) -> RunReport:
     """Run the extraction of ``corpus`` into the cache at ``output`` and commit it.
 
     An existing cache is extended: samples whose files, feature config and
     encoders are unchanged are not decoded or embedded again (unless
-    ``recompute``); ``overwrite`` replaces the whole cache (earlier states stay
-    readable with ``--as-of`` until vacuumed).
+    ``recompute``); a file is unchanged when its identity (size, modification
+    time) is, or, where that changed, its content (every file's content under
+    ``verify_content``). ``overwrite`` replaces the whole cache (earlier states
+    stay readable with ``--as-of`` until vacuumed). An input without rows fails
+    unless ``allow_empty``.
 
     Raises:
         ConfigError: the cache has another schema version (without ``overwrite``), the output is
-            not writable, or ``run_id`` is unusable.
+            not writable, ``run_id`` is unusable, the input has no rows (without ``allow_empty``), or a manifest
+            column changed its type; nothing is committed.
         AccountingError: the runner lost or duplicated samples; nothing is committed.
         ConcurrentRunError: another run kept the cache's commit for too long; nothing is committed.
     """
@@ -193,7 +192,8 @@ def run_extract(
     tables = sorted({*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values()), *view.tables()})
     try:
         summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
-                       run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute)
+                       run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute,
+                       verify_content=verify_content, allow_empty=allow_empty)
     except BaseException as error:
         removed = discard_attempt(output, attempt, tables)
         logger.error("run %s failed: nothing was committed to %s (%d files of it removed)", run_id, output, removed)
@@ -211,54 +211,59 @@ def run_extract(
 def _run(
     corpus: Corpus, view: CacheView, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
     options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EncoderModelHandler],
-    device: str, recompute: bool,
+    device: str, recompute: bool, verify_content: bool, allow_empty: bool,
 ) -> dict[str, Any]:
-    records = corpus.records
-    num_shards = config.num_shards or auto_num_shards(len(records))
+    num_shards = config.num_shards or corpus.auto_num_shards()
     fingerprint = features_fingerprint(config, tokenizer_path)
-    config_dict = config.to_dict() | {"tokenizer": tokenizer_path, "num_shards": num_shards, "features_fingerprint": fingerprint}
-    schemas = table_schemas(corpus.extra_fields)
+    config_dict = config.to_dict() | {"tokenizer": tokenizer_path, "num_shards": num_shards, "features_fingerprint": fingerprint,
+                                      "verify_content": verify_content}
+    schemas = table_schemas([])  # samples gets the manifest's extra columns from the workers (InferExtraFields)
     descriptions: dict[str, dict[str, Any]] = {}
     for handler in handlers.values():
         encoder = handler.encoder
         schemas[handler.table] = embeddings_schema(sequence=encoder.keep_sequences)
         descriptions[handler.table] = {"modality": encoder.modality, "encoder": encoder.name, "encoder_fingerprint": encoder.fingerprint(),
                                        "dim": encoder.dim, "preprocessing": list(encoder.fingerprint_parts())}
-    if view.has("samples") and not overwrite:
-        new_columns(view.table("samples"), schemas["samples"], "samples")  # a manifest column that changed type fails now, not after the work
-    known = {} if (recompute or overwrite) else known_samples(view)
-    # The files the workers rewrite without the rows this run supersedes (with --overwrite the commit removes them all).
+    # The workers read the cache state the run starts from: what it holds (to skip unchanged samples), and the
+    # files holding rows this run supersedes (rewritten without them). Only file lists travel in the graph.
     committed = [] if overwrite else [(table, file) for table in view.tables() for file in file_rows(view.table(table))]
+    incremental = not (recompute or overwrite)
+    samples_files = [file["path"] for table, file in committed if table == "samples"] if incremental else []
+    embedding_files = [(table, file["path"]) for table, file in committed if table in view.embedding_tables()] if incremental else []
     started = time.time()
-    logger.info("run %s: %d samples from %s -> %s (%d already cached)", run_id, len(records), corpus.source, output, len(known))
+    logger.info("run %s: %s -> %s (%d files of cached samples)", run_id, corpus.source, output, len(samples_files))
 
     pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
-    _ = (
-        pipeline
-        | "Records" >> beam.Create(records)
-        | "ExtractToCache"
-        >> ExtractToCache(
-            config=config, tokenizer_path=tokenizer_path, cache=output, attempt=attempt, schemas=schemas, num_shards=num_shards,
-            handlers=handlers, context=RunContext(features_fingerprint=fingerprint, run_id=run_id, known=known), committed=committed,
-        )
+    _ = pipeline | "Extract" >> ExtractCorpus(
+        corpus, cache=output, attempt=attempt, cached_samples=samples_files, cached_embeddings=embedding_files,
+        config=config, tokenizer_path=tokenizer_path, schemas=schemas, num_shards=num_shards, handlers=handlers,
+        context=RunContext(features_fingerprint=fingerprint, run_id=run_id, verify_content=verify_content), committed=committed,
     )
     result = pipeline.run()
     result.wait_until_finish()
     pipeline_s = time.time() - started
     pending = read_pending(output, attempt)
-    files = pending.files
-    written = read_run_columns(output, attempt, files, "samples", ["sample_id", "manifest_row", "manifest_ok", "status"]).to_pydict()
-    skipped = read_run_columns(output, attempt, files, SKIPPED_TABLE, ["manifest_row"]).column("manifest_row").to_pylist()
-    check_accounting(written["manifest_row"] + skipped, len(records))
+    n_inputs = check_accounting(pending)
+    if n_inputs == 0 and not allow_empty:
+        raise ConfigError(f"{corpus.source} holds no rows to extract; pass --allow-empty to run on an empty input "
+                          "(a scheduled job whose input may be empty)")
+    files_written = pending.files
+    written = read_run_columns(output, attempt, files_written, "samples", ["sample_id", "manifest_ok", "status"]).to_pydict()
+    samples_file = next((f for f in files_written if f.table == "samples"), None)
+    if samples_file is not None:  # the schema the workers wrote, with the manifest's extra columns
+        schemas["samples"] = read_run_schema(output, attempt, samples_file)
+    if view.has("samples") and not overwrite:
+        new_columns(view.table("samples"), schemas["samples"], "samples")  # a manifest column that changed type: nothing is committed
 
     recomputed = {sample_id for sample_id, ok in zip(written["sample_id"], written["manifest_ok"]) if ok}
     embedded = {sample_id for table in (h.table for h in handlers.values())
-                for sample_id in read_run_columns(output, attempt, files, table, ["sample_id"]).column("sample_id").to_pylist()}
+                for sample_id in read_run_columns(output, attempt, files_written, table, ["sample_id"]).column("sample_id").to_pylist()}
     summary = {
         "run_id": run_id,
         "schema_version": SCHEMA_VERSION,
-        "inputs": {"source": corpus.source, "records": len(records)},
-        **summarise(written["status"], read_run_columns(output, attempt, files, "errors", ["stage", "error_kind"]), files,
+        "inputs": {"source": corpus.source, "records": n_inputs, "shards": len(corpus.shards)},
+        **summarise(written["status"], read_run_columns(output, attempt, files_written, "errors", ["stage", "error_kind"]),
+                    read_run_columns(output, attempt, files_written, SKIPPED_TABLE, ["unchanged_by"]), files_written,
                     [*TABLE_NAMES, *(h.table for h in handlers.values())]),
         "metrics": runner_metrics(result),
         "encoders": {
@@ -274,7 +279,7 @@ def _run(
         "wall_time_s": round(time.time() - started, 3),
     }
     info = commit_run(output, RunCommit(
-        run_id=run_id, attempt=attempt, files=[f for f in files if f.table != SKIPPED_TABLE], schemas=schemas,
+        run_id=run_id, attempt=attempt, files=[f for f in files_written if f.table != SKIPPED_TABLE], schemas=schemas,
         descriptions=descriptions, superseded=frozenset(recomputed), reembedded=frozenset(embedded - recomputed),
         overwrite=overwrite, summary=summary, replacements=pending.replacements,
         replaced_on=view.run.version if view.run and not overwrite else None,

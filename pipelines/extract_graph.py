@@ -2,12 +2,12 @@
 
 Shape (one chain with branches merged by Flatten, safe on every runner; see FACTS.md)::
 
-    Create(records) -> Reshuffle -> ParDo(ExtractSampleFn) -> (table, row)
+    (record, known) -> Reshuffle -> ParDo(ExtractSampleFn) -> (table, row)
       |-- cache rows ----------------------------------------------------------+
       |-- _encode/<modality> items -> EmbedItems (RunInference) --+            |
       |-- samples rows ------------------------------------------+-> Finalize -+-> Flatten
                                                                           |      -> (table, shard) GroupByKey -> write --+
-                                    committed files -> rewrite without superseded rows (rule from Finalize) ------------+-> _pending list
+                                    committed files -> rewrite without superseded rows (rule from Finalize) ------------+-> entries
 
 Finalize groups a sample's ``samples`` row with its embedding results (by
 ``manifest_row``), so that a failed embedding makes the sample ``partial``.
@@ -20,6 +20,8 @@ from typing import Any, Iterable, Iterator, Optional
 import apache_beam as beam
 import pyarrow as pa
 
+from pipelines.manifest import Corpus
+from schemas.cache.layout import INPUTS_COUNT, RunCount
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import Stage
 from schemas.tables import STATUS_OK, STATUS_PARTIAL, embedding_table_name
@@ -27,7 +29,9 @@ from transforms.embed import EmbedItems, EncoderModelHandler
 from transforms.encoders.base import Encoder
 from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
+from transforms.cache_join import CachedFile, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
+from transforms.manifest_rows import InferExtraFields, ReadFolderRows, ReadManifestRows
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 
@@ -51,7 +55,7 @@ def _is_cache_row(pair: tuple[str, dict]) -> bool:
 
 
 class ExtractToCache(beam.PTransform):
-    """``PCollection[ManifestRecord]`` -> uncommitted Parquet files of every table in the cache, listed in ``_pending``.
+    """``PCollection[(ManifestRecord, KnownSample | None)]`` -> uncommitted Parquet files of every table in the cache.
 
     Args:
         cache: the cache folder; attempt: the run attempt that names the files.
@@ -59,8 +63,11 @@ class ExtractToCache(beam.PTransform):
         context: the run's fingerprint, id and the cache's content (its encoder requests come from ``handlers``).
         committed: the files of the cache state the run started from; those holding rows the run supersedes are
             rewritten without them (``ReplaceSupersededRows``).
+        extra_fields: a one-element PCollection of the manifest's extra columns (``InferExtraFields``), which
+            ``samples`` gets; ``None``: none.
 
-    Output: the number of data files written (one element).
+    Output: the ``DataFile`` of every file written and the ``Replacement`` of every committed file rewritten
+    (``WritePendingList`` lists them for the commit).
     """
 
     def __init__(
@@ -75,9 +82,11 @@ class ExtractToCache(beam.PTransform):
         handlers: Optional[dict[str, EncoderModelHandler]] = None,
         context: Optional[RunContext] = None,
         committed: Optional[list[CommittedFile]] = None,
+        extra_fields: Optional[beam.PCollection] = None,
     ) -> None:
         super().__init__()
         self._committed = committed or []
+        self._extra_fields = extra_fields
         self._config = config
         self._tokenizer_path = tokenizer_path
         self._cache = cache
@@ -118,10 +127,47 @@ class ExtractToCache(beam.PTransform):
         data_files = (
             (cache_rows, finalized)
             | "MergeAll" >> beam.Flatten()
-            | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards)
+            | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards, extra_fields=self._extra_fields)
         )
         replacements = finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed)
-        return (data_files, replacements) | "MergePending" >> beam.Flatten() | "ListPending" >> WritePendingList(self._cache, self._attempt)
+        return (data_files, replacements) | "MergeEntries" >> beam.Flatten()
+
+
+class ExtractCorpus(beam.PTransform):
+    """The whole extraction graph, from a pipeline's start: ``corpus`` rows read by the workers (``ReadManifestRows``
+    or ``ReadFolderRows``), joined with the cache (``JoinWithCache``), extracted and written (``ExtractToCache``),
+    counted; the files, replacements and counts listed in the attempt's ``_pending`` list.
+
+    Args:
+        corpus: what to read. cached: the committed ``samples`` files and embedding files the join reads (none:
+            compute everything). Others: as ``ExtractToCache``.
+
+    Output: the number of data files written (one element).
+    """
+
+    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_samples: list[str], cached_embeddings: list[CachedFile],
+                 **extract: Any) -> None:
+        super().__init__()
+        self._corpus = corpus
+        self._cache = cache
+        self._attempt = attempt
+        self._cached_samples = cached_samples
+        self._cached_embeddings = cached_embeddings
+        self._extract = extract
+
+    def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
+        corpus = self._corpus
+        records = begin | "ReadCorpus" >> (ReadFolderRows(corpus.folder) if corpus.folder else ReadManifestRows(corpus.shards))
+        inputs = (records | "CountInputs" >> beam.combiners.Count.Globally()
+                  | "InputCount" >> beam.Map(lambda n: RunCount(INPUTS_COUNT, n)))
+        entries = (
+            records
+            | "JoinCache" >> JoinWithCache(self._cache, self._cached_samples, self._cached_embeddings)
+            | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt,
+                                                 extra_fields=records | "ExtraColumns" >> beam.CombineGlobally(InferExtraFields()),
+                                                 **self._extract)
+        )
+        return (entries, inputs) | "AllEntries" >> beam.Flatten() | "ListPending" >> WritePendingList(self._cache, self._attempt)
 
 
 def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EncoderModelHandler]:

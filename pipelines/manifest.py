@@ -1,229 +1,93 @@
-"""Reading a corpus description into ``ManifestRecord`` s, on the launcher, before the pipeline starts.
+"""What a run reads, checked on the launcher without reading a row: manifest shards or a folder.
 
-Two inputs: a manifest (JSONL or CSV, one row per sample: ``id``, any of
-``video``/``audio``/``text``, and extra columns) or a folder whose files are
-grouped by stem (``a.mp4``, ``a.wav``, ``a.txt`` -> sample ``a``).
-
-Problems of the whole input (missing file, no ``id`` column, unknown format)
-raise ``ConfigError``. Problems of one row (no id, duplicate id, no
-modality, unparsable line) become a record with ``error`` set, so the row
-is still accounted for in ``samples`` and ``errors``.
+Two inputs: ``--manifest``, a JSONL or CSV file or a glob of them
+(``gs://b/manifests/*.jsonl``; one row per sample: ``id``, any of
+``video``/``audio``/``text``, and extra columns), or ``--input``, a folder
+whose files are grouped by stem (``a.mp4``, ``a.wav``, ``a.txt`` -> sample
+``a``). The rows themselves are read by the pipeline's workers
+(``transforms.manifest_rows``), so the launcher's work does not grow with
+the corpus: it lists the shards (their number, not their rows) and checks
+that there is something to read.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import os
+import math
 import posixpath
-from collections import defaultdict
-from dataclasses import dataclass, replace
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.errors import ConfigError, ErrorKind
-from schemas.records import ManifestError, ManifestRecord
-from schemas.tables import MODALITIES, SAMPLES_BASE
+from schemas.errors import ConfigError
+from transforms.manifest_rows import MANIFEST_EXTENSIONS, Shard
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg"})
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma"})
-TEXT_EXTENSIONS = frozenset({".txt"})
-_MODALITY_OF_EXTENSION = {
-    **{ext: "video" for ext in VIDEO_EXTENSIONS},
-    **{ext: "audio" for ext in AUDIO_EXTENSIONS},
-    **{ext: "text" for ext in TEXT_EXTENSIONS},
-}
+FOLDER_SHARDS = 8
+"""Files per table written for a folder input when ``--num-shards`` is 0 (its size is not known before the run)."""
+MANIFEST_BYTES_PER_SHARD = 10_000
+"""About 100 manifest rows: one file per table per this many manifest bytes when ``--num-shards`` is 0."""
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """The records of one input and the arrow fields of its extra columns (for the ``samples`` schema)."""
+    """What a run reads.
+
+    Attributes:
+        source: the ``--manifest`` glob or the ``--input`` folder.
+        shards: the manifest files, sorted (their rank orders rows across files); empty for a folder.
+        folder: the ``--input`` folder, or ``None``.
+    """
 
     source: str
-    records: list[ManifestRecord]
-    extra_fields: list[pa.Field]
+    shards: tuple[Shard, ...] = ()
+    folder: Optional[str] = None
+
+    def auto_num_shards(self) -> int:
+        """Files per table when ``--num-shards`` is 0: about one per 100 manifest rows, between 1 and 64."""
+        if self.folder is not None:
+            return FOLDER_SHARDS
+        return max(1, min(64, math.ceil(sum(s.size for s in self.shards) / MANIFEST_BYTES_PER_SHARD)))
 
 
-def _dirname(uri: str) -> str:
-    return posixpath.dirname(uri) if "://" in uri else os.path.dirname(os.path.abspath(uri))
-
-
-def _resolve(value: str, base: str) -> str:
-    """A URI or absolute path as is; a relative path joined to ``base`` (the manifest's folder)."""
-    if "://" in value or value.startswith("/"):
-        return value
-    if "://" in base:
-        return posixpath.join(base, value)
-    return os.path.normpath(os.path.join(base, value))
-
-
-def _read_text(uri: str) -> str:
-    if not FileSystems.exists(uri):
-        raise ConfigError(f"--manifest: no such file: {uri}")
-    with FileSystems.open(uri) as handle:
-        data = handle.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"--manifest: {uri} is not UTF-8 text (byte offset {error.start})") from error
-
-
-def _parse_rows(uri: str, content: str) -> list[Any]:
-    """Rows as dicts; a JSONL line that is not a JSON object becomes a ``ManifestError`` in its place."""
-    lowered = uri.lower()
-    if lowered.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(content))
-        if reader.fieldnames is None or "id" not in reader.fieldnames:
-            raise ConfigError(f"--manifest: the CSV header of {uri} has no 'id' column (found {reader.fieldnames})")
-        return [{key: (value if value != "" else None) for key, value in row.items()} for row in reader]
-    if lowered.endswith((".jsonl", ".ndjson", ".json")):
-        rows: list[Any] = []
-        for number, line in enumerate(content.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                rows.append(ManifestError(ErrorKind.INVALID_ROW, f"line {number} is not valid JSON ({error.msg})"))
-                continue
-            if not isinstance(row, dict):
-                rows.append(ManifestError(ErrorKind.INVALID_ROW, f"line {number} is a JSON {type(row).__name__}, not an object"))
-                continue
-            rows.append(row)
-        return rows
-    raise ConfigError(f"--manifest: {uri} must end in .jsonl, .ndjson, .json (JSON lines) or .csv")
-
-
-def _infer_csv_value(value: Optional[str]) -> Any:
-    if value is None:
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _extra_fields(records: list[ManifestRecord], columns: list[str]) -> tuple[list[pa.Field], list[ManifestRecord]]:
-    """Arrow fields for the extra columns, inferred over all rows; mixed-type columns become strings."""
-    fields = []
-    for name in columns:
-        values = [record.extra.get(name) for record in records]
-        try:
-            array = pa.array(values)
-            if pa.types.is_null(array.type):
-                array = array.cast(pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            logger.warning("manifest column %r mixes types; it is stored as JSON text", name)
-            records = [
-                replace(r, extra={**r.extra, name: None if r.extra.get(name) is None else json.dumps(r.extra[name])})
-                for r in records
-            ]
-            array = pa.array([r.extra.get(name) for r in records], type=pa.string())
-        fields.append(pa.field(name, array.type))
-    return fields, records
-
-
-def read_manifest(uri: str) -> Corpus:
-    """Parse and validate a JSONL or CSV manifest into records (one per data row, in order).
+def open_manifest(pattern: str, *, allow_empty: bool = False) -> Corpus:
+    """The manifest shards ``pattern`` (a file or a glob) matches.
 
     Raises:
-        ConfigError: the manifest is missing, not UTF-8, of an unknown format,
-            has no ``id`` column at all, or has a column named like a reserved ``samples`` column.
+        ConfigError: an unknown extension, no file matched, or (without ``allow_empty``) every shard is empty.
     """
-    content = _read_text(uri)
-    rows = _parse_rows(uri, content)
-    base = _dirname(uri)
-    is_csv = uri.lower().endswith(".csv")
-    dict_rows = [row for row in rows if isinstance(row, dict)]
-    if dict_rows and not any("id" in row for row in dict_rows):
-        raise ConfigError(f"--manifest: no row of {uri} has an 'id' field; every row needs a unique 'id'")
-    columns: list[str] = []
-    for row in dict_rows:
-        columns.extend(key for key in row if key not in columns and key != "id" and key not in MODALITIES)
-    reserved = sorted(set(columns) & set(SAMPLES_BASE.names))
-    if reserved:
-        raise ConfigError(f"--manifest: columns {reserved} are reserved in the samples table; rename them in {uri}")
-
-    records: list[ManifestRecord] = []
-    seen: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        if isinstance(row, ManifestError):
-            records.append(ManifestRecord(sample_id="", manifest_row=index, error=row))
-            continue
-        extra = {key: (_infer_csv_value(row.get(key)) if is_csv else row.get(key)) for key in columns}
-        raw_id = row.get("id")
-        sample_id = "" if raw_id is None else str(raw_id).strip()
-        uris = {}
-        for modality in MODALITIES:
-            value = row.get(modality)
-            if value is not None and not isinstance(value, str):
-                value = str(value)
-            if value and value.strip():
-                uris[modality] = _resolve(value.strip(), base)
-        error = None
-        if not sample_id:
-            error = ManifestError(ErrorKind.MISSING_ID, f"row {index} has no 'id'")
-        elif sample_id in seen:
-            error = ManifestError(
-                ErrorKind.DUPLICATE_ID, f"id {sample_id!r} of row {index} was already used by row {seen[sample_id]}; the first row is kept"
-            )
-        elif not uris:
-            error = ManifestError(ErrorKind.NO_MODALITY, f"row {index} ({sample_id!r}) names none of video, audio, text")
-        if sample_id and sample_id not in seen:
-            seen[sample_id] = index
-        records.append(ManifestRecord(sample_id=sample_id, manifest_row=index, extra=extra, error=error, **uris))
-    fields, records = _extra_fields(records, columns)
-    return Corpus(source=uri, records=records, extra_fields=fields)
+    if not pattern.lower().endswith(MANIFEST_EXTENSIONS):
+        raise ConfigError(f"--manifest: {pattern} must end in .jsonl, .ndjson, .json (JSON lines) or .csv")
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as error:  # Beam raises BeamIOError (or OSError) for an unreachable location
+        raise ConfigError(f"--manifest: cannot list {pattern} ({error})") from error
+    if not matched:
+        raise ConfigError(f"--manifest: no such file: {pattern}" if not any(c in pattern for c in "*?[")
+                          else f"--manifest: {pattern} matches no file")
+    kinds = {posixpath.splitext(m.path)[1].lower() == ".csv" for m in matched}
+    if len(kinds) > 1:
+        raise ConfigError(f"--manifest: {pattern} matches both CSV and JSON lines files; use one format")
+    shards = tuple(Shard(uri=m.path, rank=rank, size=m.size_in_bytes) for rank, m in enumerate(sorted(matched, key=lambda m: m.path)))
+    if not allow_empty and all(shard.size == 0 for shard in shards):
+        raise ConfigError(f"--manifest: {pattern} is empty (no rows to extract); pass --allow-empty to run on an empty "
+                          "manifest (a scheduled job whose input may be empty)")
+    logger.info("--manifest: %d shards, %d bytes", len(shards), sum(s.size for s in shards))
+    return Corpus(source=pattern, shards=shards)
 
 
-def modality_of(path: str) -> Optional[str]:
-    """``video``, ``audio`` or ``text`` by file extension, or ``None``."""
-    return _MODALITY_OF_EXTENSION.get(posixpath.splitext(path)[1].lower())
-
-
-def read_folder(uri: str) -> Corpus:
-    """Group the files directly in folder ``uri`` by stem into records (sorted by stem).
-
-    Files of unknown extensions are listed in a warning and not read. Two
-    files of one modality under one stem (``a.wav`` and ``a.flac``) make that
-    sample fail with ``ambiguous_files``.
+def open_folder(uri: str) -> Corpus:
+    """A folder input, checked to exist and hold a file (its files are listed by the pipeline).
 
     Raises:
-        ConfigError: the folder is missing or holds no media file.
+        ConfigError: the folder cannot be listed or holds no file.
     """
     pattern = posixpath.join(uri.rstrip("/"), "*")
     try:
-        matches = FileSystems.match([pattern])[0].metadata_list
+        matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
     except Exception as error:  # Beam raises BeamIOError (or OSError) for a missing folder
         raise ConfigError(f"--input: cannot list {uri} ({error})") from error
-    by_stem: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    ignored = []
-    for metadata in matches:
-        path = metadata.path
-        modality = modality_of(path)
-        if modality is None:
-            ignored.append(posixpath.basename(path))
-            continue
-        stem = posixpath.splitext(posixpath.basename(path))[0]
-        by_stem[stem][modality].append(path)
-    if ignored:
-        logger.warning("--input: %d files with no known media extension are not read: %s", len(ignored), sorted(ignored)[:20])
-    if not by_stem:
-        raise ConfigError(f"--input: {uri} holds no video, audio or text file")
-    records = []
-    for index, stem in enumerate(sorted(by_stem)):
-        found = by_stem[stem]
-        uris = {modality: sorted(paths)[0] for modality, paths in found.items()}
-        clashes = {modality: sorted(paths) for modality, paths in found.items() if len(paths) > 1}
-        error = None
-        if clashes:
-            error = ManifestError(ErrorKind.AMBIGUOUS_FILES, f"stem {stem!r} has several files of one modality: {clashes}")
-        records.append(ManifestRecord(sample_id=stem, manifest_row=index, error=error, **uris))
-    return Corpus(source=uri, records=records, extra_fields=[])
+    if not matched:
+        raise ConfigError(f"--input: {uri} holds no file")
+    return Corpus(source=uri, folder=uri)

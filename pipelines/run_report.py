@@ -12,7 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.cache.layout import DataFile, data_folder, filesystem
+from schemas.cache.layout import INPUTS_COUNT, DataFile, data_folder, filesystem
+from schemas.cache.maintenance import Pending
 from schemas.tables import SKIPPED_TABLE, STATUSES
 
 REPORTED_PACKAGES = (
@@ -35,21 +36,30 @@ def read_run_columns(cache: str, attempt: str, files: list[DataFile], table: str
     return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
 
 
-def check_accounting(manifest_rows: list[int], n_inputs: int) -> None:
-    """Verify that each manifest row appears exactly once in ``manifest_rows`` (the run's ``samples`` and ``_skipped`` rows).
+def check_accounting(pending: Pending) -> int:
+    """The number of input rows, checked against the rows the writers wrote: each input row is one ``samples`` row
+    (computed now) or one ``_skipped`` row (unchanged). The workers counted both; duplicates are impossible by
+    construction (one output per row, whatever the runner), so a difference is data the runner lost or repeated.
 
     Raises:
-        AccountingError: with the missing and duplicated ``manifest_row`` values.
+        AccountingError: the counts differ, or the pipeline did not count its input.
     """
-    counts = collections.Counter(manifest_rows)
-    duplicated = sorted(r for r, c in counts.items() if c > 1)
-    missing = sorted(set(range(n_inputs)) - set(counts))
-    extra = sorted(set(counts) - set(range(n_inputs)))
-    if duplicated or missing or extra:
+    if INPUTS_COUNT not in pending.counts:
+        raise AccountingError("the pipeline did not count its input rows (the runner lost its output); nothing is committed")
+    n_inputs = pending.counts[INPUTS_COUNT]
+    rows = {table: sum(f.n_rows for f in pending.files if f.table == table) for table in ("samples", SKIPPED_TABLE)}
+    if rows["samples"] + rows[SKIPPED_TABLE] != n_inputs:
         raise AccountingError(
-            f"samples table does not match the {n_inputs} input rows: missing rows {missing[:20]}, "
-            f"duplicated rows {duplicated[:20]}, unexpected rows {extra[:20]} (the runner lost or duplicated data)"
+            f"samples table does not match the {n_inputs} input rows: {rows['samples']} samples rows and {rows[SKIPPED_TABLE]} "
+            "unchanged rows were written (the runner lost or duplicated data)"
         )
+    return n_inputs
+
+
+def read_run_schema(cache: str, attempt: str, data_file: DataFile) -> pa.Schema:
+    """The schema of one file the attempt wrote."""
+    fs, path = filesystem(f"{data_folder(cache, data_file.table, attempt)}/{data_file.name}")
+    return pq.read_schema(path, filesystem=fs)
 
 
 def package_versions() -> dict[str, str]:
@@ -63,9 +73,10 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def summarise(statuses: list[str], errors: pa.Table, files: list[DataFile], tables: list[str]) -> dict[str, Any]:
-    """Counts of what the attempt wrote: samples by ``statuses`` (and unchanged), rows per table of ``tables`` (from
-    ``files``), failures by stage and kind (``errors``: its ``stage`` and ``error_kind`` columns)."""
+def summarise(statuses: list[str], errors: pa.Table, skipped: pa.Table, files: list[DataFile], tables: list[str]) -> dict[str, Any]:
+    """Counts of what the attempt wrote: samples by ``statuses`` (and unchanged, by what told: ``skipped``'s
+    ``unchanged_by``), rows per table of ``tables`` (from ``files``), failures by stage and kind (``errors``: its
+    ``stage`` and ``error_kind`` columns)."""
     rows: dict[str, int] = collections.Counter({table: 0 for table in tables})
     for data_file in files:
         rows[data_file.table] += data_file.n_rows
@@ -74,7 +85,8 @@ def summarise(statuses: list[str], errors: pa.Table, files: list[DataFile], tabl
     kinds = errors.column("error_kind").to_pylist()
     return {
         "samples": {status: by_status.get(status, 0) for status in STATUSES}
-        | {"unchanged": rows.pop(SKIPPED_TABLE, 0), "total": len(statuses)},
+        | {"unchanged": rows.pop(SKIPPED_TABLE, 0), "total": len(statuses),
+           "unchanged_by": dict(sorted(collections.Counter(skipped.column("unchanged_by").to_pylist()).items()))},
         "rows": dict(sorted(rows.items())),
         "failures": {
             "by_stage": dict(sorted(collections.Counter(stages).items())),

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from pipelines.run_report import AccountingError
 from pipelines.extract import RunReport, check_output, default_run_id, run_extract, validate_run_id
-from pipelines.manifest import Corpus, read_folder, read_manifest
+from pipelines.manifest import Corpus, open_folder, open_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.beam_args import check_beam_args
 from runners.status import MAINTENANCE_COMMANDS
@@ -48,7 +48,8 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
         description="Decode a corpus into a Parquet cache. Options not listed here are passed to Beam as pipeline options.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", help="JSONL or CSV manifest: id, video/audio/text paths or URIs, extra columns")
+    source.add_argument("--manifest", help="JSONL or CSV manifest, or a glob of manifest shards (gs://b/m/*.jsonl): "
+                        "id, video/audio/text paths or URIs, extra columns")
     source.add_argument("--input", help="folder whose files are grouped by stem (a.mp4, a.wav, a.txt -> sample a)")
     parser.add_argument("--output", required=True, help="cache folder (local path or URI)")
     parser.add_argument("--runner", default="direct", choices=sorted(RUNNER_PRESETS), help="runner preset (default: direct)")
@@ -91,6 +92,9 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
                         "(for mmfeat train --sequence)")
     encode.add_argument("--trust-remote-code", action="store_true", help="allow model folders that ship their own code")
     parser.add_argument("--recompute", action="store_true", help="recompute every sample even when the cache has it")
+    parser.add_argument("--verify-content", action="store_true",
+                        help="compare the content of every input file with the cache, not only its size and modification time")
+    parser.add_argument("--allow-empty", action="store_true", help="succeed on an input without rows (default: exit 2)")
     parser.add_argument("--num-shards", type=int, default=0, help="files per table (default 0 = one per 100 samples)")
     parser.add_argument(
         "--max-failure-ratio",
@@ -201,7 +205,7 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
     check_beam_args(beam_args, own_options=own_options)
     run_id = validate_run_id(args.run_id or default_run_id())
     choice = build_runner(args.runner, args, beam_args)
-    corpus: Corpus = read_manifest(args.manifest) if args.manifest else read_folder(args.input)
+    corpus: Corpus = open_manifest(args.manifest, allow_empty=args.allow_empty) if args.manifest else open_folder(args.input)
     check_output(args.output, overwrite=args.overwrite)
     encoders = resolve_encoders(encode, config)
     with choice.context():
@@ -218,6 +222,8 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
             encode=encode,
             device=device,
             recompute=args.recompute,
+            verify_content=args.verify_content,
+            allow_empty=args.allow_empty,
         )
     print(format_summary(report))
     ratio = report.n_failed / max(1, report.n_inputs)

@@ -43,6 +43,14 @@ class ErrorKind:
     EMPTY_TEXT = "empty_text"
     ENCODER_FAILED = "encoder_failed"
     INTERNAL = "internal"
+    NOT_A_FILE = "not_a_file"
+    UNSUPPORTED_URI = "unsupported_uri"
+    TEXT_TOO_LONG = "text_too_long"
+
+
+WARNING_KINDS = frozenset({ErrorKind.TEXT_TOO_LONG})
+"""Kinds recorded as ``errors`` rows that are not failures: they neither count in ``n_errors`` nor make a sample
+``partial`` or ``failed`` (the sample's features are complete as configured)."""
 
 
 class SampleFailure(Exception):

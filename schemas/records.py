@@ -1,6 +1,7 @@
 """Record types that travel through the extraction pipeline."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -17,11 +18,11 @@ class ManifestError:
 
 @dataclass(frozen=True)
 class ManifestRecord:
-    """One manifest row, validated on the launcher.
+    """One manifest row, as the pipeline's workers read it.
 
     Attributes:
         sample_id: the row's ``id`` ("" when it has none).
-        manifest_row: 0-based rank of the row in the manifest (or of the stem in a folder); unique.
+        manifest_row: the row's key, unique in a run and in manifest order (``transforms.manifest_rows``).
         video, audio, text: resolved URIs, or ``None``.
         extra: every other column, carried into the ``samples`` table.
         error: set when the row itself is unusable; the sample then fails with this error.
@@ -39,6 +40,10 @@ class ManifestRecord:
         """SHA-256 of what the row says (URIs and extra columns): a changed label makes the sample recomputed."""
         content = {"video": self.video, "audio": self.audio, "text": self.text, "extra": self.extra}
         return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+    def with_error(self, error: ManifestError) -> "ManifestRecord":
+        """This record failed with ``error`` (its row is still accounted for)."""
+        return dataclasses.replace(self, error=error)
 
     def uris(self) -> dict[str, str]:
         """The modalities present, ``{modality: uri}``, in the order video, audio, text."""

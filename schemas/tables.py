@@ -24,6 +24,7 @@ SAMPLES_BASE = pa.schema(
         pa.field("manifest_row", pa.int64(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("content_hash", pa.string()),
+        pa.field("file_identity", pa.string()),
         pa.field("video", pa.string()),
         pa.field("audio", pa.string()),
         pa.field("text", pa.string()),
@@ -33,18 +34,25 @@ SAMPLES_BASE = pa.schema(
         pa.field("n_audio_windows", pa.int32(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("n_errors", pa.int32(), nullable=False),
+        pa.field("n_skipped_packets", pa.int32(), nullable=False),
         pa.field("manifest_ok", pa.bool_(), nullable=False),
         pa.field("features_fingerprint", pa.string(), nullable=False),
         pa.field("manifest_hash", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
     ]
 )
-"""One row per manifest row, always. ``manifest_row`` is the 0-based record
-number in the manifest of the run that wrote the row; ``sample_id`` is unique
+"""One row per manifest row, always. ``manifest_row`` is the row's key in the
+input of the run that wrote the row (``transforms.manifest_rows``: shard rank
+and position, in manifest order); ``sample_id`` is unique
 among rows whose ``manifest_ok`` is true (a duplicate id keeps the first row
 and fails the others, with ``manifest_ok`` false). ``features_fingerprint``
 hashes the feature config, ``manifest_hash`` the manifest row (URIs and
 extra columns); ``run_id`` names the run that computed the row.
+``file_identity`` is JSON ``{modality: "size:mtime"}`` of the files the row
+was computed from (an incremental run compares it first); ``content_hash``
+hashes their contents where a run read them to compare (identity changed, or
+``--verify-content``), else null. ``n_skipped_packets`` counts corrupt audio
+packets the decoder skipped.
 Extra manifest columns are appended by ``samples_schema``."""
 
 FRAMES = pa.schema(
@@ -107,9 +115,11 @@ SKIPPED = pa.schema(
     [
         pa.field("sample_id", pa.string(), nullable=False),
         pa.field("manifest_row", pa.int64(), nullable=False),
+        pa.field("unchanged_by", pa.string(), nullable=False),
     ]
 )
-"""Manifest rows an incremental run found already cached (written under ``_pending/``: counted, never committed)."""
+"""Manifest rows an incremental run found already cached (written under ``_pending/``: counted, never committed);
+``unchanged_by`` says what told: ``metadata`` (file identities) or ``content`` (content hashes)."""
 
 FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
 TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")

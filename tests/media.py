@@ -63,6 +63,17 @@ def manifest(path: str, rows: list[dict[str, Any]]) -> str:
     return path
 
 
+def row_keys(path: str) -> list[int]:
+    """The ``manifest_row`` of each non-blank line of a one-shard JSONL manifest, in order: its byte offset."""
+    keys, offset = [], 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                keys.append(offset)
+            offset += len(line)
+    return keys
+
+
 def bad_corpus(directory: str) -> tuple[str, list[dict[str, Any]]]:
     """A manifest holding every bad-input case of the extraction issue, plus good samples.
 

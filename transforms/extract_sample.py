@@ -10,12 +10,16 @@ Besides cache rows, a sample yields one *encoder item* per modality that an
 encoder will embed, under the table name ``_encode/<modality>``: the pipeline
 routes those to ``RunInference`` instead of the cache.
 
-Incremental runs: a sample whose files (content hash), manifest row and
-feature config are already in the cache yields only a ``_skipped`` marker, plus encoder items for
-the modalities whose current encoder has not embedded it yet.
+Incremental runs: a sample whose manifest row and feature config are already
+in the cache, and whose files are unchanged, yields only a ``_skipped`` marker,
+plus encoder items for the modalities whose current encoder has not embedded
+it yet. A file is unchanged when its identity (size and modification time,
+or an object store's metadata) is; only a file whose identity changed is read
+to compare its content hash (every file under ``verify_content``).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -56,13 +60,27 @@ class EncodeRequest:
 
 @dataclass(frozen=True)
 class KnownSample:
-    """What the cache already holds for a sample (from earlier runs)."""
+    """What the cache already holds for a sample (from earlier runs).
+
+    Attributes:
+        content_hash: SHA-256 over its files' contents, where an earlier run computed it.
+        file_identity: its files' identities (``media_io.file_identity``) as JSON, ``None`` in older caches.
+        embedded: (modality, encoder fingerprint) of the embeddings it has.
+    """
 
     content_hash: Optional[str]
     features_fingerprint: str
     manifest_hash: str
     modalities_with_features: frozenset[str]
-    embedded: frozenset[tuple[str, str]] = frozenset()  # (modality, encoder fingerprint)
+    file_identity: Optional[str] = None
+    embedded: frozenset[tuple[str, str]] = frozenset()
+
+    def with_embedded(self, embedded: frozenset[tuple[str, str]]) -> "KnownSample":
+        return dataclasses.replace(self, embedded=embedded)
+
+
+UNCHANGED_BY_METADATA = "metadata"
+UNCHANGED_BY_CONTENT = "content"
 
 
 @dataclass(frozen=True)
@@ -73,13 +91,13 @@ class RunContext:
         features_fingerprint: hash of everything that determines the features (recorded per sample).
         run_id: recorded per sample.
         requests: the encoders to feed, by modality.
-        known: what the cache already holds, by sample id (empty: compute everything).
+        verify_content: compare content hashes even of files whose identity is unchanged.
     """
 
     features_fingerprint: str = ""
     run_id: str = ""
     requests: dict[str, EncodeRequest] = field(default_factory=dict)
-    known: dict[str, KnownSample] = field(default_factory=dict)
+    verify_content: bool = False
 
 
 @dataclass
@@ -95,13 +113,21 @@ class _SampleState:
     video_duration_s: Optional[float] = None
     audio_duration_s: Optional[float] = None
     file_hashes: dict[str, str] = field(default_factory=dict)
+    identities: dict[str, str] = field(default_factory=dict)
+    n_skipped_packets: int = 0
+    known_content_hash: Optional[str] = None  # the cached hash, when the files' identities are the cached ones
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     audio_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # by source: "audio" file or "video" track
 
     def content_hash(self) -> Optional[str]:
-        if not self.file_hashes:
-            return None
+        """SHA-256 over the content hashes of every readable file, when all of them were hashed (else the cached one)."""
+        if not self.file_hashes or set(self.file_hashes) != set(self.identities):
+            return self.known_content_hash
         return hashlib.sha256(json.dumps(self.file_hashes, sort_keys=True).encode()).hexdigest()
+
+    def file_identity(self) -> str:
+        """The identities of the readable files as JSON (``{}`` when none is readable)."""
+        return json.dumps(self.identities, sort_keys=True)
 
     def feature_row(self, table: str, columns: dict[str, Any]) -> TableRow:
         """A row of a feature table for this sample (counted, so the status can tell partial from failed)."""
@@ -132,6 +158,7 @@ class _SampleState:
             "manifest_row": record.manifest_row,
             "status": self.status(),
             "content_hash": self.content_hash(),
+            "file_identity": self.file_identity(),
             "video": record.video,
             "audio": record.audio,
             "text": record.text,
@@ -141,6 +168,7 @@ class _SampleState:
             "n_audio_windows": self.n_audio_windows,
             "n_tokens": self.n_tokens,
             "n_errors": self.n_errors,
+            "n_skipped_packets": self.n_skipped_packets,
             "manifest_ok": record.error is None,
             "features_fingerprint": features_fingerprint,
             "manifest_hash": record.fingerprint(),
@@ -167,25 +195,24 @@ class SampleExtractor:
         self.features_fingerprint = context.features_fingerprint
         self.run_id = context.run_id
         self.requests = context.requests
-        self.known = context.known
+        self.verify_content = context.verify_content
+        self.hashed_files = 0
+        self.hashed_bytes = 0
 
-    def extract(self, record: ManifestRecord) -> Iterator[TableRow]:
+    def extract(self, record: ManifestRecord, known: Optional[KnownSample] = None) -> Iterator[TableRow]:
         """Yield every row of ``record`` (the ``samples`` row after its features), then its encoder items.
 
-        Never raises for bad input.
+        ``known``: what the cache holds for the sample (``None``: compute it). Never raises for bad input.
         """
         state = _SampleState(record)
         if record.error is not None:
             yield state.error_row(Stage.MANIFEST, record.error.kind, record.error.message, None)
             yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
             return
-        readable, failures = self._hash_files(state)
-        known = self.known.get(record.sample_id)
-        unchanged = known is not None and (known.content_hash, known.features_fingerprint, known.manifest_hash) == (
-            state.content_hash(), self.features_fingerprint, record.fingerprint()
-        )
-        if unchanged:
-            yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row}
+        readable, failures = self._check_files(state)
+        unchanged_by = self._unchanged_by(state, known)  # an unreadable file has no identity: its state is compared too
+        if unchanged_by:
+            yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row, "unchanged_by": unchanged_by}
             missing = {
                 m for m, request in self.requests.items()
                 if m in known.modalities_with_features and (m, request.fingerprint) not in known.embedded
@@ -200,13 +227,43 @@ class SampleExtractor:
         yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
         yield from self._encoder_items(state)
 
-    def _hash_files(self, state: _SampleState) -> tuple[dict[str, str], list[TableRow]]:
-        """Check and hash each file; returns the readable ``{modality: uri}`` and error rows for the others."""
+    def _unchanged_by(self, state: _SampleState, known: Optional[KnownSample]) -> Optional[str]:
+        """``metadata`` or ``content`` when the cache holds this sample as it is now (what told), else ``None``.
+
+        Files are read to hash their content only when their identities differ from the cached ones (new
+        samples included) or under ``verify_content``; otherwise the cached hash still holds. Either way
+        ``state`` keeps the hash, so that a recomputed sample records it.
+        """
+        same_files = known is not None and known.file_identity is not None and known.file_identity == state.file_identity()
+        if same_files and not self.verify_content:
+            state.known_content_hash = known.content_hash
+        else:
+            self._hash_all(state)
+        if known is None or (known.features_fingerprint, known.manifest_hash) != (self.features_fingerprint, state.record.fingerprint()):
+            return None
+        if same_files and not self.verify_content:
+            return UNCHANGED_BY_METADATA
+        return UNCHANGED_BY_CONTENT if known.content_hash and known.content_hash == state.content_hash() else None
+
+    def _hash_all(self, state: _SampleState) -> None:
+        """Hash every file of the sample not hashed yet (a file that cannot be read stays unhashed)."""
+        for modality, uri in state.record.uris().items():
+            if modality in state.file_hashes or modality not in state.identities:
+                continue
+            try:
+                state.file_hashes[modality] = media_io.sha256_of(uri)
+            except Exception as error:  # read again by its step, which records the failure
+                logger.warning("cannot hash %s (%s): the sample is recomputed", uri, error)
+                continue
+            self.hashed_files += 1
+            self.hashed_bytes += media_io.identity_size(state.identities[modality])
+
+    def _check_files(self, state: _SampleState) -> tuple[dict[str, str], list[TableRow]]:
+        """Check each file and take its identity; returns the readable ``{modality: uri}`` and error rows for the others."""
         readable, failures = {}, []
         for modality, uri in state.record.uris().items():
             try:
-                media_io.check_readable(uri)
-                state.file_hashes[modality] = media_io.sha256_of(uri)
+                state.identities[modality] = media_io.file_identity(uri)
                 readable[modality] = uri
             except SampleFailure as failure:
                 failures.append(state.error_row(failure.stage, failure.kind, failure.message, uri))

@@ -11,7 +11,7 @@ import numpy as np
 from schemas.config import ExtractConfig
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
-from transforms.extract_sample import RunContext, SampleExtractor, TableRow
+from transforms.extract_sample import KnownSample, RunContext, SampleExtractor, TableRow
 from transforms.mfcc import mfcc_frames
 from transforms.text import TextTokenizer
 
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 
 class ExtractSampleFn(beam.DoFn):
-    """Beam wrapper of ``SampleExtractor``: ``ManifestRecord`` in, ``(table, row)`` out (one output only).
+    """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output only).
 
     Config is kept from ``__init__``; the tokenizer is built and librosa's JIT
     warmed in ``setup()``, once per worker, not on the first element.
@@ -38,10 +38,15 @@ class ExtractSampleFn(beam.DoFn):
         self._extractor = SampleExtractor(self._config, tokenizer, self._context)
         mfcc_frames(np.zeros(self._config.audio.n_fft * 2, dtype=np.float32), config=self._config.audio)
 
-    def process(self, record: ManifestRecord) -> Iterator[TableRow]:
-        for table, row in self._extractor.extract(record):
+    def process(self, element: tuple[ManifestRecord, Optional[KnownSample]]) -> Iterator[TableRow]:
+        record, known = element
+        files, content = self._extractor.hashed_files, self._extractor.hashed_bytes
+        for table, row in self._extractor.extract(record, known):
             _count(table, row)
             yield table, row
+        if self._extractor.hashed_files > files:  # files read whole to compare their content (identity changed, or --verify-content)
+            beam.metrics.Metrics.counter("mmfeat", "content_files_hashed").inc(self._extractor.hashed_files - files)
+            beam.metrics.Metrics.counter("mmfeat", "content_bytes_hashed").inc(self._extractor.hashed_bytes - content)
         self._done += 1
         if time.monotonic() - self._last_report > _PROGRESS_EVERY_S:
             self._last_report = time.monotonic()
@@ -59,6 +64,7 @@ def _count(table: str, row: dict[str, Any]) -> None:
         counter("mmfeat", "audio_ms").inc(int(1000 * (row["audio_duration_s"] or 0.0)))
     elif table == SKIPPED_TABLE:
         counter("mmfeat", "samples_unchanged").inc()
+        counter("mmfeat", f"samples_unchanged_by_{row['unchanged_by']}").inc()
     elif table == "frames":
         counter("mmfeat", "frames").inc()
     elif table == "text":

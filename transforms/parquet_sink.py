@@ -16,7 +16,7 @@ import contextlib
 import logging
 import uuid
 import zlib
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.cache.layout import DataFile, PendingEntry, data_folder, pending_uri
+from schemas.tables import samples_schema
+from transforms.manifest_rows import extra_value
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +124,15 @@ class _WriteShardFn(beam.DoFn):
         self._schemas = dict(schemas)
         self._rows_written = beam.metrics.Metrics.counter("mmfeat", "rows_written")
 
-    def process(self, element: tuple[tuple[str, int], Iterable[Mapping[str, Any]]]) -> Iterator[DataFile]:
+    def process(self, element: tuple[tuple[str, int], Iterable[Mapping[str, Any]]], extra_fields: Sequence[pa.Field] = ()) -> Iterator[DataFile]:
         (table, shard), rows = element
         name = f"{self._attempt}-part-{shard:05d}.parquet"
         path = FileSystems.join(data_folder(self._cache, table, self._attempt), name)
-        count, low, high = write_rows(path, rows, self._schemas[table])
+        schema = self._schemas[table]
+        if table == "samples" and extra_fields:
+            schema = samples_schema(list(extra_fields))
+            rows = ({**row, **{f.name: extra_value(row.get(f.name), f) for f in extra_fields}} for row in rows)
+        count, low, high = write_rows(path, rows, schema)
         metadata = FileSystems.match([path])[0].metadata_list[0]
         self._rows_written.inc(count)
         yield DataFile(table=table, name=name, size=metadata.size_in_bytes, n_rows=count, min_id=low, max_id=high,
@@ -159,22 +165,27 @@ class WriteDataFiles(beam.PTransform):
         attempt: the run attempt; names the files.
         schemas: pyarrow schema of each table name that may occur.
         num_shards: files per table at most; rows are spread by ``shard_of(sample_id)``.
+        extra_fields: a one-element PCollection of the manifest's extra columns, added to ``samples``
+            (``transforms.manifest_rows.InferExtraFields``); ``None``: ``schemas["samples"]`` as it is.
     """
 
-    def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int) -> None:
+    def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int,
+                 extra_fields: Optional[beam.PCollection] = None) -> None:
         super().__init__()
         self._cache = cache
         self._attempt = attempt
         self._schemas = dict(schemas)
         self._num_shards = num_shards
+        self._extra_fields = extra_fields
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         num_shards = self._num_shards
+        side = {} if self._extra_fields is None else {"extra_fields": beam.pvalue.AsSingleton(self._extra_fields)}
         return (
             rows
             | "KeyByTableShard" >> beam.Map(lambda pair: ((pair[0], shard_of(pair[1]["sample_id"], num_shards)), pair[1]))
             | "GroupByTableShard" >> beam.GroupByKey()
-            | "WriteShards" >> beam.ParDo(_WriteShardFn(self._cache, self._attempt, self._schemas))
+            | "WriteShards" >> beam.ParDo(_WriteShardFn(self._cache, self._attempt, self._schemas), **side)
         )
 
 

@@ -143,12 +143,29 @@ class Replacement:
                            "rewrite": asdict(self.rewrite) if self.rewrite else None}, sort_keys=True)
 
 
-PendingEntry = Union[DataFile, Replacement]
+INPUTS_COUNT = "inputs"
+"""The ``RunCount`` of the input rows a run's workers read."""
+
+
+@dataclass(frozen=True)
+class RunCount:
+    """A count the workers of a run attempt took (``name``: e.g. ``inputs``), for the launcher's accounting."""
+
+    name: str
+    value: int
+
+    def to_json(self) -> str:
+        return json.dumps({"count": self.name, "value": self.value}, sort_keys=True)
+
+
+PendingEntry = Union[DataFile, Replacement, RunCount]
 
 
 def pending_entry(line: str) -> PendingEntry:
-    """A line of a ``_pending`` list: a ``DataFile`` or a ``Replacement``."""
+    """A line of a ``_pending`` list: a ``DataFile``, a ``Replacement`` or a ``RunCount``."""
     entry = json.loads(line)
+    if "count" in entry:
+        return RunCount(entry["count"], entry["value"])
     if "replaces" not in entry:
         return DataFile(**entry)
     rewrite = DataFile(**entry["rewrite"]) if entry["rewrite"] else None

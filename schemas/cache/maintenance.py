@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from schemas.cache.commit import RunCommit, commit_run, new_attempt
 from schemas.cache.layout import (
-    PENDING_DIR, ROW_COUNT_COLUMNS, DataFile, Replacement, filesystem, normalise, pending_entry, pending_uri, table_uri,
+    PENDING_DIR, ROW_COUNT_COLUMNS, DataFile, Replacement, RunCount, filesystem, normalise, pending_entry, pending_uri, table_uri,
 )
 from schemas.cache.supersede import file_rows
 from schemas.cache.view import CacheView, RunInfo, open_table
@@ -28,20 +28,23 @@ A run in progress writes files younger than this, so vacuum never touches them."
 
 @dataclass(frozen=True)
 class Pending:
-    """What a run attempt's workers left to commit: the data files they wrote and the committed files they replaced."""
+    """What a run attempt's workers left to commit: the data files they wrote, the committed files they replaced, and
+    the counts they took (by name)."""
 
     files: list[DataFile]
     replacements: list[Replacement]
+    counts: dict[str, int]
 
 
 def read_pending(cache: str, attempt: str) -> Pending:
     """The attempt's ``_pending`` list (empty when its workers wrote nothing)."""
     fs, path = filesystem(pending_uri(cache, attempt))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return Pending([], [])
+        return Pending([], [], {})
     with fs.open_input_stream(path) as handle:
         entries = [pending_entry(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
-    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)])
+    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)],
+                   {e.name: e.value for e in entries if isinstance(e, RunCount)})
 
 
 def discard_attempt(cache: str, attempt: str, tables: list[str]) -> int:

@@ -1,16 +1,28 @@
+"""Manifests and folders read inside the pipeline: rows, their keys, their problems; and the launcher's checks."""
 import json
 import os
 
+import apache_beam as beam
 import pyarrow as pa
 import pytest
+from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.manifest import read_folder, read_manifest
+from pipelines.manifest import open_folder, open_manifest
 from schemas.errors import ConfigError
 from tests import media
+from tests.beam_helpers import in_process_pipeline
+from transforms.manifest_rows import (
+    ROW_KEY_SHARD, InferExtraFields, ReadFolderRows, ReadManifestRows, extra_value, read_csv_shard, read_jsonl_range, shard_ranges,
+)
 
 
-def _errors(corpus):
-    return [(r.manifest_row, r.error.kind if r.error else None) for r in corpus.records]
+def _records(pattern: str, split_bytes: int = 1 << 20) -> list:
+    """Every record of the manifest ``pattern``, read as the workers read it (byte ranges of ``split_bytes``), in row order."""
+    found = []
+    for shard in open_manifest(pattern, allow_empty=True).shards:
+        for _, start, end in shard_ranges(shard, split_bytes):
+            found += read_csv_shard(shard) if shard.uri.endswith(".csv") else read_jsonl_range(shard, start, end)
+    return sorted(found, key=lambda r: r.manifest_row)
 
 
 def test_jsonl_rows_resolve_paths_against_the_manifest_folder(tmp_path):
@@ -21,53 +33,72 @@ def test_jsonl_rows_resolve_paths_against_the_manifest_folder(tmp_path):
             {"id": 7, "text": "/abs/b.txt", "audio": "gs://bucket/b.wav", "label": 0, "score": -1.25},
         ],
     )
-    corpus = read_manifest(path)
-    a, b = corpus.records
+    a, b = _records(path)
     assert a.video == os.path.join(str(tmp_path), "clips", "a.mp4") and a.audio is None
     assert (b.sample_id, b.text, b.audio) == ("7", "/abs/b.txt", "gs://bucket/b.wav")
     assert a.extra == {"label": 1, "score": 0.5}
-    assert [(f.name, f.type) for f in corpus.extra_fields] == [("label", pa.int64()), ("score", pa.float64())]
+    fields = InferExtraFields()
+    accumulator = fields.create_accumulator()
+    for record in (a, b):
+        accumulator = fields.add_input(accumulator, record)
+    assert [(f.name, f.type) for f in fields.extract_output(accumulator)] == [("label", pa.int64()), ("score", pa.float64())]
+
+
+@pytest.mark.parametrize("split_bytes", [1, 7, 50, 1 << 20])
+def test_byte_ranges_read_every_line_exactly_once_whatever_the_split(tmp_path, split_bytes):
+    rows = [{"id": f"s{i}", "text": f"{i}.txt", "note": "é" * (i % 5)} for i in range(40)]
+    path = media.manifest(str(tmp_path / "m.jsonl"), rows)
+    records = _records(path, split_bytes)
+    assert [r.sample_id for r in records] == [f"s{i}" for i in range(40)]
+    assert all(r.error is None for r in records)
+    assert len({r.manifest_row for r in records}) == 40
+
+
+def test_shards_of_a_glob_are_ranked_and_keep_their_rows_apart(tmp_path):
+    media.manifest(str(tmp_path / "part-0.jsonl"), [{"id": "a", "text": "a.txt"}, {"id": "b", "text": "b.txt"}])
+    media.manifest(str(tmp_path / "part-1.jsonl"), [{"id": "c", "text": "c.txt"}])
+    corpus = open_manifest(str(tmp_path / "part-*.jsonl"))
+    assert [os.path.basename(s.uri) for s in corpus.shards] == ["part-0.jsonl", "part-1.jsonl"]
+    records = _records(str(tmp_path / "part-*.jsonl"))
+    assert [(r.sample_id, r.manifest_row // ROW_KEY_SHARD) for r in records] == [("a", 0), ("b", 0), ("c", 1)]
 
 
 def test_csv_manifest_with_typed_extra_columns(tmp_path):
     path = tmp_path / "m.csv"
     path.write_text("id,text,label,score,note\na,a.txt,1,0.5,hi\nb,b.txt,0,,\n", encoding="utf-8")
-    corpus = read_manifest(str(path))
-    assert [r.extra for r in corpus.records] == [{"label": 1, "score": 0.5, "note": "hi"}, {"label": 0, "score": None, "note": None}]
-    assert [f.type for f in corpus.extra_fields] == [pa.int64(), pa.float64(), pa.string()]
+    records = _records(str(path))
+    assert [r.extra for r in records] == [{"label": 1, "score": 0.5, "note": "hi"}, {"label": 0, "score": None, "note": None}]
+    assert [r.manifest_row for r in records] == [0, 1]
 
 
 def test_row_problems_become_error_records_not_exceptions(tmp_path):
     path = tmp_path / "m.jsonl"
     lines = [
         json.dumps({"id": "a", "text": "a.txt"}),
-        json.dumps({"id": "a", "text": "other.txt"}),
         "{not json",
         json.dumps({"text": "c.txt"}),
         json.dumps({"id": "d"}),
         json.dumps(["a", "list"]),
         "",
         json.dumps({"id": "e", "video": "e.mp4"}),
+        json.dumps({"id": "f", "text": "f.txt", "status": "ok"}),
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    corpus = read_manifest(str(path))
-    assert _errors(corpus) == [
-        (0, None),
-        (1, "duplicate_id"),
-        (2, "invalid_row"),
-        (3, "missing_id"),
-        (4, "no_modality"),
-        (5, "invalid_row"),
-        (6, None),
-    ]
-    assert "already used by row 0" in corpus.records[1].error.message
+    records = _records(str(path))
+    assert [r.error.kind if r.error else None for r in records] == [
+        None, "invalid_row", "missing_id", "no_modality", "invalid_row", None, "invalid_row"]
+    assert "reserved" in records[-1].error.message and "status" in records[-1].error.message
+    assert records[1].manifest_row == len(lines[0]) + 1  # a line's key is its byte offset
+    assert "line at byte" in records[1].error.message
 
 
 def test_mixed_type_columns_are_kept_as_json_text(tmp_path):
     path = media.manifest(str(tmp_path / "m.jsonl"), [{"id": "a", "text": "a", "meta": 1}, {"id": "b", "text": "b", "meta": {"k": 2}}])
-    corpus = read_manifest(path)
-    assert corpus.extra_fields[0].type == pa.string()
-    assert [r.extra["meta"] for r in corpus.records] == ["1", '{"k": 2}']
+    fields = InferExtraFields()
+    accumulator = fields.merge_accumulators([fields.add_input(fields.create_accumulator(), r) for r in _records(path)])
+    (meta,) = fields.extract_output(accumulator)
+    assert meta.type == pa.string()
+    assert [extra_value(r.extra["meta"], meta) for r in _records(path)] == ["1", '{"k": 2}']
 
 
 @pytest.mark.parametrize(
@@ -75,31 +106,45 @@ def test_mixed_type_columns_are_kept_as_json_text(tmp_path):
     [
         ("missing.jsonl", None, "no such file"),
         ("m.txt", "id\n", "must end in"),
-        ("m.csv", "name,text\nx,y\n", "no 'id' column"),
-        ("m.jsonl", json.dumps({"name": "x", "text": "t"}) + "\n", "has an 'id' field"),
-        ("m.jsonl", json.dumps({"id": "x", "text": "t", "status": "ok"}) + "\n", "reserved"),
+        ("m.jsonl", "", "is empty.*--allow-empty"),
+        ("none-*.jsonl", None, "matches no file"),
     ],
 )
 def test_unusable_manifests_fail_before_start(tmp_path, name, content, message):
     if content is not None:
         (tmp_path / name).write_text(content, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
-        read_manifest(str(tmp_path / name))
+        open_manifest(str(tmp_path / name))
 
 
-def test_folder_input_groups_files_by_stem(tmp_path):
+def test_an_empty_manifest_is_allowed_when_asked(tmp_path):
+    (tmp_path / "m.jsonl").write_text("", encoding="utf-8")
+    assert open_manifest(str(tmp_path / "m.jsonl"), allow_empty=True).shards[0].size == 0
+
+
+def test_a_csv_without_an_id_column_fails_its_rows_not_the_run(tmp_path):
+    (tmp_path / "m.csv").write_text("name,text\nx,y\n", encoding="utf-8")
+    (record,) = _records(str(tmp_path / "m.csv"))
+    assert record.error.kind == "missing_id" and "no 'id' column" in record.error.message
+
+
+def test_the_pipeline_reads_manifest_shards_and_folders(tmp_path):
+    media.manifest(str(tmp_path / "m-0.jsonl"), [{"id": f"s{i}", "text": f"{i}.txt"} for i in range(30)])
+    media.manifest(str(tmp_path / "m-1.jsonl"), [{"id": f"t{i}", "text": f"{i}.txt"} for i in range(5)])
+    folder = tmp_path / "folder"
+    folder.mkdir()
     for name in ["a.mp4", "a.wav", "a.txt", "b.txt", "c.flac", "c.wav", "readme.md"]:
-        (tmp_path / name).write_bytes(b"x")
-    corpus = read_folder(str(tmp_path))
-    by_id = {r.sample_id: r for r in corpus.records}
-    assert sorted(by_id) == ["a", "b", "c"]
-    assert (os.path.basename(by_id["a"].video), os.path.basename(by_id["a"].audio), os.path.basename(by_id["a"].text)) == ("a.mp4", "a.wav", "a.txt")
-    assert by_id["b"].video is None and by_id["b"].error is None
-    assert by_id["c"].error.kind == "ambiguous_files"
-    assert [r.manifest_row for r in corpus.records] == [0, 1, 2]
+        (folder / name).write_bytes(b"x")
+    with in_process_pipeline() as pipeline:
+        rows = pipeline | "Manifest" >> ReadManifestRows(open_manifest(str(tmp_path / "m-*.jsonl")).shards, split_bytes=64)
+        assert_that(rows | "Ids" >> beam.Map(lambda r: r.sample_id), equal_to([f"s{i}" for i in range(30)] + [f"t{i}" for i in range(5)]),
+                    label="ManifestIds")
+        stems = pipeline | "Folder" >> ReadFolderRows(open_folder(str(folder)).folder)
+        assert_that(stems | "Stems" >> beam.Map(lambda r: (r.sample_id, sorted(r.uris()), r.error.kind if r.error else None)),
+                    equal_to([("a", ["audio", "text", "video"], None), ("b", ["text"], None), ("c", ["audio"], "ambiguous_files")]),
+                    label="FolderStems")
 
 
-def test_folder_without_media_fails(tmp_path):
-    (tmp_path / "readme.md").write_text("x")
-    with pytest.raises(ConfigError, match="holds no video, audio or text"):
-        read_folder(str(tmp_path))
+def test_a_folder_that_cannot_be_listed_fails_before_start(tmp_path):
+    with pytest.raises(ConfigError, match="--input"):
+        open_folder(str(tmp_path / "missing"))

@@ -4,16 +4,20 @@ The cache itself is written by delta-rs, which knows real object stores (gs://, 
 Beam-only scheme such as ``fakeremote://``: these tests write it to a local folder, and check that an output
 URI delta-rs cannot write is refused before any work.
 """
+import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.extract import run_extract
-from pipelines.manifest import read_folder, read_manifest
+from pipelines.manifest import open_folder, open_manifest
 from schemas.cache import CacheView
 from schemas.config import ExtractConfig
 from schemas.errors import ConfigError
 from tests import media
+from tests.beam_helpers import in_process_pipeline
 from tests.fake_remote_fs import FakeRemoteFileSystem
+from transforms.manifest_rows import ReadFolderRows
 
 
 @pytest.fixture()
@@ -36,13 +40,12 @@ def remote_root(tmp_path):
 
 
 def test_manifest_and_media_on_a_remote_filesystem(remote_root, tokenizer_path):
-    corpus = read_manifest("fakeremote://corpus/m.jsonl")
-    assert corpus.records[0].video == "fakeremote://corpus/a.mp4"  # relative paths resolve against the manifest URI
+    corpus = open_manifest("fakeremote://corpus/m.jsonl")
     output = str(remote_root / "cache")
     report = run_extract(
         corpus, output=output, config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path, runner=FnApiRunner(), run_id="r"
     )
-    assert report.summary["samples"] == {"ok": 2, "partial": 0, "failed": 1, "unchanged": 0, "total": 3}
+    assert report.summary["samples"] == {"ok": 2, "partial": 0, "failed": 1, "unchanged": 0, "total": 3, "unchanged_by": {}}
     assert report.summary["rows"]["frames"] == 2 and report.summary["rows"]["audio"] == 2
     assert report.summary["failures"]["by_stage_and_kind"] == {"read/missing_file": 1}
     view = CacheView.open(output)
@@ -51,11 +54,13 @@ def test_manifest_and_media_on_a_remote_filesystem(remote_root, tokenizer_path):
     assert view.run.run_id == "r" and view.run.summary["inputs"]["source"] == "fakeremote://corpus/m.jsonl"
     text = view.read("text").to_pylist()
     assert [t["text"] for t in text] == ["remote words"]
-    assert {s["sample_id"]: s["audio"] for s in view.read("samples", ["sample_id", "audio"]).to_pylist()}["b"] == "fakeremote://corpus/b.wav"
+    uris = {s["sample_id"]: (s["video"], s["audio"]) for s in view.read("samples", ["sample_id", "video", "audio"]).to_pylist()}
+    assert uris["a"][0] == "fakeremote://corpus/a.mp4"  # relative paths resolve against the manifest URI
+    assert uris["b"][1] == "fakeremote://corpus/b.wav"
 
 
 def test_an_output_delta_lake_cannot_write_is_refused_before_any_work(remote_root, tokenizer_path):
-    corpus = read_manifest("fakeremote://corpus/m.jsonl")
+    corpus = open_manifest("fakeremote://corpus/m.jsonl")
     with pytest.raises(ConfigError, match="--output fakeremote://cache: .*gs://"):
         run_extract(corpus, output="fakeremote://cache", config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path,
                     runner=FnApiRunner(), run_id="r")
@@ -63,8 +68,10 @@ def test_an_output_delta_lake_cannot_write_is_refused_before_any_work(remote_roo
 
 
 def test_folder_input_on_a_remote_filesystem(remote_root):
-    corpus = read_folder("fakeremote://corpus")
-    assert [(r.sample_id, r.video, r.audio, r.text) for r in corpus.records] == [
-        ("a", "fakeremote://corpus/a.mp4", None, None),
-        ("b", None, "fakeremote://corpus/b.wav", "fakeremote://corpus/b.txt"),
-    ]
+    corpus = open_folder("fakeremote://corpus")
+    with in_process_pipeline() as pipeline:
+        records = pipeline | ReadFolderRows(corpus.folder) | beam.Map(lambda r: (r.sample_id, r.video, r.audio, r.text))
+        assert_that(records, equal_to([
+            ("a", "fakeremote://corpus/a.mp4", None, None),
+            ("b", None, "fakeremote://corpus/b.wav", "fakeremote://corpus/b.txt"),
+        ]))

@@ -6,8 +6,8 @@ import apache_beam as beam
 import cloudpickle
 import pytest
 
-from pipelines.extract_graph import ExtractToCache, build_handlers
-from pipelines.manifest import read_manifest
+from pipelines.extract_graph import ExtractCorpus, build_handlers
+from pipelines.manifest import open_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.cli import main
 from runners.presets import dataflow_args
@@ -70,19 +70,19 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
     encode = EncodeConfig(text_encoder="minilm", image_encoder="efficientnet-lite0", audio_encoder="resemblyzer")
     config = ExtractConfig()
     handlers = build_handlers(resolve_encoders(encode, config), encode, "cpu")
-    corpus = read_manifest(sample_manifest)
-    schemas = dict(table_schemas(corpus.extra_fields))
-    transform = ExtractToCache(config=config, tokenizer_path=tokenizer_path, cache=str(tmp_path), attempt="r-00000000",
-                               schemas=schemas, num_shards=2, handlers=handlers)
+    corpus = open_manifest(sample_manifest)
+    transform = ExtractCorpus(corpus, cache=str(tmp_path), attempt="r-00000000", cached_samples=["part-0.parquet"],
+                              cached_embeddings=[("embeddings/text/x", "part-0.parquet")], committed=[("samples", {"path": "part-0.parquet"})],
+                              config=config, tokenizer_path=tokenizer_path, schemas=table_schemas([]), num_shards=2, handlers=handlers)
     pipeline = beam.Pipeline()
-    _ = pipeline | beam.Create(corpus.records) | transform
+    _ = pipeline | transform
     proto = pipeline.to_runner_api()
     assert len(proto.components.transforms) > 20
     beam.Pipeline.from_runner_api(proto, pipeline.runner, pipeline._options)
     dofns = _dofns(pipeline)
     names = {type(fn).__name__ for fn in dofns}
     assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn", "_ReplaceFileFn",
-            "_WritePendingListFn"} <= names
+            "_WritePendingListFn", "_ReadRangeFn", "_CachedSamplesFn", "_CachedEmbeddingsFn"} <= names
     for obj in [transform, *handlers.values(), *(h.with_no_batching() for h in handlers.values()), *dofns]:
         restored = cloudpickle.loads(cloudpickle.dumps(obj))
         assert type(restored) is type(obj)

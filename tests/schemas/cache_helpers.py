@@ -18,7 +18,7 @@ def samples_rows(ids: list[str], *, run_id: str, label: int = 0, n_frames: int =
     n = len(ids)
     return pa.Table.from_pylist([
         {"sample_id": sample_id, "manifest_row": i, "status": "ok", "n_frames": n_frames, "n_audio_windows": 0, "n_tokens": 0,
-         "n_errors": 0, "manifest_ok": True, "features_fingerprint": "f", "manifest_hash": "m", "run_id": run_id, "label": label}
+         "n_errors": 0, "n_skipped_packets": 0, "manifest_ok": True, "features_fingerprint": "f", "manifest_hash": "m", "run_id": run_id, "label": label}
         for i, sample_id in enumerate(ids)], schema=SCHEMAS["samples"]) if n else SCHEMAS["samples"].empty_table()
 
 

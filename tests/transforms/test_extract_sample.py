@@ -56,7 +56,7 @@ def test_dofn_in_a_pipeline(record, tokenizer_path):
     with in_process_pipeline() as pipeline:
         tables = (
             pipeline
-            | beam.Create([record])
+            | beam.Create([(record, None)])
             | beam.ParDo(ExtractSampleFn(config, tokenizer_path))
             | beam.Map(lambda pair: pair[0])
             | beam.combiners.Count.PerElement()
