@@ -30,7 +30,9 @@ from apache_beam.runners.runner import PipelineRunner
 
 from pipelines.extract_graph import ExtractCorpus, build_handlers
 from pipelines.manifest import Corpus
-from pipelines.run_report import check_accounting, package_versions, read_run_columns, read_run_schema, runner_metrics, summarise
+from pipelines.run_report import (
+    check_accounting, package_versions, read_run_columns, read_run_schema, runner_metrics, summarise, unchanged_by,
+)
 from schemas.cache import (
     DEFAULT_RETENTION_HOURS, CacheView, RunCommit, check_format, commit_run, discard_attempt, file_rows, new_attempt, read_pending,
     repair, vacuum,
@@ -39,7 +41,7 @@ from schemas.cache.commit import new_columns
 from schemas.cache.layout import is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
-from schemas.tables import SCHEMA_VERSION, SKIPPED_TABLE, TABLE_NAMES, embeddings_schema, table_schemas
+from schemas.tables import SCHEMA_VERSION, TABLE_NAMES, embeddings_schema, table_schemas
 from transforms.embed import EncoderModelHandler
 from transforms.encoders.base import Encoder
 from transforms.extract_sample import RunContext
@@ -189,7 +191,7 @@ def run_extract(
     handlers = build_handlers(encoders or {}, encode or EncodeConfig(), device)
     # Where the attempt may leave files: its own tables, and every table of the cache (commits rewrite files there).
     view = CacheView.open(output)
-    tables = sorted({*TABLE_NAMES, SKIPPED_TABLE, *(handler.table for handler in handlers.values()), *view.tables()})
+    tables = sorted({*TABLE_NAMES, *(handler.table for handler in handlers.values()), *view.tables()})
     try:
         summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
                        run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute,
@@ -201,7 +203,7 @@ def run_extract(
         if disk_error:
             raise disk_error from error
         raise
-    discard_attempt(output, attempt, [SKIPPED_TABLE])
+    discard_attempt(output, attempt, [])  # its _pending list: committed now
     removed = vacuum(output)
     if removed:
         logger.info("vacuum removed %d files no longer referenced (older than %d h)", len(removed), DEFAULT_RETENTION_HOURS)
@@ -256,14 +258,14 @@ def _run(
         new_columns(view.table("samples"), schemas["samples"], "samples")  # a manifest column that changed type: nothing is committed
 
     recomputed = {sample_id for sample_id, ok in zip(written["sample_id"], written["manifest_ok"]) if ok}
-    embedded = {sample_id for table in (h.table for h in handlers.values())
-                for sample_id in read_run_columns(output, attempt, files_written, table, ["sample_id"]).column("sample_id").to_pylist()}
+    embedded = {table: frozenset(read_run_columns(output, attempt, files_written, table, ["sample_id"]).column("sample_id").to_pylist())
+                for table in (h.table for h in handlers.values())}
     summary = {
         "run_id": run_id,
         "schema_version": SCHEMA_VERSION,
         "inputs": {"source": corpus.source, "records": n_inputs, "shards": len(corpus.shards)},
         **summarise(written["status"], read_run_columns(output, attempt, files_written, "errors", ["stage", "error_kind"]),
-                    read_run_columns(output, attempt, files_written, SKIPPED_TABLE, ["unchanged_by"]), files_written,
+                    unchanged_by(pending), files_written,
                     [*TABLE_NAMES, *(h.table for h in handlers.values())]),
         "metrics": runner_metrics(result),
         "encoders": {
@@ -279,8 +281,8 @@ def _run(
         "wall_time_s": round(time.time() - started, 3),
     }
     info = commit_run(output, RunCommit(
-        run_id=run_id, attempt=attempt, files=[f for f in files_written if f.table != SKIPPED_TABLE], schemas=schemas,
-        descriptions=descriptions, superseded=frozenset(recomputed), reembedded=frozenset(embedded - recomputed),
+        run_id=run_id, attempt=attempt, files=files_written, schemas=schemas,
+        descriptions=descriptions, superseded=frozenset(recomputed), reembedded_in=embedded,
         overwrite=overwrite, summary=summary, replacements=pending.replacements,
         replaced_on=view.run.version if view.run and not overwrite else None,
     ))

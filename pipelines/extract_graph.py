@@ -21,10 +21,10 @@ import apache_beam as beam
 import pyarrow as pa
 
 from pipelines.manifest import Corpus
-from schemas.cache.layout import INPUTS_COUNT, RunCount
+from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, RunCount
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import Stage
-from schemas.tables import STATUS_OK, STATUS_PARTIAL, embedding_table_name
+from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_table_name
 from transforms.embed import EmbedItems, EncoderModelHandler
 from transforms.encoders.base import Encoder
 from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
@@ -51,7 +51,7 @@ class _FinalizeSamplesFn(beam.DoFn):
 
 
 def _is_cache_row(pair: tuple[str, dict]) -> bool:
-    return pair[0] != "samples" and not pair[0].startswith(ENCODE_PREFIX)
+    return pair[0] not in ("samples", SKIPPED_TABLE) and not pair[0].startswith(ENCODE_PREFIX)
 
 
 class ExtractToCache(beam.PTransform):
@@ -66,8 +66,8 @@ class ExtractToCache(beam.PTransform):
         extra_fields: a one-element PCollection of the manifest's extra columns (``InferExtraFields``), which
             ``samples`` gets; ``None``: none.
 
-    Output: the ``DataFile`` of every file written and the ``Replacement`` of every committed file rewritten
-    (``WritePendingList`` lists them for the commit).
+    Output: the ``DataFile`` of every file written, the ``Replacement`` of every committed file rewritten and
+    the ``RunCount`` s of unchanged samples (``WritePendingList`` lists them for the commit).
     """
 
     def __init__(
@@ -102,13 +102,15 @@ class ExtractToCache(beam.PTransform):
             for modality, handler in self._handlers.items()
         }
         extract = ExtractSampleFn(self._config, self._tokenizer_path, replace(self._context, requests=requests))
-        rows = (
-            records
-            # Spread samples over workers: Create alone hands them all to one bundle.
-            | "Spread" >> beam.Reshuffle()
-            | "Extract" >> beam.ParDo(extract)
-        )
+        rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
+        unchanged = (
+            rows
+            | "Unchanged" >> beam.Filter(lambda pair: pair[0] == SKIPPED_TABLE)
+            | "UnchangedBy" >> beam.Map(lambda pair: pair[1]["unchanged_by"])
+            | "CountUnchanged" >> beam.combiners.Count.PerElement()
+            | "UnchangedCounts" >> beam.MapTuple(lambda by, n: RunCount(f"{UNCHANGED_COUNT_PREFIX}{by}", n))
+        )
         per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
         for modality, handler in sorted(self._handlers.items()):
             per_sample.append(
@@ -130,7 +132,7 @@ class ExtractToCache(beam.PTransform):
             | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards, extra_fields=self._extra_fields)
         )
         replacements = finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed)
-        return (data_files, replacements) | "MergeEntries" >> beam.Flatten()
+        return (data_files, replacements, unchanged) | "MergeEntries" >> beam.Flatten()
 
 
 class ExtractCorpus(beam.PTransform):

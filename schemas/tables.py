@@ -111,19 +111,12 @@ ERRORS = pa.schema(
 )
 """One row per failure (a sample can have several)."""
 
-SKIPPED = pa.schema(
-    [
-        pa.field("sample_id", pa.string(), nullable=False),
-        pa.field("manifest_row", pa.int64(), nullable=False),
-        pa.field("unchanged_by", pa.string(), nullable=False),
-    ]
-)
-"""Manifest rows an incremental run found already cached (written under ``_pending/``: counted, never committed);
-``unchanged_by`` says what told: ``metadata`` (file identities) or ``content`` (content hashes)."""
 
 FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
 TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")
 SKIPPED_TABLE = "_skipped"
+"""The pseudo-table of the marker a sample the cache already holds yields (``sample_id``, ``manifest_row`` and
+``unchanged_by``: ``metadata`` or ``content``, what told): counted by the pipeline, never written."""
 EMBEDDINGS_DIR = "embeddings"
 
 
@@ -166,4 +159,4 @@ def samples_schema(extra_fields: list[pa.Field]) -> pa.Schema:
 
 def table_schemas(extra_fields: list[pa.Field]) -> dict[str, pa.Schema]:
     """The feature and bookkeeping table schemas of one extraction run, keyed by table name."""
-    return {"samples": samples_schema(extra_fields), **FEATURE_TABLES, SKIPPED_TABLE: SKIPPED}
+    return {"samples": samples_schema(extra_fields), **FEATURE_TABLES}

@@ -1,6 +1,13 @@
-"""Audio decoding with PyAV: any container/codec FFmpeg reads, down-mixed to mono and resampled."""
+"""Audio decoding with PyAV: any container/codec FFmpeg reads, down-mixed to mono and resampled.
+
+A packet the decoder rejects (a corrupt or incomplete frame) is skipped and
+counted, and decoding goes on with the next one, as the ``ffmpeg`` command
+line does: one bad packet in a long track costs its own few milliseconds of
+sound, not the track.
+"""
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import av
@@ -8,40 +15,98 @@ import numpy as np
 
 from schemas.errors import ErrorKind, SampleFailure, Stage
 
+logger = logging.getLogger(__name__)
 
-def decode_mono(path: str, *, sample_rate: int, require_stream: bool = True) -> Iterator[np.ndarray]:
-    """Yield the first audio stream of ``path`` as mono float32 chunks at ``sample_rate`` Hz.
 
-    Chunks have shape ``(n,)`` with values in about ``[-1, 1]``; their
-    concatenation is the whole stream. Resampling is stateful across chunks,
-    so the result does not depend on how the decoder cuts packets.
+class MonoDecoder:
+    """Decodes the first audio stream of a file to mono float32 chunks at ``sample_rate`` Hz.
+
+    After ``chunks()`` has been iterated, ``n_skipped_packets`` is the number
+    of packets the decoder rejected (skipped, the rest decoded) and
+    ``n_packets`` the number it was given.
 
     Args:
         path: a local file.
         sample_rate: target rate in Hz.
         require_stream: when False a file without an audio stream yields
             nothing (a silent video); when True it raises ``no_stream``.
+    """
+
+    def __init__(self, path: str, *, sample_rate: int, require_stream: bool = True) -> None:
+        self.path = path
+        self.sample_rate = sample_rate
+        self.require_stream = require_stream
+        self.n_packets = 0
+        self.n_skipped_packets = 0
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Yield the stream as chunks of shape ``(n,)``, values in about ``[-1, 1]``.
+
+        Their concatenation is the whole stream (less the skipped packets).
+        Resampling is stateful across chunks, so the result does not depend on
+        how the decoder cuts packets. Memory holds one decoded frame at a time.
+
+        Raises:
+            SampleFailure: stage ``audio``, kind ``unreadable`` (not a media
+                container), ``no_stream``, or ``decode_error`` (the container
+                cannot be read past some point, or no packet at all decodes).
+        """
+        try:
+            container = av.open(self.path)
+        except (av.FFmpegError, UnicodeDecodeError) as error:
+            raise SampleFailure(Stage.AUDIO, ErrorKind.UNREADABLE, f"not a readable media file ({error}): {self.path}") from error
+        with container:
+            if not container.streams.audio:
+                if self.require_stream:
+                    raise SampleFailure(Stage.AUDIO, ErrorKind.NO_STREAM, f"the file holds no audio stream: {self.path}")
+                return
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=self.sample_rate)
+            try:
+                for frame in self._frames(container, container.streams.audio[0]):
+                    for out in resampler.resample(frame):
+                        yield out.to_ndarray().reshape(-1)
+                for out in resampler.resample(None):
+                    yield out.to_ndarray().reshape(-1)
+            except av.FFmpegError as error:
+                raise SampleFailure(Stage.AUDIO, ErrorKind.DECODE_ERROR, f"audio decoding failed ({error}): {self.path}") from error
+        self._report()
+
+    def _frames(self, container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> Iterator[av.AudioFrame]:
+        """Decoded frames of ``stream``; a packet the decoder rejects is counted and skipped."""
+        decoded_any = False
+        for packet in container.demux(stream):
+            if packet.size:
+                self.n_packets += 1
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as error:
+                self.n_skipped_packets += 1
+                logger.debug("skipping a corrupt audio packet at byte %s of %s: %s", packet.pos, self.path, error)
+                continue
+            for frame in frames:
+                decoded_any = True
+                yield frame
+        if not decoded_any and self.n_skipped_packets:
+            raise SampleFailure(
+                Stage.AUDIO,
+                ErrorKind.DECODE_ERROR,
+                f"none of the {self.n_skipped_packets} packets of the audio stream could be decoded: {self.path}",
+            )
+
+    def _report(self) -> None:
+        if self.n_skipped_packets:
+            logger.warning(
+                "skipped %d corrupt audio packet(s) of %d in %s; the rest was decoded",
+                self.n_skipped_packets, self.n_packets, self.path,
+            )
+
+
+def decode_mono(path: str, *, sample_rate: int, require_stream: bool = True) -> Iterator[np.ndarray]:
+    """Yield the first audio stream of ``path`` as mono float32 chunks at ``sample_rate`` Hz (see ``MonoDecoder``).
+
+    Corrupt packets are skipped; use ``MonoDecoder`` to learn how many.
 
     Raises:
-        SampleFailure: stage ``audio``, kind ``unreadable`` (not a media
-            container), ``no_stream`` or ``decode_error`` (corrupt data mid-stream).
+        SampleFailure: as ``MonoDecoder.chunks``.
     """
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, UnicodeDecodeError) as error:
-        raise SampleFailure(Stage.AUDIO, ErrorKind.UNREADABLE, f"not a readable media file ({error}): {path}") from error
-    with container:
-        if not container.streams.audio:
-            if require_stream:
-                raise SampleFailure(Stage.AUDIO, ErrorKind.NO_STREAM, f"the file holds no audio stream: {path}")
-            return
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    yield out.to_ndarray().reshape(-1)
-            for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1)
-        except av.FFmpegError as error:
-            raise SampleFailure(Stage.AUDIO, ErrorKind.DECODE_ERROR, f"audio decoding failed ({error}): {path}") from error
+    yield from MonoDecoder(path, sample_rate=sample_rate, require_stream=require_stream).chunks()

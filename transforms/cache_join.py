@@ -44,7 +44,7 @@ class _CachedSamplesFn(beam.DoFn):
     def __init__(self, cache: str) -> None:
         self._cache = cache
 
-    def process(self, path: str) -> Iterator[tuple[str, KnownSample]]:
+    def process(self, path: str) -> Iterator[tuple[str, tuple]]:
         columns = _read_columns(self._cache, "samples", path, SAMPLE_COLUMNS)
         for i, sample_id in enumerate(columns["sample_id"]):
             if not columns["manifest_ok"][i]:
@@ -54,7 +54,7 @@ class _CachedSamplesFn(beam.DoFn):
                 content_hash=columns["content_hash"][i], features_fingerprint=columns["features_fingerprint"][i],
                 manifest_hash=columns["manifest_hash"][i], file_identity=columns["file_identity"][i],
                 modalities_with_features=frozenset(m for m, n in counts.items() if n),
-            )
+            ).as_tuple()
 
 
 class _CachedEmbeddingsFn(beam.DoFn):
@@ -70,12 +70,15 @@ class _CachedEmbeddingsFn(beam.DoFn):
 
 
 def decide(sample_id: str, group: dict[str, list[Any]]) -> Iterator[tuple[ManifestRecord, Optional[KnownSample]]]:
-    """The records of one id with what the cache holds for it: the first row keeps the id, later ones are duplicates."""
-    records = sorted(group["manifest"], key=lambda record: record.manifest_row)
+    """The records of one id with what the cache holds for it: the first row keeps the id, later ones are duplicates.
+
+    ``group``: ``manifest`` (records ``as_tuple``), ``cached`` (a ``KnownSample`` ``as_tuple``, or none), ``embedded``
+    (``(modality, encoder fingerprint)`` pairs)."""
+    records = sorted((ManifestRecord.from_tuple(values) for values in group["manifest"]), key=lambda record: record.manifest_row)
     known = None
     if group["cached"]:
-        embedded = frozenset(group["embedded"])
-        known = group["cached"][0].with_embedded(embedded)
+        embedded = frozenset(tuple(e) for e in group["embedded"])
+        known = KnownSample.from_tuple(group["cached"][0]).with_embedded(embedded)
     for index, record in enumerate(records):
         if index == 0:
             yield record, known
@@ -103,7 +106,8 @@ class JoinWithCache(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         pipeline = records.pipeline
         failed = records | "RowFailures" >> beam.Filter(lambda record: not record.sample_id) | "NothingCached" >> beam.Map(lambda r: (r, None))
-        keyed = records | "WithId" >> beam.Filter(lambda record: bool(record.sample_id)) | "KeyById" >> beam.Map(lambda r: (r.sample_id, r))
+        keyed = (records | "WithId" >> beam.Filter(lambda record: bool(record.sample_id))
+                 | "KeyById" >> beam.Map(lambda r: (r.sample_id, r.as_tuple())))  # plain values travel faster than dataclasses
         cached = (pipeline | "SamplesFiles" >> beam.Create(self._samples_files)
                   | "ReadCachedSamples" >> beam.ParDo(_CachedSamplesFn(self._cache)))
         embedded = (pipeline | "EmbeddingFiles" >> beam.Create(self._embedding_files)

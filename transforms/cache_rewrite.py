@@ -23,30 +23,32 @@ CommittedFile = tuple[str, dict[str, Any]]
 class _RuleFn(beam.CombineFn):
     """``(table, row)`` pairs of samples and embeddings -> the ``SupersedeRule`` of an extraction.
 
-    Accumulator: (ids of recomputed samples, ids of embedded samples).
+    Accumulator: (ids of recomputed samples, ids of embedded samples by embedding table).
     """
 
-    def create_accumulator(self) -> tuple[set[str], set[str]]:
-        return set(), set()
+    def create_accumulator(self) -> tuple[set[str], dict[str, set[str]]]:
+        return set(), {}
 
-    def add_input(self, accumulator: tuple[set[str], set[str]], pair: tuple[str, dict[str, Any]]) -> tuple[set[str], set[str]]:
+    def add_input(self, accumulator: tuple[set[str], dict[str, set[str]]], pair: tuple[str, dict[str, Any]]) -> tuple[set[str], dict[str, set[str]]]:
         table, row = pair
         if table == "samples" and row["manifest_ok"]:
             accumulator[0].add(row["sample_id"])
         elif table.startswith(f"{EMBEDDINGS_DIR}/"):
-            accumulator[1].add(row["sample_id"])
+            accumulator[1].setdefault(table, set()).add(row["sample_id"])
         return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable[tuple[set[str], set[str]]]) -> tuple[set[str], set[str]]:
-        recomputed, embedded = set(), set()
+    def merge_accumulators(self, accumulators: Iterable[tuple[set[str], dict[str, set[str]]]]) -> tuple[set[str], dict[str, set[str]]]:
+        recomputed: set[str] = set()
+        embedded: dict[str, set[str]] = {}
         for more_recomputed, more_embedded in accumulators:
             recomputed |= more_recomputed
-            embedded |= more_embedded
+            for table, ids in more_embedded.items():
+                embedded.setdefault(table, set()).update(ids)
         return recomputed, embedded
 
-    def extract_output(self, accumulator: tuple[set[str], set[str]]) -> SupersedeRule:
+    def extract_output(self, accumulator: tuple[set[str], dict[str, set[str]]]) -> SupersedeRule:
         recomputed, embedded = accumulator
-        return SupersedeRule.of("extract", frozenset(recomputed), frozenset(embedded - recomputed))
+        return SupersedeRule.of("extract", frozenset(recomputed), {table: frozenset(ids) for table, ids in embedded.items()})
 
 
 class _ReplaceFileFn(beam.DoFn):

@@ -10,9 +10,14 @@ size budget (tokens, frames or seconds, padded cost when the encoder pads);
 nothing there. Model loading (once per process), sharing and inference
 metrics still come from ``RunInference``.
 
-Items are dicts ``{"sample_id", "manifest_row", "payload"}``; results are
-``(table, row)`` pairs: an embedding row, or an ``errors`` row (stage
-``embed``) for an item the model failed on; the rest of its batch is kept.
+Items are dicts ``{"sample_id", "manifest_row", "payload"}`` (plus
+``"window"`` for a windowed encoder's items: ``{"index", "count", "weight_s", ...}``);
+results are ``(table, row)`` pairs: an embedding row, or an ``errors`` row
+(stage ``embed``) for an item the model failed on; the rest of its batch is
+kept. A windowed encoder's window results are grouped by sample and pooled
+(``pool_window_rows``): one embedding row per sample (its windows' vectors as
+its ``sequence`` when sequences are kept), or one ``errors`` row when any of
+its windows failed.
 """
 from __future__ import annotations
 
@@ -86,13 +91,14 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         try:
             payloads = [item["payload"] for item in batch]
             with torch.inference_mode():
-                if self.encoder.keep_sequences:
+                if self.encoder.keep_sequences and not self.encoder.windowed:  # a windowed encoder's sequence is its windows
                     vectors, sequences = self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
                 else:
                     vectors, sequences = self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
             if not np.all(np.isfinite(vectors)) or (sequences and not all(np.all(np.isfinite(s)) for s in sequences)):
                 raise ValueError("the encoder produced NaN or infinite values")
-            beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
+            if not self.encoder.windowed:  # windows are counted once pooled, per sample
+                beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
             return [self._embedding_row(item, vector, sequences[i] if sequences else None)
                     for i, (item, vector) in enumerate(zip(batch, vectors))]
         except Exception as error:  # isolate the failing items; keep the rest of the batch
@@ -119,10 +125,12 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         }
         if sequence is not None:
             row["sequence"] = sequence.astype(np.float32)
+        if "window" in item:
+            row["window"] = item["window"]
         return self.table, row
 
     def _error_row(self, item: Item, error: Exception) -> TableRow:
-        return "errors", {
+        row = {
             "sample_id": item["sample_id"],
             "manifest_row": item["manifest_row"],
             "uri": None,
@@ -130,6 +138,65 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
             "error_kind": ErrorKind.ENCODER_FAILED,
             "message": f"{self.encoder.modality} encoder {self.encoder.name}: {type(error).__name__}: {error}",
         }
+        if "window" in item:
+            row["window"] = item["window"]
+        return "errors", row
+
+
+def pool_window_rows(rows: Iterable[TableRow], *, encoder: Encoder) -> list[TableRow]:
+    """The result rows of one sample's windows (from ``EncoderModelHandler``) as that sample's result: one row.
+
+    The embedding row's ``vector`` is ``encoder.pool_windows`` of the windows' vectors, weighted by their
+    ``weight_s``; with ``keep_sequences`` its ``sequence`` is the windows' vectors in order, ``(n_windows, dim)``.
+    When a window failed (or one is missing), the sample gets one ``errors`` row instead, naming the first
+    failed window. Rows without a ``window`` (items that were not cut) are returned as they are.
+    """
+    rows = list(rows)
+    windowed = [(table, row) for table, row in rows if "window" in row]
+    if not windowed:
+        return rows
+    passthrough = [(table, row) for table, row in rows if "window" not in row]
+    failures = sorted((row for table, row in windowed if table == "errors"), key=lambda row: row["window"]["index"])
+    done = sorted(((table, row) for table, row in windowed if table != "errors"), key=lambda pair: pair[1]["window"]["index"])
+    count = windowed[0][1]["window"]["count"]
+    if failures:
+        first = failures[0]
+        message = f"{len(failures)} of {count} audio windows failed; window {first['window']['index']}: {first['message']}"
+        return [*passthrough, ("errors", {**_without_window(first), "message": message})]
+    indices = [row["window"]["index"] for _, row in done]
+    if indices != list(range(count)):
+        first_row = done[0][1]
+        return [*passthrough, ("errors", {
+            "sample_id": first_row["sample_id"], "manifest_row": first_row["manifest_row"], "uri": None,
+            "stage": Stage.EMBED, "error_kind": ErrorKind.ENCODER_FAILED,
+            "message": f"{encoder.modality} encoder {encoder.name}: got windows {indices} of {count}",
+        })]
+    vectors = np.stack([row["vector"] for _, row in done]).astype(np.float32)
+    weights = np.array([row["window"]["weight_s"] for _, row in done], np.float64)
+    table, first_row = done[0]
+    pooled = {**_without_window(first_row), "vector": encoder.pool_windows(vectors, weights)}
+    pooled.pop("sequence", None)
+    if encoder.keep_sequences:
+        pooled["sequence"] = vectors
+    return [*passthrough, (table, pooled)]
+
+
+def _without_window(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key != "window"}
+
+
+class _PoolWindowsFn(beam.DoFn):
+    """``((manifest_row, sample_id), rows)`` -> the sample's pooled result (``pool_window_rows``)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+
+    def process(self, element: tuple[tuple[int, str], Iterable[TableRow]]) -> Iterator[TableRow]:
+        _, rows = element
+        for table, row in pool_window_rows(rows, encoder=self._encoder):
+            if table != "errors":
+                beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self._encoder.modality}").inc()
+            yield table, row
 
 
 def form_batches(items: Iterable[Item], *, encoder: Encoder, max_batch_size: int, budget: float) -> Iterator[list[Item]]:
@@ -178,10 +245,18 @@ class EmbedItems(beam.PTransform):
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
         buckets = self._num_buckets
-        return (
+        results = (
             items
             | "KeyByBucket" >> beam.Map(lambda item: (zlib.crc32(item["sample_id"].encode("utf-8")) % buckets, item))
             | "GroupByBucket" >> beam.GroupByKey()
             | "FormBatches" >> beam.ParDo(_FormBatchesFn(self._handler))
             | "RunInference" >> RunInference(self._handler.with_no_batching())
+        )
+        if not self._handler.encoder.windowed:
+            return results
+        return (
+            results
+            | "KeyBySample" >> beam.Map(lambda pair: ((pair[1]["manifest_row"], pair[1]["sample_id"]), pair))
+            | "GroupWindows" >> beam.GroupByKey()
+            | "PoolWindows" >> beam.ParDo(_PoolWindowsFn(self._handler.encoder))
         )

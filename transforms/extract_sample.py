@@ -29,13 +29,13 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from schemas.config import ExtractConfig
-from schemas.errors import ErrorKind, SampleFailure, Stage
+from schemas.errors import WARNING_KINDS, ErrorKind, SampleFailure, Stage
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE, STATUS_FAILED, STATUS_OK, STATUS_PARTIAL
 from transforms import media_io
-from transforms.audio_decode import decode_mono
-from transforms.mfcc import MfccStream
-from transforms.text import TextTokenizer, decode_utf8
+from transforms.audio_decode import MonoDecoder
+from transforms.mfcc import AudioEncoderInput, MfccStream
+from transforms.text import TextTokenizer, decode_utf8, read_prefix
 from transforms.video import FrameSampler
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,17 @@ class KnownSample:
 
     def with_embedded(self, embedded: frozenset[tuple[str, str]]) -> "KnownSample":
         return dataclasses.replace(self, embedded=embedded)
+
+    def as_tuple(self) -> tuple:
+        """Plain values, which Beam encodes without pickling."""
+        return (self.content_hash, self.features_fingerprint, self.manifest_hash, tuple(sorted(self.modalities_with_features)),
+                self.file_identity, tuple(sorted(self.embedded)))
+
+    @classmethod
+    def from_tuple(cls, values: tuple) -> "KnownSample":
+        content_hash, features_fingerprint, manifest_hash, modalities, file_identity, embedded = values
+        return cls(content_hash, features_fingerprint, manifest_hash, frozenset(modalities), file_identity,
+                   frozenset(tuple(e) for e in embedded))
 
 
 UNCHANGED_BY_METADATA = "metadata"
@@ -135,7 +146,9 @@ class _SampleState:
         return table, {"sample_id": self.record.sample_id, **columns}
 
     def error_row(self, stage: str, kind: str, message: str, uri: Optional[str]) -> TableRow:
-        self.n_errors += 1
+        """An ``errors`` row; a failure counts in ``n_errors`` (and so the status), a warning kind does not."""
+        if kind not in WARNING_KINDS:
+            self.n_errors += 1
         return "errors", {
             "sample_id": self.record.sample_id,
             "manifest_row": self.record.manifest_row,
@@ -146,6 +159,7 @@ class _SampleState:
         }
 
     def status(self) -> str:
+        """``ok`` without failures (warnings do not count), else ``partial`` when some feature rows were produced, else ``failed``."""
         if self.n_errors == 0:
             return STATUS_OK
         return STATUS_PARTIAL if self.feature_rows else STATUS_FAILED
@@ -300,6 +314,8 @@ class SampleExtractor:
         yield from (item for item in self._encoder_items(state) if item[0][len(ENCODE_PREFIX):] in missing)
 
     def _encoder_items(self, state: _SampleState) -> Iterator[TableRow]:
+        """One item per modality an encoder embeds; audio: one per window (``AudioEncoderInput``), each carrying
+        a ``window`` dict, or one per stream. Audio items are handed over as they are yielded (not kept)."""
         audio = state.audio_payloads.get("audio") or state.audio_payloads.get("video")
         if audio is not None:
             state.payloads["audio"] = audio
@@ -307,9 +323,14 @@ class SampleExtractor:
             payload = state.payloads.get(modality)
             if payload is None:
                 continue
-            item = {"sample_id": state.record.sample_id, "manifest_row": state.record.manifest_row,
-                    "payload": {k: v for k, v in payload.items() if k in request.needs}}
-            yield encode_table(modality), item
+            pairs = payload["items"] if modality == "audio" else [(payload, None)]
+            while pairs:
+                fields, window = pairs.pop(0)
+                item = {"sample_id": state.record.sample_id, "manifest_row": state.record.manifest_row,
+                        "payload": {k: v for k, v in fields.items() if k in request.needs}}
+                if window is not None:
+                    item["window"] = window
+                yield encode_table(modality), item
 
     def _video(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         sampler = FrameSampler(self.config.video)
@@ -342,63 +363,73 @@ class SampleExtractor:
             yield state.error_row(failure.stage, failure.kind, f"sound track: {failure.message}", uri)
 
     def _video_sound_track(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
-        yield from self._audio_stream(path, state, source="video", require_stream=False)
+        yield from self._audio_stream(path, state, source="video", require_stream=False, feed_encoder=True)
 
     def _audio_file(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         yield from self._audio_stream(path, state, source="audio", require_stream=True)
 
-    def _audio_stream(self, path: str, state: _SampleState, *, source: str, require_stream: bool) -> Iterator[TableRow]:
+    def _audio_stream(self, path: str, state: _SampleState, *, source: str, require_stream: bool,
+                      feed_encoder: Optional[bool] = None) -> Iterator[TableRow]:
+        """MFCC rows of one audio stream, decoded and analysed window by window (memory does not grow with its
+        length); its corrupt packets are skipped and counted in ``n_skipped_packets``.
+
+        ``feed_encoder``: gather the stream's audio-encoder items; by default the audio file's, or the sound
+        track's of a sample without an audio file (so only one track's items are ever held).
+        """
         audio_config = self.config.audio
-        chunks = decode_mono(path, sample_rate=audio_config.sample_rate, require_stream=require_stream)
-        first = next(chunks, None)
-        if first is None and not require_stream:
-            return  # a video without sound has no audio rows
-        needs = self.requests["audio"].needs if "audio" in self.requests else frozenset()
-        waveform: list[np.ndarray] = []
-        mfccs: list[np.ndarray] = []
-        stream = MfccStream(audio_config)
-        for window in stream.windows(_collect(_prepend(first, chunks), waveform if "waveform" in needs else None)):
-            state.n_audio_windows += 1
-            if "mfcc" in needs:
-                mfccs.append(window.mfcc)
-            yield state.feature_row(
-                "audio",
-                {
-                    "source": source,
-                    "window_index": window.window_index,
-                    "sample_rate": audio_config.sample_rate,
-                    "start_s": window.start_s,
-                    "end_s": window.end_s,
-                    "frame_times_s": window.frame_times_s,
-                    "mfcc": window.mfcc,
-                },
-            )
+        decoder = MonoDecoder(path, sample_rate=audio_config.sample_rate, require_stream=require_stream)
+        chunks = decoder.chunks()
+        try:
+            first = next(chunks, None)
+            if first is None and not require_stream:
+                return  # a video without sound has no audio rows
+            if feed_encoder is None:
+                feed_encoder = source == "audio" or not state.record.audio
+            needs = self.requests["audio"].needs if feed_encoder and "audio" in self.requests else frozenset()
+            inputs = AudioEncoderInput(needs, window_s=audio_config.window_s, n_mfcc=audio_config.n_mfcc)
+            stream = MfccStream(audio_config, keep_samples=inputs.keeps_samples)
+            for window in stream.windows(_prepend(first, chunks)):
+                state.n_audio_windows += 1
+                inputs.add(window)
+                yield state.feature_row(
+                    "audio",
+                    {
+                        "source": source,
+                        "window_index": window.window_index,
+                        "sample_rate": audio_config.sample_rate,
+                        "start_s": window.start_s,
+                        "end_s": window.end_s,
+                        "frame_times_s": window.frame_times_s,
+                        "mfcc": window.mfcc,
+                    },
+                )
+        finally:
+            state.n_skipped_packets += decoder.n_skipped_packets
         state.audio_duration_s = stream.duration_s
         if needs:
-            state.audio_payloads[source] = {
-                "mfcc": np.concatenate(mfccs) if mfccs else None,
-                "waveform": np.concatenate(waveform) if waveform else None,
-            }
+            state.audio_payloads[source] = {"items": inputs.items()}
 
     def _text(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
-        text = decode_utf8(media_io.read_bytes(path), uri=uri)
+        """The text row of the file's first ``max_text_bytes`` bytes (a warning row when there were more)."""
+        limit = self.config.text.max_text_bytes
+        raw = read_prefix(path, max_bytes=limit)
+        text = decode_utf8(raw.data, uri=uri, truncated=raw.truncated)
+        if raw.truncated:
+            message = (f"text is {raw.n_bytes} bytes, longer than --max-text-bytes {limit}: only its first "
+                       f"{len(text.encode('utf-8'))} bytes are tokenised and stored: {uri}")
+            logger.warning("%s: %s", state.record.sample_id, message)
+            yield state.error_row(Stage.TEXT, ErrorKind.TEXT_TOO_LONG, message, uri)
         tokens = self.tokenizer.encode(text)
         state.n_tokens = len(tokens.ids)
-        state.payloads["text"] = {"text": text}
+        state.payloads["text"] = {"text": tokens.kept_text}
         yield state.feature_row(
-            "text", {"text": text, "token_ids": tokens.ids, "n_tokens_full": tokens.n_full, "truncated": tokens.truncated}
+            "text",
+            {"text": text, "token_ids": tokens.ids, "n_tokens_full": tokens.n_full, "truncated": tokens.truncated or raw.truncated},
         )
 
 
 def _prepend(first: Optional[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """``first`` (when not ``None``), then ``rest``."""
     if first is not None:
         yield first
     yield from rest
-
-
-def _collect(chunks: Iterator[np.ndarray], sink: Optional[list[np.ndarray]]) -> Iterator[np.ndarray]:
-    """Pass ``chunks`` through, keeping a copy in ``sink`` when one is given (an encoder needs the waveform)."""
-    for chunk in chunks:
-        if sink is not None:
-            sink.append(chunk)
-        yield chunk

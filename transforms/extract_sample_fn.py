@@ -1,6 +1,7 @@
 """The Beam wrapper of ``SampleExtractor``, with the run's counters and progress logging."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Iterator, Optional
@@ -45,8 +46,8 @@ class ExtractSampleFn(beam.DoFn):
             _count(table, row)
             yield table, row
         if self._extractor.hashed_files > files:  # files read whole to compare their content (identity changed, or --verify-content)
-            beam.metrics.Metrics.counter("mmfeat", "content_files_hashed").inc(self._extractor.hashed_files - files)
-            beam.metrics.Metrics.counter("mmfeat", "content_bytes_hashed").inc(self._extractor.hashed_bytes - content)
+            counter("mmfeat", "content_files_hashed").inc(self._extractor.hashed_files - files)
+            counter("mmfeat", "content_bytes_hashed").inc(self._extractor.hashed_bytes - content)
         self._done += 1
         if time.monotonic() - self._last_report > _PROGRESS_EVERY_S:
             self._last_report = time.monotonic()
@@ -56,9 +57,14 @@ class ExtractSampleFn(beam.DoFn):
 _PROGRESS_EVERY_S = 10.0
 
 
+@functools.lru_cache(maxsize=None)
+def counter(namespace: str, name: str) -> Any:
+    """A Beam counter, made once per name (making one per element costs as much as the element's other work)."""
+    return beam.metrics.Metrics.counter(namespace, name)
+
+
 def _count(table: str, row: dict[str, Any]) -> None:
     """Beam counters (namespace ``mmfeat``) reported at the end of a run, in its summary (the metadata of its ``samples`` commit)."""
-    counter = beam.metrics.Metrics.counter
     if table == "samples":
         counter("mmfeat", f"samples_{row['status']}").inc()
         counter("mmfeat", "audio_ms").inc(int(1000 * (row["audio_duration_s"] or 0.0)))

@@ -290,7 +290,14 @@ class InferExtraFields(beam.CombineFn):
         return [pa.field(name, _common_type(seen)) for name, seen in sorted(accumulator.items())]
 
 
+_SCALAR_TYPES = {bool: "bool", int: "int64", float: "double", str: "string"}
+
+
 def _arrow_type_of(value: Any) -> str:
+    """The arrow type name pyarrow infers for ``value`` (``json`` where it infers none)."""
+    scalar = _SCALAR_TYPES.get(type(value))
+    if scalar:
+        return scalar
     try:
         return str(pa.array([value]).type)
     except (pa.ArrowInvalid, pa.ArrowTypeError):

@@ -13,7 +13,7 @@ runners (Dask pins BLAS to one thread) must produce bit-identical features.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import librosa
 import numpy as np
@@ -32,6 +32,10 @@ class MfccWindow:
         start_s, end_s: first and last sample covered by the window's frames, in seconds.
         frame_times_s: centre of each frame in seconds, shape ``(n_frames,)``.
         mfcc: float32, shape ``(n_frames, n_mfcc)``.
+        samples: when the stream keeps them, the window's own samples, float32 ``(n,)``: the stream's
+            samples from ``start_s`` to the next window's ``start_s`` (the stream's end for the last one);
+            consecutive windows' samples do not overlap and together are the stream (less a last piece
+            shorter than one analysis frame, which no window covers).
     """
 
     window_index: int
@@ -39,6 +43,7 @@ class MfccWindow:
     end_s: float
     frame_times_s: np.ndarray
     mfcc: np.ndarray
+    samples: Optional[np.ndarray] = None
 
 
 def mfcc_frames(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
@@ -65,7 +70,8 @@ def _mfcc_single_threaded(samples: np.ndarray, *, config: AudioConfig) -> np.nda
         power=2.0,
     )
     log_mel = librosa.power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=None)
-    return librosa.feature.mfcc(S=log_mel, n_mfcc=config.n_mfcc).T.astype(np.float32, copy=False)
+    # A copy of its own: librosa's result is a view of the DCT of all n_mels bands, which it would keep alive.
+    return np.ascontiguousarray(librosa.feature.mfcc(S=log_mel, n_mfcc=config.n_mfcc).T, dtype=np.float32)
 
 
 class MfccStream:
@@ -73,10 +79,15 @@ class MfccStream:
 
     Memory holds at most one window of samples (plus one chunk). After
     iteration, ``duration_s`` is the length of the stream in seconds.
+
+    Args:
+        config: the analysis and window length.
+        keep_samples: also hand each window's own samples (``MfccWindow.samples``, a copy).
     """
 
-    def __init__(self, config: AudioConfig) -> None:
+    def __init__(self, config: AudioConfig, *, keep_samples: bool = False) -> None:
         self.config = config
+        self.keep_samples = keep_samples
         self.duration_s = 0.0
 
     def windows(self, chunks: Iterable[np.ndarray]) -> Iterator[MfccWindow]:
@@ -102,7 +113,7 @@ class MfccStream:
                 continue
             buffer = np.concatenate(pending)
             while len(buffer) >= window_samples:
-                yield self._window(index, offset, buffer[:window_samples])
+                yield self._window(index, offset, buffer[:window_samples], own=buffer[:step])
                 buffer = buffer[step:]
                 offset += step
                 index += 1
@@ -110,7 +121,7 @@ class MfccStream:
         self.duration_s = total / cfg.sample_rate
         tail = np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
         if len(tail) >= cfg.n_fft:
-            yield self._window(index, offset, tail)
+            yield self._window(index, offset, tail, own=tail)
             index += 1
         if index == 0:
             raise SampleFailure(
@@ -120,7 +131,8 @@ class MfccStream:
                 f"window of {cfg.n_fft} samples ({cfg.n_fft / cfg.sample_rate * 1000:.1f} ms)",
             )
 
-    def _window(self, index: int, offset: int, samples: np.ndarray) -> MfccWindow:
+    def _window(self, index: int, offset: int, samples: np.ndarray, *, own: np.ndarray) -> MfccWindow:
+        """The window ``index`` whose analysis covers ``samples`` (from stream sample ``offset``); ``own``: its own samples."""
         cfg = self.config
         mfcc = mfcc_frames(samples, config=cfg)
         starts = offset + np.arange(len(mfcc)) * cfg.hop_length
@@ -131,4 +143,127 @@ class MfccStream:
             end_s=float(last_end) / cfg.sample_rate,
             frame_times_s=(starts + cfg.n_fft / 2) / cfg.sample_rate,
             mfcc=mfcc,
+            samples=np.array(own, dtype=np.float32) if self.keep_samples else None,  # a copy: a view would hold the whole buffer
         )
+
+
+class MfccMoments:
+    """Running count, mean and sum of squared deviations of MFCC frames, and of their first differences.
+
+    Fed the windows of one stream in order (``add``), it keeps ``O(n_mfcc)``
+    numbers whatever the stream's length, merged window by window (Chan et
+    al.'s pairwise update, in float64); the difference between the last frame
+    of a window and the first of the next counts like any other.
+    """
+
+    def __init__(self, n_mfcc: int) -> None:
+        self.count = np.zeros(2, np.float64)  # frames, differences
+        self.mean = np.zeros((2, n_mfcc), np.float64)
+        self.m2 = np.zeros((2, n_mfcc), np.float64)
+        self._last: Optional[np.ndarray] = None
+
+    def add(self, mfcc: np.ndarray) -> None:
+        """Take the next frames of the stream, ``(n_frames, n_mfcc)``."""
+        frames = np.asarray(mfcc, np.float64)
+        if not len(frames):
+            return
+        joined = frames if self._last is None else np.concatenate([self._last[None], frames])
+        self._merge(0, frames)
+        self._merge(1, np.diff(joined, axis=0))
+        self._last = frames[-1]
+
+    def _merge(self, row: int, values: np.ndarray) -> None:
+        n_new = len(values)
+        if not n_new:
+            return
+        mean_new = values.mean(axis=0)
+        m2_new = ((values - mean_new) ** 2).sum(axis=0)
+        n_old = self.count[row]
+        total = n_old + n_new
+        delta = mean_new - self.mean[row]
+        self.mean[row] += delta * (n_new / total)
+        self.m2[row] += m2_new + delta**2 * (n_old * n_new / total)
+        self.count[row] = total
+
+    def payload(self) -> dict[str, np.ndarray]:
+        """``{"count": (2,), "mean": (2, n_mfcc), "m2": (2, n_mfcc)}``, float64; row 0: frames, row 1: differences."""
+        return {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+
+WINDOW_FIELDS = ("waveform", "mfcc")
+"""Payload fields an audio encoder is given window by window (one encoder item per window)."""
+
+SUMMARY_FIELDS = ("mfcc_moments",)
+"""Payload fields summarising a whole stream in bounded size (one item per stream, or joined to each window's)."""
+
+
+class AudioEncoderInput:
+    """The encoder items of one audio stream, gathered window by window.
+
+    An encoder that needs ``waveform`` or ``mfcc`` gets one item per stored
+    window (``window_s`` of audio: bounded, whatever the stream's length); a
+    last window shorter than half a window is joined to the one before, so a
+    window holds between half and one and a half ``window_s`` (or the whole of
+    a shorter stream). An encoder that needs only ``mfcc_moments`` gets one
+    small item per stream.
+
+    Args:
+        needs: payload fields the encoder asked for.
+        window_s: the stored windows' length in seconds.
+    """
+
+    def __init__(self, needs: frozenset[str], *, window_s: float, n_mfcc: int) -> None:
+        self.needs = needs
+        self.window_s = window_s
+        self.keeps_samples = "waveform" in needs
+        self._windows: list[dict[str, Any]] = []
+        self._moments = MfccMoments(n_mfcc) if "mfcc_moments" in needs else None
+
+    @property
+    def windowed(self) -> bool:
+        return any(name in self.needs for name in WINDOW_FIELDS)
+
+    def add(self, window: MfccWindow) -> None:
+        """Take the next window of the stream (``window.samples`` set when ``keeps_samples``)."""
+        if self._moments is not None:
+            self._moments.add(window.mfcc)
+        if not self.windowed:
+            return
+        fields: dict[str, Any] = {"start_s": window.start_s, "end_s": window.end_s}
+        if "mfcc" in self.needs:
+            fields["mfcc"] = window.mfcc
+        if "waveform" in self.needs:
+            fields["waveform"] = window.samples
+        self._windows.append(fields)
+
+    def items(self) -> list[tuple[dict[str, Any], Optional[dict[str, Any]]]]:
+        """``(payload, window)`` pairs, in stream order; ``window`` is ``None`` for a per-stream item, else
+        ``{"index", "count", "start_s", "end_s", "weight_s"}`` (``weight_s``: the window's own seconds of audio,
+        up to the next window's start).
+
+        The gathered windows are handed over: a second call returns no windows.
+        """
+        summary = {"mfcc_moments": self._moments.payload()} if self._moments is not None else {}
+        if not self.windowed:
+            return [(summary, None)]
+        windows, self._windows = _join_short_tail(self._windows, self.window_s), []
+        # A window's own seconds: up to the next one's start (its analysis frames reach a little further).
+        ends = [fields["start_s"] for fields in windows[1:]] + [windows[-1]["end_s"]] if windows else []
+        return [
+            ({**{k: v for k, v in fields.items() if k in self.needs}, **summary},
+             {"index": index, "count": len(windows), "start_s": fields["start_s"], "end_s": fields["end_s"],
+              "weight_s": end - fields["start_s"]})
+            for index, (fields, end) in enumerate(zip(windows, ends))
+        ]
+
+
+def _join_short_tail(windows: list[dict[str, Any]], window_s: float) -> list[dict[str, Any]]:
+    """``windows`` with a last one shorter than ``window_s / 2`` joined to the one before."""
+    if len(windows) < 2 or windows[-1]["end_s"] - windows[-1]["start_s"] >= window_s / 2:
+        return windows
+    previous, tail = windows[-2], windows[-1]
+    joined = {"start_s": previous["start_s"], "end_s": tail["end_s"]}
+    for name in WINDOW_FIELDS:
+        if name in previous:
+            joined[name] = np.concatenate([previous[name], tail[name]])
+    return [*windows[:-2], joined]

@@ -64,7 +64,8 @@ class RunCommit:
         schemas: the schema of each table the run may create (every base table, its embedding sets).
         descriptions: per table, what its description records besides the schema version (encoder, dim).
         superseded: sample ids whose earlier rows leave every table.
-        reembedded: sample ids embedded again (their earlier embedding errors leave ``errors``).
+        reembedded_in: per embedding table, sample ids embedded again there (their earlier rows there and their
+            earlier embedding errors leave).
         dropped_files: per table, files removed whole (damaged or missing).
         overwrite: remove every earlier file of every table.
         summary: the run summary stored in the ``samples`` commit.
@@ -80,7 +81,7 @@ class RunCommit:
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
     descriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     superseded: frozenset[str] = frozenset()
-    reembedded: frozenset[str] = frozenset()
+    reembedded_in: dict[str, frozenset[str]] = field(default_factory=dict)
     dropped_files: dict[str, set[str]] = field(default_factory=dict)
     overwrite: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
@@ -219,7 +220,7 @@ def _table_actions(cache: str, dt: Any, table: str, run: RunCommit, planned: boo
         return actions + [action for r in run.replacements if r.table == table for action in r.actions()]
     if run.replaced_on is not None:
         logger.info("%s: the cache changed after run %s planned its rewrites; rewriting superseded rows at commit", table, run.run_id)
-    rule = SupersedeRule.of(run.kind, run.superseded, run.reembedded)
+    rule = SupersedeRule.of(run.kind, run.superseded, run.reembedded_in)
     dropped = run.dropped_files.get(table, set())
     for file in file_rows(dt):
         if run.overwrite or file["path"] in dropped:

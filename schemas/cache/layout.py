@@ -20,7 +20,7 @@ from typing import Any, Optional, Union
 
 import pyarrow.fs as pafs
 
-from schemas.tables import EMBEDDINGS_DIR, SKIPPED_TABLE, TABLE_NAMES
+from schemas.tables import EMBEDDINGS_DIR, TABLE_NAMES
 
 PENDING_DIR = "_pending"
 ROW_COUNT_COLUMNS = {"frames": "n_frames", "audio": "n_audio_windows", "text": "n_tokens", "errors": "n_errors"}
@@ -50,9 +50,7 @@ def pending_uri(cache: str, attempt: str) -> str:
 
 
 def data_folder(cache: str, table: str, attempt: str) -> str:
-    """Where a run attempt's workers write the files of ``table``: the table's folder, or ``_pending/`` for ``_skipped``."""
-    if table == SKIPPED_TABLE:
-        return f"{normalise(cache)}/{PENDING_DIR}/{attempt}.skipped"
+    """Where a run attempt's workers write the files of ``table``: the table's folder (unreferenced until committed)."""
     return table_uri(cache, table)
 
 
@@ -145,6 +143,8 @@ class Replacement:
 
 INPUTS_COUNT = "inputs"
 """The ``RunCount`` of the input rows a run's workers read."""
+UNCHANGED_COUNT_PREFIX = "unchanged_by_"
+"""``RunCount`` s of the samples a run found cached, by what told (``unchanged_by_metadata``, ``unchanged_by_content``)."""
 
 
 @dataclass(frozen=True)

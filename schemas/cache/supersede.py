@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pyarrow as pa
@@ -40,15 +40,26 @@ class SupersedeRule:
             ``errors`` (each run evaluates the whole manifest again).
         superseded: sorted sample ids whose earlier rows leave every table.
         reembedded: sorted sample ids embedded again: their earlier embedding errors leave ``errors``.
+        dropped_in: per embedding table that has samples embedded again, the sorted ids whose rows leave it
+            (``superseded`` and those samples: a sample embedded again has one row per set, not two).
     """
 
     kind: str
     superseded: tuple[str, ...] = ()
     reembedded: tuple[str, ...] = ()
+    dropped_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, kind: str, superseded: frozenset[str] = frozenset(), reembedded: frozenset[str] = frozenset()) -> "SupersedeRule":
-        return cls(kind, tuple(sorted(superseded)), tuple(sorted(reembedded)))
+    def of(cls, kind: str, superseded: frozenset[str] = frozenset(),
+           reembedded_in: Optional[dict[str, frozenset[str]]] = None) -> "SupersedeRule":
+        """The rule of a run that recomputed ``superseded`` and embedded other samples again (``reembedded_in``: by table)."""
+        reembedded_in = {table: ids - superseded for table, ids in (reembedded_in or {}).items() if ids - superseded}
+        reembedded = frozenset().union(*reembedded_in.values())
+        return cls(kind, tuple(sorted(superseded)), tuple(sorted(reembedded)),
+                   {table: tuple(sorted(superseded | ids)) for table, ids in reembedded_in.items()})
+
+    def _dropped(self, table: str) -> tuple[str, ...]:
+        return self.dropped_in.get(table, self.superseded)
 
     def columns(self, table: str) -> list[str]:
         """The columns ``drop_mask`` reads."""
@@ -63,15 +74,16 @@ class SupersedeRule:
         if self.kind == "extract" and table in ("samples", "errors"):
             return True
         low, high = file.get("min.sample_id"), file.get("max.sample_id")
+        ids = self._dropped(table)
         if low is None or high is None:
-            return bool(self.superseded)
-        start = bisect.bisect_left(self.superseded, low)
-        return start < len(self.superseded) and self.superseded[start] <= high
+            return bool(ids)
+        start = bisect.bisect_left(ids, low)
+        return start < len(ids) and ids[start] <= high
 
     def drop_mask(self, data: pa.Table, table: str) -> pa.Array:
         """True for the rows of ``data`` (with ``columns(table)``) that leave the table."""
         ids = data.column("sample_id")
-        drop = pc.is_in(ids, value_set=pa.array(self.superseded, pa.string()))
+        drop = pc.is_in(ids, value_set=pa.array(self._dropped(table), pa.string()))
         if self.kind == "extract" and table == "samples":
             drop = pc.or_(drop, pc.invert(data.column("manifest_ok")))
         if self.kind == "extract" and table == "errors":

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
 
     moment, args = argv[0], argv[1:]
     if moment == "before-writing":
-        _kill_on_call(extract, "known_samples")
+        _kill_on_call(extract, "ExtractCorpus")  # the graph is being built: no worker has written yet
     elif moment == "mid-run":
         _kill_on_call(sink, "write_rows", after_calls=2)
     elif moment == "after-workers":

@@ -71,7 +71,7 @@ def test_a_failed_run_commits_nothing_and_the_cache_stays_usable(tmp_path, capsy
     monkeypatch.setattr("pipelines.extract.read_pending", lose_a_samples_file)
     capsys.readouterr()
     assert main(["extract", "--manifest", full, "--output", output, "--run-id", "lossy", "--no-embed", "--num-shards", "1"]) == 3
-    assert "does not match the 4 input rows: 0 samples rows and 3 unchanged rows" in capsys.readouterr().err  # said, not a traceback
+    assert "does not match the 4 input rows: 0 samples rows were written and 3 samples found unchanged" in capsys.readouterr().err
     assert _snapshot(output) == before  # no commit on any table, no committed file touched
     assert _files_of(output, "lossy") == []  # the failed run removed what its workers wrote
     assert [run.run_id for run in runs(output)] == ["good"]

@@ -256,3 +256,27 @@ def test_rewrites_planned_on_an_older_state_are_made_again_at_commit(tmp_path):
     assert _rows(view, "samples") == [("a", 7), ("b", 16), ("c", 0)]
     assert sorted({(r[0], r[2]) for r in _rows(view, "frames")}) == [("a", 24), ("b", 16), ("c", 8)]
     assert collections.Counter(r[0] for r in _rows(view, "frames")) == {"a": 2, "b": 2, "c": 2}
+
+
+def test_a_sample_embedded_again_keeps_one_row_per_embedding_set(tmp_path):
+    """Two runs that both embed a cached sample again (a new encoder, runs started together): the later row replaces
+    the earlier one in that set, and the sample's rows in other sets stay."""
+    import pyarrow as pa
+
+    cache = str(tmp_path / "cache")
+    run(cache, "first", ["a", "b"])
+    schema = pa.schema([pa.field("sample_id", pa.string(), nullable=False), pa.field("vector", pa.list_(pa.float32()))])
+
+    def embed(run_id: str, table: str, value: float) -> None:
+        attempt = new_attempt(run_id)
+        rows = pa.table({"sample_id": ["a"], "vector": [[value]]}, schema=schema)
+        commit_run(cache, RunCommit(run_id=run_id, attempt=attempt, files=[write_data_file(cache, table, f"{attempt}-0.parquet", rows)],
+                                    schemas={table: schema}, reembedded_in={table: frozenset(["a"])}))
+
+    embed("set-one", "embeddings/text/one", 1.0)
+    embed("set-two", "embeddings/text/two", 2.0)
+    embed("set-one-again", "embeddings/text/one", 3.0)
+    view = CacheView.open(cache)
+    assert view.read("embeddings/text/one").to_pylist() == [{"sample_id": "a", "vector": [3.0]}]
+    assert view.read("embeddings/text/two").to_pylist() == [{"sample_id": "a", "vector": [2.0]}]
+    assert _rows(view, "samples") == [("a", 0), ("b", 0)]

@@ -6,9 +6,11 @@ from schemas.config import AudioConfig
 from schemas.errors import ErrorKind, SampleFailure
 from tests import media
 from tests.memory import peak_rss_growth_mb
-from transforms.audio_decode import decode_mono
+from tests.transforms.corrupt_media import audio_packets, corrupt_audio_packets
+from transforms.audio_decode import MonoDecoder, decode_mono
+from transforms.encoders.builtin import mfcc_stats, stats_from_moments
 from transforms.media_writers import write_media
-from transforms.mfcc import MfccStream, mfcc_frames
+from transforms.mfcc import AudioEncoderInput, MfccMoments, MfccStream, mfcc_frames
 
 
 def _decode(path: str, **kwargs) -> np.ndarray:
@@ -137,3 +139,90 @@ def test_long_audio_is_processed_with_bounded_memory(tmp_path):
     assert float(duration) == pytest.approx(minutes * 60)
     samples_mb = minutes * 60 * rate * 4 / 2**20
     assert growth_mb < 60 < samples_mb, f"peak RSS grew {growth_mb} MiB for {samples_mb:.0f} MiB of samples"
+
+
+@pytest.mark.parametrize("name, codec, rate", [("tone.m4a", "aac", 16000), ("tone.ac3", "ac3", 48000), ("clip.mp4", "aac", 16000)])
+def test_a_corrupt_packet_is_skipped_and_counted_not_the_stream_lost(tmp_path, name, codec, rate):
+    """As ffmpeg does: the bad packet is left out, everything else decodes (before: ``decode_error``, no audio)."""
+    frames = media.solid_frames(40) if name.endswith(".mp4") else None
+    good = str(tmp_path / name)
+    write_media(good, frames=frames, width=64, height=48, audio=media.tone(440.0, 4.0, sample_rate=rate), sample_rate=rate, audio_codec=codec)
+    bad = corrupt_audio_packets(good, str(tmp_path / f"bad_{name}"))
+    decoder = MonoDecoder(bad, sample_rate=16000)
+    samples = np.concatenate(list(decoder.chunks()))
+    assert (decoder.n_skipped_packets, decoder.n_packets) == (1, len(audio_packets(good)))
+    whole = len(_decode(good))
+    packet_s = 1536 / rate if codec == "ac3" else 1024 / rate
+    assert whole - len(samples) == pytest.approx(packet_s * 16000, abs=64)  # one packet's worth missing, no more
+    assert _peak_hz(samples) == pytest.approx(440.0, abs=10)
+
+
+def test_a_stream_whose_every_packet_is_corrupt_is_a_decode_error(tmp_path):
+    good = str(tmp_path / "tone.m4a")
+    write_media(good, audio=media.tone(440.0, 1.0), sample_rate=16000, audio_codec="aac")
+    bad = corrupt_audio_packets(good, str(tmp_path / "bad.m4a"), indices=range(len(audio_packets(good))))
+    with pytest.raises(SampleFailure) as caught:
+        _decode(bad)
+    assert caught.value.kind == ErrorKind.DECODE_ERROR and "none of the" in caught.value.message
+
+
+def test_window_samples_tile_the_stream():
+    """Kept window samples do not overlap and, joined, are the stream (its last < n_fft samples aside)."""
+    config = AudioConfig(window_s=0.5)
+    signal = np.random.default_rng(3).standard_normal(16000 * 2 + 7000).astype(np.float32)
+    windows = list(MfccStream(config, keep_samples=True).windows(signal[i : i + 999] for i in range(0, len(signal), 999)))
+    joined = np.concatenate([w.samples for w in windows])
+    np.testing.assert_array_equal(joined, signal[: len(joined)])
+    assert len(signal) - len(joined) < config.n_fft
+    assert all(w.samples.base is None for w in windows)  # copies: a view would keep the decoder's buffer alive
+    assert [len(w.samples) for w in windows[:-1]] == [8000] * (len(windows) - 1)
+
+
+def test_mfcc_frames_hold_only_their_own_coefficients():
+    """librosa's MFCCs are a view of the DCT of every mel band (64 for 40 kept): a window must not keep the 64."""
+    mfcc = mfcc_frames(np.random.default_rng(4).standard_normal(16000).astype(np.float32), config=AudioConfig())
+    assert mfcc.flags["C_CONTIGUOUS"] and mfcc.base is None and mfcc.nbytes == mfcc.shape[0] * 40 * 4
+
+
+@pytest.mark.parametrize("window_s", [0.3, 1.0, 30.0])
+def test_moments_gathered_window_by_window_give_the_whole_stream_statistics(window_s):
+    """builtin:mfcc-stats from running moments equals mean/std of the whole MFCC sequence and of its deltas."""
+    config = AudioConfig(window_s=window_s)
+    signal = (media.tone(300.0, 3.0) + 0.1 * np.random.default_rng(5).standard_normal(48000)).astype(np.float32)
+    moments = MfccMoments(config.n_mfcc)
+    windows = list(MfccStream(config).windows([signal]))
+    for window in windows:
+        moments.add(window.mfcc)
+    whole = np.concatenate([w.mfcc for w in windows])
+    np.testing.assert_allclose(stats_from_moments(moments.payload()), mfcc_stats(whole), rtol=1e-4, atol=1e-3)
+
+
+def test_one_frame_has_zero_delta_statistics():
+    moments = MfccMoments(2)
+    moments.add(np.array([[1.0, 2.0]], np.float32))
+    np.testing.assert_array_equal(stats_from_moments(moments.payload()), [1, 2, 0, 0, 0, 0, 0, 0])
+
+
+def _encoder_windows(seconds: float, needs: set[str], window_s: float = 1.0) -> list:
+    config = AudioConfig(window_s=window_s)
+    signal = np.random.default_rng(6).standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1
+    inputs = AudioEncoderInput(frozenset(needs), window_s=window_s, n_mfcc=config.n_mfcc)
+    for window in MfccStream(config, keep_samples=inputs.keeps_samples).windows([signal]):
+        inputs.add(window)
+    return inputs.items()
+
+
+def test_encoder_items_are_one_per_window_and_a_short_tail_joins_the_last():
+    items = _encoder_windows(3.4, {"waveform", "mfcc"})  # windows of 1, 1, 1.4 s (the 0.4 s tail joined)
+    assert [len(payload["waveform"]) for payload, _ in items] == [16000, 16000, 22400]
+    assert [len(payload["mfcc"]) for payload, _ in items] == [100, 100, 138]
+    assert [window["index"] for _, window in items] == [0, 1, 2] and {window["count"] for _, window in items} == {3}
+    assert [window["weight_s"] for _, window in items] == pytest.approx([1.0, 1.0, 1.4], abs=0.01)  # the last: to its last frame's end
+    long_tail = _encoder_windows(2.6, {"waveform"})  # a 0.6 s tail is a window of its own
+    assert [len(payload["waveform"]) for payload, _ in long_tail] == [16000, 16000, 9600]
+    assert set(long_tail[0][0]) == {"waveform"}
+
+
+def test_a_stream_summary_is_one_item():
+    (payload, window), = _encoder_windows(3.4, {"mfcc_moments"})
+    assert window is None and payload["mfcc_moments"]["count"][0] == 1 + (54400 - 400) // 160

@@ -4,10 +4,10 @@ import pytest
 import torch
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.config import EncodeConfig, ExtractConfig
+from schemas.config import AudioConfig, EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
 from tests.beam_helpers import in_process_pipeline
-from transforms.embed import EmbedItems, EncoderModelHandler, form_batches
+from transforms.embed import EmbedItems, EncoderModelHandler, form_batches, pool_window_rows
 from transforms.encoders.base import Encoder, resolve_device
 from transforms.encoders.builtin import MfccStatsEncoder, mfcc_stats
 from transforms.encoders.registry import resolve_encoder
@@ -130,3 +130,131 @@ class TestDefaultEncodersOnDevice:
         items = [{"sample_id": "a", "manifest_row": 0, "payload": {"frames": [jpeg.tobytes()] * 3}}]
         rows = handler.run_inference(items, handler.load_model())
         assert rows[0][0] == "embeddings/text/fake" and rows[0][1]["vector"].shape == (1280,)
+
+
+class _WindowEncoder(Encoder):
+    """A windowed fake: a window's vector is [its first sample, 1]; fails on a window starting with -1."""
+
+    modality = "audio"
+    name = "fake-windows"
+    needs = frozenset({"waveform"})
+    padded = False
+    windowed = True
+    sequence_unit = "window"
+
+    def load(self, device):
+        return None
+
+    def cost(self, payload):
+        return float(len(payload["waveform"]))
+
+    def embed(self, model, payloads, *, device, precision):
+        if any(p["waveform"][0] == -1 for p in payloads):
+            raise RuntimeError("bad window")
+        return np.array([[p["waveform"][0], 1.0] for p in payloads], np.float32)
+
+    def dummy_payload(self):
+        return {"waveform": np.zeros(3, np.float32)}
+
+    def fingerprint_parts(self):
+        return ["v1"]
+
+
+def _window_items(sample_id, row, firsts, lengths):
+    return [
+        {"sample_id": sample_id, "manifest_row": row, "payload": {"waveform": np.full(n, first, np.float32)},
+         "window": {"index": i, "count": len(firsts), "weight_s": float(n)}}
+        for i, (first, n) in enumerate(zip(firsts, lengths))
+    ]
+
+
+def _window_handler(keep_sequences=False):
+    encoder = _WindowEncoder()
+    encoder.window_s = 30.0
+    encoder.keep_sequences = keep_sequences
+    return _handler(encoder, table="embeddings/audio/fake", budget=8)
+
+
+def test_windows_are_pooled_by_duration_and_kept_as_the_sequence():
+    handler = _window_handler(keep_sequences=True)
+    rows = handler.run_inference(_window_items("a", 0, [2.0, 5.0, 8.0], [3, 3, 6]), handler.load_model())
+    (table, row), = pool_window_rows(rows, encoder=handler.encoder)
+    assert table == "embeddings/audio/fake" and "window" not in row
+    np.testing.assert_allclose(row["vector"], [(2 * 3 + 5 * 3 + 8 * 6) / 12, 1.0])
+    np.testing.assert_array_equal(row["sequence"], [[2, 1], [5, 1], [8, 1]])
+    (_, plain), = pool_window_rows(rows, encoder=_window_handler().encoder)
+    assert "sequence" not in plain
+
+
+def test_a_failed_window_fails_its_sample_once_and_only_it():
+    handler = _window_handler()
+    items = _window_items("a", 0, [2.0, -1.0, -1.0], [3, 3, 3]) + _window_items("b", 1, [4.0], [2])
+    rows = handler.run_inference(items, handler.load_model())
+    (table, row), = pool_window_rows([r for r in rows if r[1]["sample_id"] == "a"], encoder=handler.encoder)
+    assert (table, row["stage"], row["error_kind"]) == ("errors", "embed", "encoder_failed") and "window" not in row
+    assert row["message"].startswith("2 of 3 audio windows failed; window 1:") and "bad window" in row["message"]
+    (table, row), = pool_window_rows([r for r in rows if r[1]["sample_id"] == "b"], encoder=handler.encoder)
+    assert table == "embeddings/audio/fake" and row["vector"].tolist() == [4.0, 1.0]
+
+
+def test_a_missing_window_is_an_error_not_a_partial_vector():
+    handler = _window_handler()
+    rows = handler.run_inference(_window_items("a", 0, [2.0, 5.0], [3, 3])[:1], handler.load_model())
+    (table, row), = pool_window_rows(rows, encoder=handler.encoder)
+    assert table == "errors" and "got windows [0] of 2" in row["message"]
+
+
+def test_embed_items_pools_windows_into_one_row_per_sample():
+    items = _window_items("a", 0, [1.0, 3.0], [4, 4]) + _window_items("b", 1, [-1.0, 2.0, 2.0], [2, 2, 2]) + _window_items("c", 2, [6.0], [5])
+    with in_process_pipeline() as pipeline:
+        rows = pipeline | beam.Create(items) | EmbedItems(_window_handler(), num_buckets=2)
+        assert_that(
+            rows | beam.Map(lambda pair: (pair[1]["sample_id"], pair[0], pair[1]["vector"].tolist() if "vector" in pair[1] else None)),
+            equal_to([("a", "embeddings/audio/fake", [2.0, 1.0]), ("b", "errors", None), ("c", "embeddings/audio/fake", [6.0, 1.0])]),
+        )
+
+
+def test_mfcc_stats_from_extracted_moments(tmp_path, tokenizer):
+    """The default audio encoder, fed by the extraction, gives mean/std of the sample's MFCCs and their deltas."""
+    from schemas.records import ManifestRecord
+    from tests import media
+    from transforms.extract_sample import EncodeRequest, RunContext, SampleExtractor
+
+    encoder = MfccStatsEncoder(40)
+    record = ManifestRecord(sample_id="m", manifest_row=0, audio=media.wav(str(tmp_path / "a.wav"), seconds=70.0))
+    context = RunContext(requests={"audio": EncodeRequest("audio", encoder.needs, encoder.fingerprint())})
+    rows = list(SampleExtractor(ExtractConfig(), tokenizer, context).extract(record))
+    (item,) = [row for table, row in rows if table == "_encode/audio"]
+    mfcc = np.concatenate([row["mfcc"] for table, row in rows if table == "audio"])
+    np.testing.assert_allclose(encoder.embed(None, [item["payload"]], device=None, precision="fp32")[0], mfcc_stats(mfcc), rtol=1e-4, atol=1e-3)
+
+
+def test_audio_sequences_need_a_windowed_encoder(tmp_path):
+    from tests import tiny_models
+
+    with pytest.raises(ConfigError, match="per-window vectors"):
+        resolve_encoder("audio", "builtin:mfcc-stats", encode=EncodeConfig(sequences=("audio",)), extract=ExtractConfig())
+    folder = tiny_models.wav2vec2_folder(str(tmp_path / "w2v"))
+    encoder = resolve_encoder("audio", folder, encode=EncodeConfig(sequences=("audio",)), extract=ExtractConfig())
+    assert encoder.keep_sequences and encoder.windowed
+    other_window = resolve_encoder("audio", folder, encode=EncodeConfig(), extract=ExtractConfig(audio=AudioConfig(window_s=10.0)))
+    assert other_window.window_s == 10.0 and other_window.fingerprint() != resolve_encoder(
+        "audio", folder, encode=EncodeConfig(), extract=ExtractConfig()).fingerprint()
+
+
+def test_a_hugging_face_audio_encoder_over_windows_equals_it_over_the_whole_track(tmp_path):
+    """Pooling per-window items (the extraction's) gives what cutting the whole waveform inside ``embed`` gives."""
+    from tests import tiny_models
+
+    folder = tiny_models.wav2vec2_folder(str(tmp_path / "w2v"))
+    encoder = resolve_encoder("audio", folder, encode=EncodeConfig(), extract=ExtractConfig(audio=AudioConfig(window_s=1.0)))
+    waveform = np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 0.1
+    handler = _handler(encoder, table="embeddings/audio/w2v", budget=2.0)
+    items = [{"sample_id": "a", "manifest_row": 0, "payload": {"waveform": waveform[i * 16000:(i + 1) * 16000]},
+              "window": {"index": i, "count": 3, "weight_s": 1.0}} for i in range(3)]
+    model = handler.load_model()
+    rows = [row for batch in form_batches(items, encoder=encoder, max_batch_size=4, budget=2.0) for row in handler.run_inference(batch, model)]
+    (_, pooled), = pool_window_rows(rows, encoder=encoder)
+    with torch.inference_mode():
+        whole = encoder.embed(model.model, [{"waveform": waveform}], device=torch.device("cpu"), precision="fp32")[0]
+    np.testing.assert_allclose(pooled["vector"], whole, atol=1e-5)

@@ -1,14 +1,21 @@
-"""Audio encoders over the resampled waveform (or MFCCs), pooled to one vector per sample.
+"""Audio encoders over the resampled waveform (or MFCCs), run window by window and pooled to one vector per sample.
+
+Every encoder here is *windowed* (see ``transforms.encoders.base``): an item
+is one stored audio window (``--audio-window-s``, 30 s by default), so what a
+model sees at once is bounded whatever the track's length; the windows'
+vectors are averaged, weighted by their seconds of audio, into the sample's
+vector, and are its sequence when ``--sequences audio`` keeps them.
 
 * ``resemblyzer``: the pretrained speaker encoder shipped by the ``resemblyzer``
   package (256-d). Volume is normalised as resemblyzer does; its voice-activity
-  trimming is not applied, since cached audio need not be speech.
-* a Hugging Face folder (wav2vec2, HuBERT, WavLM, ...): the waveform is cut in
-  windows of ``window_s`` seconds, each normalised to zero mean and unit
-  variance, padded per batch with an attention mask; hidden states are
-  mean-pooled over real frames, then windows are averaged weighted by length.
-* a TorchScript file over MFCCs ``(1, n_frames, n_mfcc)``, run one sample at a
-  time (a scripted module takes no mask), output pooled to ``(d,)``.
+  trimming is not applied, since cached audio need not be speech. The pooled
+  vector is L2-normalised again, like each window's.
+* a Hugging Face folder (wav2vec2, HuBERT, WavLM, ...): a window (cut again in
+  pieces of at most ``window_s`` seconds if longer) is normalised to zero mean
+  and unit variance, padded per batch with an attention mask; hidden states are
+  mean-pooled over real frames.
+* a TorchScript file over MFCCs ``(1, n_frames, n_mfcc)``, run one window at a
+  time (a scripted module takes no mask), output pooled over time to ``(d,)``.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from transforms.encoders.base import Encoder, autocast, file_fingerprint, masked
 from transforms.encoders.hf import folder_fingerprint_parts, quiet_transformers, read_config
 
 SAMPLE_RATE = 16000
+DEFAULT_WINDOW_S = 30.0
 
 
 class ResemblyzerEncoder(Encoder):
@@ -30,6 +38,12 @@ class ResemblyzerEncoder(Encoder):
     name = "resemblyzer"
     needs = frozenset({"waveform"})
     padded = False
+    windowed = True
+    sequence_unit = "window"
+
+    def __init__(self, *, window_s: float = DEFAULT_WINDOW_S) -> None:
+        super().__init__()
+        self.window_s = window_s
 
     def load(self, device: torch.device) -> Any:
         from resemblyzer import VoiceEncoder
@@ -48,6 +62,11 @@ class ResemblyzerEncoder(Encoder):
             vectors.append(model.embed_utterance(wav))
         return np.stack(vectors).astype(np.float32)
 
+    def pool_windows(self, vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The weighted mean of the windows' (unit) vectors, L2-normalised as each of them is."""
+        mean = super().pool_windows(vectors, weights)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
     def dummy_payload(self) -> dict[str, Any]:
         return {"waveform": np.random.default_rng(0).standard_normal(SAMPLE_RATE * 2).astype(np.float32) * 0.1}
 
@@ -61,10 +80,12 @@ class ResemblyzerEncoder(Encoder):
 class HFAudioEncoder(Encoder):
     modality = "audio"
     needs = frozenset({"waveform"})
-    window_s = 20.0
+    windowed = True
+    sequence_unit = "window"
 
-    def __init__(self, folder: str, *, trust_remote_code: bool = False) -> None:
+    def __init__(self, folder: str, *, window_s: float = DEFAULT_WINDOW_S, trust_remote_code: bool = False) -> None:
         super().__init__()
+        self.window_s = window_s
         self.folder = folder
         self.name = os.path.basename(os.path.normpath(folder))
         self.trust_remote_code = trust_remote_code
@@ -79,9 +100,12 @@ class HFAudioEncoder(Encoder):
         return AutoModel.from_pretrained(self.folder, trust_remote_code=self.trust_remote_code).eval().to(device)
 
     def cost(self, payload: dict[str, Any]) -> float:
-        return min(len(payload["waveform"]) / SAMPLE_RATE, self.window_s)
+        """Seconds of audio (what a padded batch holds per item)."""
+        return len(payload["waveform"]) / SAMPLE_RATE
 
     def _windows(self, waveform: np.ndarray) -> list[np.ndarray]:
+        """``waveform`` in pieces of at most ``window_s`` seconds, each normalised; pieces under 400 samples
+        (the models' shortest input) are left out unless there is nothing else."""
         step = int(self.window_s * SAMPLE_RATE)
         windows = [waveform[start : start + step] for start in range(0, max(len(waveform), 1), step)]
         return [(w - w.mean()) / max(float(w.std()), 1e-7) for w in windows if len(w) >= 400] or [waveform]
@@ -114,16 +138,19 @@ class HFAudioEncoder(Encoder):
         return {"waveform": np.random.default_rng(0).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1}
 
     def fingerprint_parts(self) -> Iterable[str]:
-        return [*folder_fingerprint_parts(self.folder, ("preprocessor_config.json",)), f"windows {self.window_s}s zero-mean-unit-var mean-pool"]
+        return [*folder_fingerprint_parts(self.folder, ("preprocessor_config.json",)), "zero-mean-unit-var mean-pool per window"]
 
 
 class TorchScriptAudioEncoder(Encoder):
     modality = "audio"
     needs = frozenset({"mfcc"})
     padded = False
+    windowed = True
+    sequence_unit = "window"
 
-    def __init__(self, path: str, *, n_mfcc: int) -> None:
+    def __init__(self, path: str, *, n_mfcc: int, window_s: float = DEFAULT_WINDOW_S) -> None:
         super().__init__()
+        self.window_s = window_s
         self.path = path
         self.name = os.path.basename(path)
         self.n_mfcc = n_mfcc

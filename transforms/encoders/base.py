@@ -3,10 +3,20 @@
 An encoder turns a list of *payloads* (one per sample) into a ``(n, dim)``
 float32 array. Payload fields, filled by the extraction step:
 
-* ``text``: the decoded text (str);
+* ``text``: the text the extraction's kept tokens cover (str; never more than
+  ``--max-text-bytes``);
 * ``frames``: the sampled frames of a video, JPEG bytes, in time order;
-* ``mfcc``: float32 ``(n_frames, n_mfcc)``;
-* ``waveform``: mono float32 samples at ``sample_rate`` Hz.
+* ``mfcc``: float32 ``(n_frames, n_mfcc)`` of one audio window;
+* ``waveform``: mono float32 samples at ``sample_rate`` Hz of one audio window;
+* ``mfcc_moments``: running moments of a whole stream's MFCC frames and of
+  their first differences (``transforms.mfcc.MfccMoments.payload``).
+
+Audio encoders that need ``mfcc`` or ``waveform`` are *windowed*: the
+extraction hands them one item per stored audio window (``--audio-window-s``),
+so one item never holds more than a window and a half of audio however long
+the track; the per-window vectors are pooled into the sample's vector
+(``pool_windows``) after inference, and kept as its sequence when sequences
+are kept.
 
 Variable-length inputs are padded to the longest item of their batch only,
 with a mask; ``cost`` tells the batcher how big an item is (tokens, frames
@@ -81,11 +91,13 @@ class Encoder(abc.ABC):
     name: str = ""
     needs: frozenset[str] = frozenset()
     padded: bool = True  # whether a batch costs n * max(cost) (padding) rather than sum(cost)
-    sequence_unit: Optional[str] = None  # "frame" or "token" when ``embed_with_sequences`` is implemented
+    sequence_unit: Optional[str] = None  # "frame" or "token" when ``embed_with_sequences`` is implemented, "window" when windowed
+    windowed: bool = False  # one item per audio window; the sample's vector pools them (``pool_windows``)
 
     def __init__(self) -> None:
         self.dim: Optional[int] = None
-        self.keep_sequences = False  # also store the per-frame/per-token vectors (a different embedding set)
+        self.keep_sequences = False  # also store the per-frame/per-token/per-window vectors (a different embedding set)
+        self.window_s: Optional[float] = None  # windowed encoders: the windows' length in seconds (in the fingerprint)
         self._fingerprint: Optional[str] = None
 
     @abc.abstractmethod
@@ -106,6 +118,11 @@ class Encoder(abc.ABC):
         """The pooled ``(len(payloads), dim)`` embeddings and, per payload, the vectors they pool: ``(steps, dim)``."""
         raise NotImplementedError(f"{self.name} has no per-{self.sequence_unit or 'step'} vectors")
 
+    def pool_windows(self, vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """A windowed encoder's sample vector ``(dim,)`` from its windows' vectors ``(n_windows, dim)``, weighted by
+        ``weights`` ``(n_windows,)`` (seconds of audio in each window): their weighted mean."""
+        return np.average(np.asarray(vectors, np.float64), axis=0, weights=weights).astype(np.float32)
+
     @abc.abstractmethod
     def dummy_payload(self) -> dict[str, Any]:
         """A small valid payload, used to check the model loads and to learn ``dim`` before a job starts."""
@@ -118,7 +135,8 @@ class Encoder(abc.ABC):
         """SHA-256 over ``fingerprint_parts`` (computed once)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            for part in [type(self).__name__, self.name, *self.fingerprint_parts(), *(["sequences"] if self.keep_sequences else [])]:
+            windows = [f"windows of {self.window_s}s pooled"] if self.windowed else []
+            for part in [type(self).__name__, self.name, *self.fingerprint_parts(), *windows, *(["sequences"] if self.keep_sequences else [])]:
                 digest.update(part.encode("utf-8") + b"\0")
             self._fingerprint = digest.hexdigest()
         return self._fingerprint

@@ -6,7 +6,10 @@
   64x64, 9 unsigned orientation bins in each cell of a 2x2 grid, weighted by
   magnitude, each cell L2-normalised); averaged over the sample's frames.
 * ``builtin:mfcc-stats`` (audio, 4 x n_mfcc): mean and standard deviation of
-  every MFCC coefficient over time, then of its first difference (deltas).
+  every MFCC coefficient over time, then of its first difference (deltas),
+  over the whole stream. Its input is the stream's running moments
+  (``mfcc_moments``), gathered window by window during the extraction, so it
+  holds ``O(n_mfcc)`` numbers whatever the audio's length.
 """
 from __future__ import annotations
 
@@ -71,10 +74,19 @@ def mfcc_stats(mfcc: np.ndarray) -> np.ndarray:
     return np.concatenate([mfcc.mean(0), mfcc.std(0), deltas.mean(0), deltas.std(0)]).astype(np.float32)
 
 
+def stats_from_moments(moments: dict[str, np.ndarray]) -> np.ndarray:
+    """``mfcc_stats`` of a stream from its ``mfcc_moments`` payload (``count`` ``(2,)``, ``mean`` and ``m2``
+    ``(2, n_mfcc)``: frames, then differences); ``(4 * n_mfcc,)``. No differences (one frame): zeros."""
+    count = np.asarray(moments["count"], np.float64)
+    mean = np.asarray(moments["mean"], np.float64)
+    std = np.sqrt(np.asarray(moments["m2"], np.float64) / np.maximum(count, 1.0)[:, None])
+    return np.concatenate([mean[0], std[0], mean[1], std[1]]).astype(np.float32)
+
+
 class MfccStatsEncoder(Encoder):
     modality = "audio"
     name = "builtin:mfcc-stats"
-    needs = frozenset({"mfcc"})
+    needs = frozenset({"mfcc_moments"})
     padded = False
 
     def __init__(self, n_mfcc: int) -> None:
@@ -85,13 +97,14 @@ class MfccStatsEncoder(Encoder):
         return None
 
     def cost(self, payload: dict[str, Any]) -> float:
-        return float(len(payload["mfcc"])) / 100.0
+        return 1.0  # a few numbers per sample, whatever its length
 
     def embed(self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
-        return np.stack([mfcc_stats(np.asarray(p["mfcc"], np.float32)) for p in payloads])
+        return np.stack([stats_from_moments(p["mfcc_moments"]) for p in payloads])
 
     def dummy_payload(self) -> dict[str, Any]:
-        return {"mfcc": np.zeros((3, self.n_mfcc), np.float32)}
+        zeros = np.zeros((2, self.n_mfcc), np.float64)
+        return {"mfcc_moments": {"count": np.array([3.0, 2.0]), "mean": zeros, "m2": zeros}}
 
     def fingerprint_parts(self) -> Iterable[str]:
         return [f"v1 n_mfcc={self.n_mfcc} mean,std,delta-mean,delta-std"]

