@@ -157,7 +157,7 @@ def test_extract_sequences_store_the_vectors_each_pooled_embedding_averages(cach
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "a.txt").write_text("a short text")
-    for flags, message in ((["--sequences", "audio"], "audio sequences are the cached MFCC frames"),
+    for flags, message in ((["--sequences", "audio"], "has no per-frame, per-token or per-window vectors"),
                            (["--sequences", "video", "--image-encoder", "none"], "--image-encoder is none")):
         assert main(["extract", "--input", str(corpus), "--output", str(tmp_path / "x"), *flags]) == 2
         assert message in capsys.readouterr().err
