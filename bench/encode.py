@@ -1,23 +1,33 @@
-"""Encoder throughput: mmfeat's handler path (Beam, pre-batched RunInference) vs a bare ``model(batch)`` loop.
+"""Encoder throughput: the RunInference path (Beam, pre-batched, ``EncoderModelHandler``) vs a bare ``model(batch)`` loop.
 
-For each default encoder, on the same inputs in the same run, prints items/s for
+For every default encoder (``EncodeConfig()``'s text, image and audio values), in one run, rounds interleaved
+(bare, handler, bare, handler, ...; best of ``--rounds``, since the machine may be shared), prints items/s of
 
-* a bare loop: inputs in their given order, chunks of ``--batch`` items,
-  padded per chunk, straight into the model (no Beam);
-* the handler path: ``EmbedItems`` in a Beam pipeline (bucketing, size-budgeted
-  batches sorted by length, ``RunInference``) with ``max_batch_size = --batch``;
-* the same handler path with batches of one item;
+* bare: the package's model loaded the plain way (no folding, no channels-last), fed inputs prepared beforehand
+  and untimed (tokenised and padded per chunk / decoded, resized and normalised), in their given order, chunks of
+  ``--batch`` items, ``model(batch)`` under ``torch.inference_mode``; for ``builtin:mfcc-stats`` (no torch
+  model) the numpy function over each chunk;
+* handler: ``EmbedItems`` in a Beam pipeline (FnApiRunner) with ``max_batch_size = --batch``, preprocessing
+  included, from the first ``run_inference`` call's start to the last one's end (the steady state of a worker:
+  what a job's throughput converges to; read from Beam distribution metrics);
+* handler end to end: the whole pipeline's wall time, one-off costs included (pipeline start, model load);
 
-and the ratios handler/bare (pipeline overhead, or gain from sorting) and
-batched/one-at-a-time.
+and the ratio handler/bare against the 0.87 target.
 
-    python bench/encode.py [--texts 512] [--images 96] [--batch 32] [--device cpu|cuda] [--precision fp32|fp16|bf16]
+    python bench/encode.py [--texts 256] [--images 96] [--moments 4096] [--batch 32] [--rounds 2] [--device cpu|cuda]
+
+Batch defaults (``EncodeConfig``: 32 items, 8192 padded tokens, 256 frames) were measured with ``--batch``
+8/16/32/64 on a shared 2-core CPU: text gains little past 16-32 (sorted batches pad little); the image model's
+throughput is flat from 16 to 64 frames. See the module's report for the numbers.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import time
+from typing import Any, Callable
 
 import apache_beam as beam
 import cv2
@@ -29,9 +39,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.extract_graph import build_handlers
 from schemas.config import EncodeConfig, ExtractConfig
 from transforms.embed import EmbedItems
+from transforms.embed_handler import EncoderModelHandler
 from transforms.encoders.base import resolve_device
 from transforms.encoders.registry import resolve_encoder
 
+TARGET = 0.87
 WORDS = "the a quick brown fox jumps over lazy dog music film sound picture happy sad great terrible movie scene actor".split()
 
 
@@ -47,66 +59,126 @@ def make_frames(n: int, rng: np.random.Generator) -> list[dict]:
     return payloads
 
 
-def bare_loop(encoder, model, payloads: list[dict], *, batch: int, device: torch.device, precision: str) -> float:
+def make_moments(n: int, n_mfcc: int, rng: np.random.Generator) -> list[dict]:
+    return [{"mfcc_moments": {"count": np.array([300.0, 299.0]), "mean": rng.standard_normal((2, n_mfcc)),
+                              "m2": rng.random((2, n_mfcc)) * 300}} for _ in range(n)]
+
+
+class TimedHandler(EncoderModelHandler):
+    """The handler, recording each ``run_inference`` call's start and end (µs since the epoch) as Beam metrics."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        beam.metrics.Metrics.distribution("bench", "start_us").update(int(time.time() * 1e6))
+        rows = super().run_inference(batch, model, inference_args)
+        beam.metrics.Metrics.distribution("bench", "end_us").update(int(time.time() * 1e6))
+        beam.metrics.Metrics.counter("bench", "rows").inc(len(rows))
+        return rows
+
+
+def handler_path(handler: EncoderModelHandler, payloads: list[dict]) -> tuple[float, float]:
+    """Seconds (steady: first ``run_inference`` start to last end; end to end: the whole pipeline)."""
+    timed = TimedHandler(handler.encoder, table=handler.table, device=handler.device, precision=handler.precision,
+                         min_batch_size=1, max_batch_size=handler.max_batch_size, budget=handler.budget)
+    items = [{"sample_id": f"s{i}", "manifest_row": i, "payload": p} for i, p in enumerate(payloads)]
+    start = time.perf_counter()
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    _ = pipeline | beam.Create(items) | EmbedItems(timed, num_buckets=1)
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - start
+    metrics = result.metrics().query(MetricsFilter().with_namespace("bench"))
+    rows = sum(c.committed for c in metrics["counters"] if c.key.metric.name == "rows")
+    if rows != len(items):
+        raise SystemExit(f"the handler path returned {rows} rows for {len(items)} items")
+    ends = {d.key.metric.name: d.committed for d in metrics["distributions"]}
+    return (ends["end_us"].max - ends["start_us"].min) / 1e6, wall
+
+
+def _timed(loop: Callable[[], None], device: torch.device) -> float:
     start = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, len(payloads), batch):
-            encoder.embed(model, payloads[i : i + batch], device=device, precision=precision)
+        loop()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
-def _count(pair: tuple) -> None:
-    beam.metrics.Metrics.counter("bench", "rows").inc()
+def bare_text(encoder: Any, payloads: list[dict], batch: int, device: torch.device) -> Callable[[], None]:
+    from tokenizers import Tokenizer
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(encoder.folder).eval().to(device)
+    tokenizer = Tokenizer.from_file(f"{encoder.folder}/tokenizer.json")
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=encoder.max_tokens)
+    inputs = []
+    for start in range(0, len(payloads), batch):
+        encodings = tokenizer.encode_batch([p["text"] for p in payloads[start : start + batch]])
+        longest = max(len(e.ids) for e in encodings)
+        ids = torch.zeros((len(encodings), longest), dtype=torch.int64)
+        mask = torch.zeros_like(ids)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = torch.tensor(encoding.ids)
+            mask[row, : len(encoding.ids)] = 1
+        inputs.append((ids.to(device), mask.to(device)))
+    return lambda: [model(input_ids=ids, attention_mask=mask) for ids, mask in inputs]
 
 
-def handler_path(handler, payloads: list[dict]) -> float:
-    items = [{"sample_id": f"s{i}", "manifest_row": i, "payload": p} for i, p in enumerate(payloads)]
-    start = time.perf_counter()
-    pipeline = beam.Pipeline(runner=FnApiRunner())
-    _ = pipeline | beam.Create(items) | EmbedItems(handler, num_buckets=1) | beam.Map(_count)
-    result = pipeline.run()
-    result.wait_until_finish()
-    elapsed = time.perf_counter() - start
-    counters = result.metrics().query(MetricsFilter().with_name("rows"))["counters"]
-    rows = sum(counter.committed for counter in counters)
-    if rows != len(items):
-        raise SystemExit(f"the handler path returned {rows} rows for {len(items)} items")
-    return elapsed
+def bare_image(encoder: Any, payloads: list[dict], batch: int, device: torch.device) -> Callable[[], None]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=encoder.weights_path()).eval().to(device)
+    frames = [f for p in payloads for f in p["frames"]]
+    inputs = [torch.from_numpy(encoder.pixels(frames[s : s + batch]).copy()).to(device) for s in range(0, len(frames), batch)]
+    return lambda: [model.extract_features(x) for x in inputs]
+
+
+def bare_numpy(encoder: Any, payloads: list[dict], batch: int, device: torch.device) -> Callable[[], None]:
+    return lambda: [encoder.embed(None, payloads[s : s + batch], device=device, precision="fp32") for s in range(0, len(payloads), batch)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--moments", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--only", default="", help="comma-separated modalities (text,video,audio); default all")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     device_name = resolve_device(args.device)
     device = torch.device(device_name)
+    encode, extract = EncodeConfig(device=device_name, max_batch_size=args.batch), ExtractConfig()
     rng = np.random.default_rng(0)
-    cases = [("text", "minilm", make_texts(args.texts, rng)), ("video", "efficientnet-lite0", make_frames(args.images, rng))]
-    print(f"device {device_name}{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else ''}, "
-          f"precision {args.precision}, torch threads {torch.get_num_threads()}, batch {args.batch}")
-    for modality, name, payloads in cases:
-        extract = ExtractConfig()
-        batched = EncodeConfig(device=device_name, precision=args.precision, max_batch_size=args.batch)
-        encoder = resolve_encoder(modality, name, encode=batched, extract=extract)
-        model = encoder.load(device)
-        bare_loop(encoder, model, payloads[: args.batch], batch=args.batch, device=device, precision=args.precision)  # warm-up
-        bare_s = bare_loop(encoder, model, payloads, batch=args.batch, device=device, precision=args.precision)
-        handler_s = handler_path(build_handlers({modality: encoder}, batched, device_name)[modality], payloads)
-        single = EncodeConfig(device=device_name, precision=args.precision, max_batch_size=1)
-        single_s = handler_path(build_handlers({modality: encoder}, single, device_name)[modality], payloads)
-        n = len(payloads)
-        print(f"{encoder.name} ({n} {'texts' if modality == 'text' else 'frames'}):")
-        print(f"  bare model(batch) loop        {n / bare_s:8.1f} items/s")
-        print(f"  handler path, batch {args.batch:<3}       {n / handler_s:8.1f} items/s  ratio vs bare {bare_s / handler_s:5.2f}x")
-        print(f"  handler path, batch 1         {n / single_s:8.1f} items/s  batch {args.batch} vs 1: {single_s / handler_s:5.2f}x")
+    makers = {"text": (lambda: make_texts(args.texts, rng), bare_text), "video": (lambda: make_frames(args.images, rng), bare_image),
+              "audio": (lambda: make_moments(args.moments, extract.audio.n_mfcc, rng), bare_numpy)}
+    print(f"device {device_name}, fp32, torch threads {torch.get_num_threads()}, batch {args.batch}, best of {args.rounds} "
+          f"interleaved rounds, target handler/bare >= {TARGET}")
+    failed = []
+    for modality in args.only.split(",") if args.only else ("text", "video", "audio"):
+        make, bare_for = makers[modality]
+        encoder = resolve_encoder(modality, encode.encoder_for(modality), encode=encode, extract=extract)
+        payloads = make()
+        bare_loop = bare_for(encoder, payloads, args.batch, device)
+        handler = build_handlers({modality: encoder}, encode, device_name)[modality]
+        _timed(bare_loop, device)  # warm-up
+        bare_s = steady_s = wall_s = float("inf")
+        for _ in range(args.rounds):
+            bare_s = min(bare_s, _timed(bare_loop, device))
+            steady, wall = handler_path(handler, payloads)
+            steady_s, wall_s = min(steady_s, steady), min(wall_s, wall)
+        n, ratio = len(payloads), bare_s / steady_s
+        failed += [encoder.name] if ratio < TARGET else []
+        print(f"{encoder.name} ({n} items):")
+        print(f"  bare model(batch) loop        {n / bare_s:9.1f} items/s")
+        print(f"  handler path (RunInference)   {n / steady_s:9.1f} items/s  ratio vs bare {ratio:5.2f}x  "
+              f"{'ok' if ratio >= TARGET else 'BELOW'} (target {TARGET})")
+        print(f"  handler path end to end       {n / wall_s:9.1f} items/s  (pipeline start and model load included)")
+    print("all encoders at target" if not failed else f"below target: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

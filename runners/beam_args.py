@@ -1,9 +1,10 @@
-"""Validation of the Beam pipeline options passed through ``mmfeat extract``."""
+"""Validation of the Beam pipeline options passed through ``mmfeat extract``.
+
+Beam is imported only when there are options to check (importing it takes seconds).
+"""
 from __future__ import annotations
 
 import difflib
-
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from schemas.errors import ConfigError
 
@@ -17,6 +18,10 @@ def check_beam_args(beam_args: list[str], *, own_options: list[str]) -> None:
     Raises:
         ConfigError: naming each unknown argument and the closest known flag.
     """
+    if not beam_args:
+        return
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
     parser = _BeamArgumentParser(allow_abbrev=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
     for cls in classes.values():

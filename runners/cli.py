@@ -2,6 +2,12 @@
 
 Every argument is validated before any pipeline starts; a bad command line
 exits with status 2 and a message that says what to fix.
+
+Start-up: this module imports only the standard library and light modules of
+ours. Beam, pyarrow, deltalake, torch and the media libraries are imported by
+the command that uses them, so ``--help`` and argparse's errors answer at
+once, and ``extract`` without encoders never imports torch
+(``tests/test_startup.py``; timings in ``bench/startup.py``).
 """
 from __future__ import annotations
 
@@ -9,27 +15,24 @@ import argparse
 import errno
 import logging
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from runners import logging_setup
 
 logging_setup.install_handler()  # before anything imports Beam, whose import logs a warning that configured logging
 # pylint: disable=wrong-import-position
-from pipelines.run_report import AccountingError  # noqa: E402
-from pipelines.extract import RunReport, check_output, default_run_id, run_extract, validate_run_id
-from pipelines.manifest import Corpus, open_folder, open_manifest
-from pipelines.sample_corpus import make_sample_corpus
-from runners.beam_args import check_beam_args
-from runners.status import MAINTENANCE_COMMANDS
-from runners.training_commands import TRAINING_COMMANDS, add_training_commands
+from runners.beam_args import check_beam_args  # noqa: E402
 from runners.presets import RUNNER_PRESETS, add_runner_arguments, build_runner
-from schemas.cache import DEFAULT_RETENTION_HOURS, ConcurrentRunError, DamagedFileError
-from schemas.config import DEVICES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig
-from schemas.errors import ConfigError
-from transforms.encoders.base import resolve_device
+from runners.status import MAINTENANCE_COMMANDS
+from schemas.config import (
+    DEFAULT_RETENTION_HOURS, DEVICES, FRAME_MODES, MODALITIES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig,
+)
+from schemas.errors import AccountingError, ConcurrentRunError, ConfigError, DamagedFileError
+from transforms.encoders.registry import NONE as NO_ENCODER
 from transforms.encoders.registry import choices as encoder_choices
-from transforms.encoders.registry import resolve_encoders
-from transforms.text import resolve_tokenizer_path
+
+if TYPE_CHECKING:
+    from pipelines.extract import RunReport
 
 logger = logging.getLogger("mmfeat")
 
@@ -65,6 +68,9 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     sampling.add_argument("--frames-per-video", type=int, help="keep N frames spread evenly instead of --fps")
     video.add_argument("--frame-size", type=int, default=VideoConfig.frame_size, help="shorter side of kept frames, px (default 224)")
     video.add_argument("--jpeg-quality", type=int, default=VideoConfig.jpeg_quality, help="JPEG quality 1..100 (default 90)")
+    video.add_argument("--frame-mode", choices=FRAME_MODES, default=VideoConfig.frame_mode,
+                       help="sampled: frames at --fps/--frames-per-video (default); keyframes: decode and keep only key frames, "
+                            "at their own times (a fraction of the decode cost)")
     audio = parser.add_argument_group("audio")
     audio.add_argument("--sample-rate", type=int, default=AudioConfig.sample_rate, help="Hz, mono (default 16000)")
     audio.add_argument("--n-mfcc", type=int, default=AudioConfig.n_mfcc, help="MFCC coefficients (default 40)")
@@ -135,22 +141,40 @@ def _add_maintenance(subparsers: argparse._SubParsersAction, common: argparse.Ar
     compact.add_argument("output", help="cache folder")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions)."""
+OWN_COMMANDS = ("extract", "make-sample-corpus", *MAINTENANCE_COMMANDS)
+"""Subcommands defined here; the others are the trainer's (``runners.training_commands``)."""
+
+
+def _command_of(argv: Optional[Sequence[str]]) -> Optional[str]:
+    """The subcommand ``argv`` names (its first word: ``mmfeat`` takes no option before it but ``-h``), if any."""
+    argv = sys.argv[1:] if argv is None else argv
+    return argv[0] if argv else None
+
+
+def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser and the ``extract`` sub-parser (whose flags feed typo suggestions).
+
+    With ``command`` one of ``OWN_COMMANDS``, the trainer's subcommands are not registered: their options'
+    choices come from the trainer, whose import takes seconds, and parsing another command never reaches them.
+    """
     parser = argparse.ArgumentParser(prog="mmfeat", description="Multimodal corpora to a Parquet feature cache.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     common = _common_options()
     extract = _add_extract(subparsers, common)
     _add_sample_corpus(subparsers, common)
     _add_maintenance(subparsers, common)
-    add_training_commands(subparsers, common)
+    if command not in OWN_COMMANDS:
+        from runners.training_commands import add_training_commands
+
+        add_training_commands(subparsers, common)
     return parser, extract
 
 
 def _config_from(args: argparse.Namespace) -> ExtractConfig:
     return ExtractConfig(
         video=VideoConfig(
-            fps=args.fps, frames_per_video=args.frames_per_video, frame_size=args.frame_size, jpeg_quality=args.jpeg_quality
+            fps=args.fps, frames_per_video=args.frames_per_video, frame_size=args.frame_size, jpeg_quality=args.jpeg_quality,
+            frame_mode=args.frame_mode,
         ),
         audio=AudioConfig(
             sample_rate=args.sample_rate,
@@ -195,6 +219,7 @@ def format_summary(report: RunReport) -> str:
         f"failed {samples['failed']}, unchanged {samples['unchanged']})",
         "  rows      " + ", ".join(f"{table} {count}" for table, count in rows.items()),
         "  failures  " + (", ".join(f"{key} {n}" for key, n in failures.items()) or "none"),
+        *(["  warnings  " + ", ".join(f"{key} {n}" for key, n in s["warnings"].items())] if s.get("warnings") else []),
         f"  wall time {s['wall_time_s']:.1f} s",
     ]
     if s.get("metrics"):
@@ -202,15 +227,32 @@ def format_summary(report: RunReport) -> str:
     return "\n".join(lines)
 
 
+def _resolve_device(encode: EncodeConfig) -> str:
+    """The device the encoders run on; torch is imported (to look for CUDA) only when an encoder is on."""
+    if all(encode.encoder_for(modality) == NO_ENCODER for modality in MODALITIES):
+        if encode.device == "cuda":
+            logger.warning("--device cuda has no effect: every encoder is none (features only run on the CPU)")
+        return "cpu"
+    from transforms.encoders.base import resolve_device
+
+    return resolve_device(encode.device)
+
+
 def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[str]) -> int:
     config = _config_from(args)
     encode = _encode_config_from(args)
-    device = resolve_device(encode.device)
+    check_beam_args(beam_args, own_options=own_options)  # imports Beam only when options are passed through to it
+    device = _resolve_device(encode)
+    from transforms.text import resolve_tokenizer_path
+
     tokenizer_path = resolve_tokenizer_path(config.text.tokenizer)
-    check_beam_args(beam_args, own_options=own_options)
+    from pipelines.extract import check_output, default_run_id, run_extract, validate_run_id
+    from pipelines.manifest import open_folder, open_manifest
+    from transforms.encoders.registry import resolve_encoders
+
     run_id = validate_run_id(args.run_id or default_run_id())
     choice = build_runner(args.runner, args, beam_args)
-    corpus: Corpus = open_manifest(args.manifest, allow_empty=args.allow_empty) if args.manifest else open_folder(args.input)
+    corpus = open_manifest(args.manifest, allow_empty=args.allow_empty) if args.manifest else open_folder(args.input)
     check_output(args.output, overwrite=args.overwrite)
     encoders = resolve_encoders(encode, config)
     with choice.context():
@@ -244,7 +286,7 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``mmfeat`` console script; returns the exit status."""
-    parser, extract_parser = build_parser()
+    parser, extract_parser = build_parser(_command_of(argv))
     args, rest = parser.parse_known_args(argv)
     logging_setup.configure(args.log_level)  # also dask.distributed's, which configures its own logging when imported
     try:
@@ -253,15 +295,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _extract(args, rest, own)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command in TRAINING_COMMANDS:
-            return TRAINING_COMMANDS[args.command](args)
         if args.command in MAINTENANCE_COMMANDS:
             print(MAINTENANCE_COMMANDS[args.command](args))
             return EXIT_OK
         if args.command == "make-sample-corpus":
+            from pipelines.sample_corpus import make_sample_corpus
+
             manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed)
             print(f"mmfeat make-sample-corpus: {args.n} samples, manifest {manifest}")
             return EXIT_OK
+        from runners.training_commands import TRAINING_COMMANDS
+
+        if args.command in TRAINING_COMMANDS:
+            return TRAINING_COMMANDS[args.command](args)
     except ConfigError as error:
         print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,6 +3,8 @@
 Presets are registered by name; the CLI's ``--runner`` choices come from this
 registry. Each returns a ``RunnerChoice``: the runner, its pipeline options,
 and a context to run inside (a Dask cluster started and stopped for the run).
+Beam is imported by the preset that builds a runner, not by this module, so the
+CLI's ``--help`` and its option errors do not wait for it.
 """
 from __future__ import annotations
 
@@ -12,15 +14,13 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.runners.runner import PipelineRunner
-from apache_beam.transforms.environments import SubprocessSDKEnvironment
-
-from runners.worker_main import worker_command
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineRunner
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +61,15 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     """
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     if args.workers == 1:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
         return RunnerChoice(FnApiRunner(), PipelineOptions(beam_args))
+    from runners.worker_runner import WorkerProcessesRunner
+
     return RunnerChoice(WorkerProcessesRunner(args.workers, log_level=getattr(args, "log_level", "INFO")), PipelineOptions(beam_args))
-
-
-class WorkerProcessesRunner(FnApiRunner):
-    """An ``FnApiRunner`` whose SDK workers are ``workers`` processes started by ``runners.worker_main``.
-
-    Beam's ``--direct_running_mode=multi_processing`` would start ``sdk_worker_main`` under a shell instead; its
-    ``--direct_num_workers`` is honoured only in that mode, so the worker count is set on the runner itself.
-    """
-
-    def __init__(self, workers: int, *, log_level: str = "INFO") -> None:
-        command = worker_command(os.getpid(), log_level)
-        super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(command))
-        self.workers = workers
-
-    def run_via_runner_api(self, pipeline_proto: Any, options: PipelineOptions) -> Any:
-        self._num_workers = self.workers  # run_pipeline has just set it from --direct_num_workers (1)
-        return super().run_via_runner_api(pipeline_proto, options)
 
 
 @contextlib.contextmanager
@@ -113,6 +102,7 @@ def _dask(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     workers must have mmfeat installed); otherwise a ``LocalCluster`` of
     ``--workers`` processes is started and stopped for the run.
     """
+    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.dask_runner import DaskRunner
 
     if args.workers < 1:
@@ -172,6 +162,8 @@ def _dataflow(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     built = dataflow_args(args)
     if importlib.util.find_spec("apitools") is None:
         raise ConfigError("--runner dataflow needs Beam's GCP extras: pip install 'apache-beam[gcp]==2.77.0'")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     return RunnerChoice("DataflowRunner", PipelineOptions(beam_args + built))
 
 
@@ -181,6 +173,8 @@ def _portable(runner_name: str, needed: str) -> Callable[[argparse.Namespace, li
     def build(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
         if not any(arg.startswith(needed) for arg in beam_args):
             raise ConfigError(f"--runner {runner_name[:-6].lower()} needs {needed}=... (and, offline, the job-server jar option)")
+        from apache_beam.options.pipeline_options import PipelineOptions
+
         return RunnerChoice(runner_name, PipelineOptions(beam_args))
 
     return build

@@ -1,12 +1,17 @@
-"""The cache's own subcommands: ``status`` (the runs in the Delta history of ``samples``), ``repair``, ``vacuum``, ``compact``."""
+"""The cache's own subcommands: ``status`` (the runs in the Delta history of ``samples``), ``repair``, ``vacuum``, ``compact``.
+
+``schemas.cache`` (pyarrow, deltalake) is imported inside each command, so ``mmfeat --help`` does not load it.
+"""
 from __future__ import annotations
 
 import argparse
 import datetime
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from schemas.cache import RunInfo, check_format, compact, repair, runs, vacuum
 from schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from schemas.cache import RunInfo
 
 
 def _describe(run: RunInfo) -> list[str]:
@@ -34,6 +39,8 @@ def format_status(output: str) -> str:
     Raises:
         ConfigError: no cache at ``output``, or one of another schema version.
     """
+    from schemas.cache import check_format, runs
+
     check_format(output)
     history = runs(output)
     if not history:
@@ -43,6 +50,8 @@ def format_status(output: str) -> str:
 
 
 def _repair(args: argparse.Namespace) -> str:
+    from schemas.cache import check_format, repair
+
     check_format(args.output)
     run = repair(args.output, deep=args.deep)
     if run is None:
@@ -53,6 +62,8 @@ def _repair(args: argparse.Namespace) -> str:
 
 
 def _vacuum(args: argparse.Namespace) -> str:
+    from schemas.cache import check_format, vacuum
+
     check_format(args.output)
     removed = vacuum(args.output, retention_hours=args.retention_hours, dry_run=args.dry_run)
     verb = "would delete" if args.dry_run else "deleted"
@@ -60,6 +71,8 @@ def _vacuum(args: argparse.Namespace) -> str:
 
 
 def _compact(args: argparse.Namespace) -> str:
+    from schemas.cache import check_format, compact
+
     check_format(args.output)
     before = {table: len(files) for table, files in _file_counts(args.output).items()}
     compact(args.output)

@@ -1,15 +1,18 @@
 """The trainer's subcommands: ``train``, ``evaluate``, ``compare``, ``pretrain`` and ``retrieval-eval``.
 
-The trainer is imported inside each command, so ``mmfeat extract`` never loads it.
+The trainer (and torch) is imported inside each command function, so importing this module or building the
+parsers (``mmfeat --help``) imports neither; choices come from ``trainer.names``, which imports nothing heavy.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from schemas.errors import ConfigError
-from schemas.tables import MODALITIES
+from schemas.config import MODALITIES
+from trainer.machine import usable_cores
+from trainer.names import FUSIONS, READERS, SEQUENCE_ENCODERS
 
 EXIT_OK = 0
 
@@ -19,35 +22,50 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-of", metavar="RUN_ID", help="read the cache as run RUN_ID left it (default: the latest run; mmfeat status lists runs)")
 
 
-def _add_train(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from trainer.heads import FUSIONS
-    from trainer.sequence_encoders import SEQUENCE_ENCODERS
+def _add_jobs_option(parser: argparse.ArgumentParser) -> None:
+    cores = usable_cores()
+    parser.add_argument("--jobs", type=int, metavar="N", help="fits trained at once, each in its own process on one torch thread "
+                        f"(default: the usable cores, {cores} here; 1: one after another in this process; results do not depend on it)")
 
+
+def _add_train(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("train", parents=[common], help="fit a fusion head on a cache, with cross-validation")
     _add_cache_options(parser)
     parser.add_argument("--label", action="append", required=True, help="label column of the samples table (repeat for multi-task)")
-    parser.add_argument("--fusion", default="attention", choices=FUSIONS)
+    parser.add_argument("--fusion", default="attention", choices=FUSIONS, help="fusion head (default attention)")
     parser.add_argument("--modalities", help="comma-separated subset of video,audio,text (default: every embedded modality)")
     parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set (default: the latest run's)")
-    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation (0: none)")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="k-fold cross-validation before the final fit (default 5; 0: none, only the final fit, scored on its training data)")
+    _add_jobs_option(parser)
     parser.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
     parser.add_argument("--output", required=True, help="folder for metrics.json and the checkpoint")
     parser.add_argument("--init", help="a mmfeat pretrain folder: start the modality projections from it")
     sequences = parser.add_argument_group("sequence inputs")
     sequences.add_argument("--sequence", default="", help="comma-separated modalities read as sequences: audio (MFCC frames), "
                            "video/text (per-frame/per-token embeddings from mmfeat extract --sequences)")
-    sequences.add_argument("--sequence-encoder", default="gru", choices=SEQUENCE_ENCODERS)
-    sequences.add_argument("--max-steps", type=int, default=64, help="longest sequence; longer ones are averaged into this many steps")
+    sequences.add_argument("--sequence-encoder", default="gru", choices=SEQUENCE_ENCODERS, help="(default gru)")
+    sequences.add_argument("--max-steps", type=int, default=64, help="longest sequence; longer ones are averaged into this many steps (default 64)")
     sequences.add_argument("--audio-step-s", type=float, default=0.1, help="seconds of MFCC frames per audio step (default 0.1)")
     _add_reader_options(parser)
-    for name, kind, default in [("hidden", int, 32), ("epochs", int, 300), ("batch-size", int, 32), ("learning-rate", float, 1e-3),
-                                ("weight-decay", float, 1e-2), ("patience", int, 30), ("modality-dropout", float, 0.0), ("seed", int, 0)]:
-        parser.add_argument(f"--{name}", type=kind, default=default)
+    hyper = parser.add_argument_group("training")
+    for name, kind, default, meaning in _HYPER_PARAMETERS:
+        hyper.add_argument(f"--{name}", type=kind, default=default, help=f"{meaning} (default {default})")
+
+
+_HYPER_PARAMETERS = [
+    ("hidden", int, 32, "projection size"),
+    ("epochs", int, 300, "most epochs per fit; early stopping usually ends sooner"),
+    ("batch-size", int, 32, "rows per optimiser step"),
+    ("learning-rate", float, 1e-3, "AdamW learning rate"),
+    ("weight-decay", float, 1e-2, "AdamW weight decay"),
+    ("patience", int, 30, "epochs without a better validation loss before stopping"),
+    ("modality-dropout", float, 0.0, "chance of hiding a present modality from a training row"),
+    ("seed", int, 0, "seeds splits, initialisation, batches and dropout"),
+]
 
 
 def _add_reader_options(parser: argparse.ArgumentParser) -> None:
-    from trainer.run import READERS
-
     reading = parser.add_argument_group("reading the cache")
     reading.add_argument("--reader", default="auto", choices=READERS,
                          help="memory, disk (memory-mapped, chunked: caches larger than memory) or auto (disk above an eighth of RAM)")
@@ -104,18 +122,24 @@ def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.Argume
     parser = subparsers.add_parser("compare", parents=[common], help="fusion heads against single-modality baselines, cross-validated")
     _add_cache_options(parser)
     parser.add_argument("--label", required=True)
-    parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads (default attention,concat,weighted)")
+    parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation of every model (default 5)")
+    parser.add_argument("--epochs", type=int, default=300, help="most epochs per fit (default 300; early stopping usually ends sooner)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation, batches and dropout (default 0)")
+    _add_jobs_option(parser)
     parser.add_argument("--labels-file", help="CSV, JSONL or Parquet with sample_id (or id) and the label column")
 
 
 def _compare(args: argparse.Namespace) -> int:
     from trainer.compare import compare, format_table
+    from trainer.threads import single_threaded_process
     from trainer.train import TrainConfig
 
-    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds, config=TrainConfig(seed=args.seed),
-                   labels_file=args.labels_file, as_of=args.as_of)
+    for option, value, minimum in (("folds", args.folds, 2), ("epochs", args.epochs, 1), ("jobs", args.jobs, 1)):
+        _check_at_least(option, value, minimum)
+    single_threaded_process()
+    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds,
+                   config=TrainConfig(seed=args.seed, epochs=args.epochs), labels_file=args.labels_file, as_of=args.as_of, jobs=args.jobs)
     print(format_table(rows))
     return EXIT_OK
 
@@ -148,9 +172,20 @@ def _modality_list(value: Optional[str]) -> tuple[str, ...]:
     return names
 
 
+def _check_at_least(option: str, value: Optional[int], minimum: int) -> None:
+    """Fail before any work when ``--option`` is given below ``minimum``."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"--{option} must be >= {minimum} (got {value})")
+
+
 def _train(args: argparse.Namespace) -> int:
     from trainer.run import train
+    from trainer.threads import single_threaded_process
     from trainer.train import TrainConfig
+
+    _check_at_least("epochs", args.epochs, 1)
+    _check_at_least("jobs", args.jobs, 1)
+    single_threaded_process()
 
     config = TrainConfig(fusion=args.fusion, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, weight_decay=args.weight_decay, patience=args.patience,
@@ -160,15 +195,29 @@ def _train(args: argparse.Namespace) -> int:
     modalities = list(_modality_list(args.modalities)) or None
     report = train(args.cache, labels=args.label, config=config, output=args.output, as_of=args.as_of, folds=args.folds,
                    modalities=modalities, encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init,
-                   reader=args.reader, scratch=args.scratch, labels_file=args.labels_file)
+                   reader=args.reader, scratch=args.scratch, labels_file=args.labels_file, jobs=args.jobs)
     print(f"mmfeat train: {args.fusion} on {', '.join(report['modalities'])} ({report['n_samples']} samples) -> {args.output}")
     print(f"  cache as run {report['cache']['run_id']} left it (samples version {report['cache']['samples_version']})")
-    for name, mean in report.get("mean", {}).items():
-        print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
+    _print_metrics(report)
     weights = report["final_model"].get("modality_weights")
     if weights:
         print("  modality weights         " + ", ".join(f"{m} {w:.2f}" for m, w in weights.items()))
     return EXIT_OK
+
+
+def _print_metrics(report: dict[str, Any]) -> None:
+    """Mean ± std over the folds; without cross-validation (``--folds 0``), the final model's metrics on its training data."""
+    if "mean" in report:
+        print(f"  {'metric':<24} mean ± std over {len(report['folds'])} folds")
+        for name, mean in report["mean"].items():
+            print(f"  {name:<24} {mean:.3f} ± {report['std'][name]:.3f}")
+        return
+    from trainer.evaluation import flatten_metrics
+
+    on_training = report["final_model"]["metrics_on_training_cache"]
+    print(f"  {'metric':<24} on the training data (no cross-validation: --folds 0; optimistic)")
+    for name, value in flatten_metrics(on_training, len(on_training)).items():
+        print(f"  {name:<24} {value:.3f}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

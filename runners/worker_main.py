@@ -16,16 +16,37 @@ from typing import Optional, Sequence
 
 from runners import logging_setup
 from runners.worker_guard import guard_worker
+from schemas.config import DECODE_THREADS_ENV
 
 MODULE = "runners.worker_main"
 
 
-def worker_command(launcher_pid: int, log_level: str) -> str:
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", DECODE_THREADS_ENV)
+"""Thread counts set in each worker's environment (BLAS/OpenMP/torch, and mmfeat's video decoder)."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_thread_env(threads: int) -> dict[str, str]:
+    """``{variable: str(threads)}`` for ``THREAD_ENV_VARS``: ``threads`` per worker, so N workers on C cores
+    (``threads = max(1, C // N)``) do not oversubscribe them."""
+    return {name: str(max(1, int(threads))) for name in THREAD_ENV_VARS}
+
+
+def worker_command(launcher_pid: int, log_level: str, threads: Optional[int] = None) -> str:
     """The shell command Beam runs to start one worker (``exec``: no shell stays between launcher and worker).
 
     ``-P`` keeps the current directory off ``sys.path``: the worker imports the installed mmfeat, as the launcher does.
+    ``threads``: set ``worker_thread_env(threads)`` in the worker's environment (through ``env``, before Python starts).
     """
-    return (f"exec {shlex.quote(sys.executable)} -P -m {MODULE} "
+    prefix = "" if threads is None else "env " + " ".join(f"{k}={v}" for k, v in worker_thread_env(threads).items()) + " "
+    return (f"exec {prefix}{shlex.quote(sys.executable)} -P -m {MODULE} "
             f"--launcher-pid {int(launcher_pid)} --log-level {shlex.quote(log_level)}")
 
 
@@ -42,11 +63,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging_setup.install_handler()
     logging_setup.configure(args.log_level)
     guard_worker(args.launcher_pid)
+    _limit_opencv_threads()
     # This worker's stderr is the launcher's: forwarding its records to the launcher as well printed them twice.
     os.environ.pop("LOGGING_API_SERVICE_DESCRIPTOR", None)
     from apache_beam.runners.worker import sdk_worker_main
 
     sdk_worker_main.main(sys.argv[:1])
+
+
+def _limit_opencv_threads() -> None:
+    """OpenCV's own pool (resize, JPEG) to ``$MMFEAT_DECODE_THREADS`` threads, when the launcher set it."""
+    threads = os.environ.get(DECODE_THREADS_ENV)
+    if threads and threads.isdigit():
+        import cv2
+
+        cv2.setNumThreads(int(threads))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+FRAME_MODES = ("sampled", "keyframes")
+"""``--frame-mode`` values: ``sampled`` keeps frames at ``fps`` (or ``frames_per_video``) from every decoded frame;
+``keyframes`` decodes only the key frames and keeps each of them (``fps``/``frames_per_video`` then do not apply)."""
+
+DECODE_THREADS_ENV = "MMFEAT_DECODE_THREADS"
+"""Environment variable that sets the video decoder's threads in a process (worker processes get
+``max(1, cores // workers)``); unset: one per available core."""
+
+
 @dataclass(frozen=True)
 class VideoConfig:
     """Frame sampling.
@@ -26,12 +35,15 @@ class VideoConfig:
         frames_per_video: keep this many frames, spread uniformly over the video.
         frame_size: the shorter side of a kept frame after resizing, in pixels.
         jpeg_quality: JPEG quality of stored frames, 1..100.
+        frame_mode: ``sampled`` (default) or ``keyframes`` (see ``FRAME_MODES``); part of the features
+            fingerprint, so changing it recomputes the frames.
     """
 
     fps: float = 1.0
     frames_per_video: Optional[int] = None
     frame_size: int = 224
     jpeg_quality: int = 90
+    frame_mode: str = "sampled"
 
     def __post_init__(self) -> None:
         _require(self.fps > 0, f"--fps must be > 0 (got {self.fps})")
@@ -41,6 +53,7 @@ class VideoConfig:
         )
         _require(8 <= self.frame_size <= 4096, f"--frame-size must be in 8..4096 pixels (got {self.frame_size})")
         _require(1 <= self.jpeg_quality <= 100, f"--jpeg-quality must be in 1..100 (got {self.jpeg_quality})")
+        _require(self.frame_mode in FRAME_MODES, f"--frame-mode must be one of {', '.join(FRAME_MODES)} (got {self.frame_mode!r})")
 
 
 @dataclass(frozen=True)
@@ -129,8 +142,16 @@ class ExtractConfig:
         return dataclasses.asdict(self)
 
 
+MODALITIES = ("video", "audio", "text")
+"""The modalities of a sample (also re-exported by ``schemas.tables``; here so that the CLI imports no pyarrow)."""
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+DEFAULT_RETENTION_HOURS = 168
+"""Files no version within this window references are removed by vacuum (Delta's default: 7 days).
+A run in progress writes files younger than this, so vacuum never touches them. (Here, not in ``schemas.cache``,
+so that the CLI's ``--help`` can show it without importing pyarrow.)"""
 
 
 @dataclass(frozen=True)

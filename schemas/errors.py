@@ -67,3 +67,20 @@ class SampleFailure(Exception):
         self.stage = stage
         self.kind = kind
         self.message = message
+
+
+class ConcurrentRunError(RuntimeError):
+    """Another run holds the cache's commit and did not finish in time; this run committed nothing."""
+
+
+class DamagedFileError(RuntimeError):
+    """A committed data file cannot be read. ``path`` names it; ``mmfeat repair`` removes it."""
+
+    def __init__(self, table: str, path: str, reason: str) -> None:
+        super().__init__(f"data file {path} of table {table} is damaged or missing ({reason}); "
+                         "run mmfeat repair --deep on the cache to remove it (its samples are recomputed by the next run)")
+        self.table, self.path = table, path
+
+
+class AccountingError(RuntimeError):
+    """The samples table does not hold exactly one row per input row: data was lost or duplicated."""

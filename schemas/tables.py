@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.config import MODALITIES  # noqa: F401  (re-exported: defined where importing it costs no pyarrow)
+
 SCHEMA_VERSION = "2"
 
 STATUS_OK = "ok"
@@ -16,7 +18,6 @@ STATUS_PARTIAL = "partial"
 STATUS_FAILED = "failed"
 STATUSES = (STATUS_OK, STATUS_PARTIAL, STATUS_FAILED)
 
-MODALITIES = ("video", "audio", "text")
 
 SAMPLES_BASE = pa.schema(
     [

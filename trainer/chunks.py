@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from trainer.data import FeatureSet
+from trainer.feature_set import FeatureSet
 
 BLOCKS_PER_CHUNK = 16
 

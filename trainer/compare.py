@@ -1,11 +1,18 @@
-"""Fusion heads against single-modality baselines, under the same cross-validation: one row per model."""
+"""Fusion heads against single-modality baselines, under the same cross-validation: one row per model.
+
+Every fold of every model goes into one pool of worker processes (``trainer.folds``), so the cores stay busy
+until the last fit; the rows do not depend on ``jobs``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from trainer.crossval import fold_jobs, summarise
 from trainer.data import load_features
-from trainer.train import TrainConfig, cross_validate, infer_task
+from trainer.folds import run_fold_jobs
+from trainer.tasks import infer_task
+from trainer.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -21,19 +28,23 @@ class ComparisonRow:
 
 def compare(
     cache: str, *, label: str, fusions: tuple[str, ...] = ("attention", "concat", "weighted"), folds: int = 5,
-    config: Optional[TrainConfig] = None, labels_file: Optional[str] = None, as_of: Optional[str] = None,
+    config: Optional[TrainConfig] = None, labels_file: Optional[str] = None, as_of: Optional[str] = None, jobs: Optional[int] = None,
 ) -> list[ComparisonRow]:
-    """Cross-validate each fusion on every modality, then ``concat`` on each modality alone (on the cache as run ``as_of`` left it)."""
+    """Cross-validate each fusion on every modality, then ``concat`` on each modality alone (on the cache as run ``as_of`` left it),
+    ``jobs`` fits at a time (default: one per usable core)."""
     base = config or TrainConfig()
     data = load_features(cache, labels=[label], labels_file=labels_file, as_of=as_of)
     task = infer_task(label, data.labels[label])
     metric = "f1_macro" if task.kind == "classification" else "pearson_r"
-    runs = [(fusion, data) for fusion in fusions] + [("concat", data.only(m)) for m in data.modalities]
+    runs = [(fusion, fusion, data) for fusion in fusions] + [(f"{m} only", "concat", data.only(m)) for m in data.modalities]
+    jobs_per_run = [fold_jobs(subset, [task], replace(base, fusion=fusion), folds, name=name) for name, fusion, subset in runs]
+    results = run_fold_jobs(data, [job for run in jobs_per_run for job in run], jobs=jobs, title="compare")
     rows = []
-    for fusion, subset in runs:
-        result = cross_validate(subset, [task], replace(base, fusion=fusion), folds)
-        name = fusion if len(subset.modalities) > 1 else f"{subset.modalities[0]} only"
-        rows.append(ComparisonRow(name, ",".join(subset.modalities), metric, result["mean"][metric], result["std"][metric]))
+    for (name, _, subset), run_jobs in zip(runs, jobs_per_run):
+        per_fold, results = results[: len(run_jobs)], results[len(run_jobs) :]
+        summary = summarise(per_fold, [task], run_jobs[0].config)
+        model = name if len(subset.modalities) > 1 else f"{subset.modalities[0]} only"
+        rows.append(ComparisonRow(model, ",".join(subset.modalities), metric, summary["mean"][metric], summary["std"][metric]))
     return rows
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -27,60 +26,8 @@ from schemas.cache import CacheView, runs
 from schemas.errors import ConfigError
 from schemas.tables import MODALITIES, STATUS_FAILED
 from trainer.cache_reader import columns, description, read_partitions, row_count
+from trainer.feature_set import FeatureSet
 from trainer.sequences import allocate, embedding_sequences, mfcc_sequences
-
-
-@dataclass
-class FeatureSet:
-    """Aligned training data.
-
-    Attributes:
-        sample_ids: ``(n,)``.
-        modalities: modality names, the column order of ``present``.
-        features: per modality, float32 ``(n, dim)``, or ``(n, max_steps, dim)`` for a sequence
-            modality (zeros where absent and after each length); numpy arrays or memory maps.
-        present: bool ``(n, n_modalities)``.
-        labels: per label column, ``(n,)`` values (str, int or float).
-        lengths: per sequence modality, int32 ``(n,)`` steps (0 where absent).
-        source: what was read: ``cache``, ``run_id`` and ``samples_version`` of the state read, and per modality
-            the ``table`` and its ``version`` (empty for feature sets not read from a cache).
-    """
-
-    sample_ids: list[str]
-    modalities: list[str]
-    features: dict[str, np.ndarray]
-    present: np.ndarray
-    labels: dict[str, np.ndarray]
-    lengths: dict[str, np.ndarray] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.sample_ids)
-
-    def subset(self, index: np.ndarray) -> "FeatureSet":
-        """The rows ``index``: a view when they are a contiguous run (no copy), else a copy in memory (from memory maps too)."""
-        index = np.asarray(index, dtype=np.int64)
-        contiguous = len(index) > 0 and index[-1] - index[0] == len(index) - 1 and bool(np.all(np.diff(index) == 1))
-        rows = slice(int(index[0]), int(index[-1]) + 1) if contiguous else index
-        return FeatureSet(
-            sample_ids=[self.sample_ids[i] for i in index],
-            modalities=self.modalities,
-            features={m: np.asarray(f[rows]) for m, f in self.features.items()},
-            present=self.present[rows],
-            labels={k: v[rows] for k, v in self.labels.items()},
-            lengths={m: v[rows] for m, v in self.lengths.items()},
-            source=self.source,
-        )
-
-    def only(self, modality: str) -> "FeatureSet":
-        """The same samples with one modality (a unimodal baseline)."""
-        column = self.modalities.index(modality)
-        return FeatureSet(self.sample_ids, [modality], {modality: self.features[modality]}, self.present[:, column : column + 1],
-                          self.labels, {m: v for m, v in self.lengths.items() if m == modality}, self.source)
-
-    def dims(self) -> dict[str, int]:
-        """Input size per modality (the last axis)."""
-        return {m: int(self.features[m].shape[-1]) for m in self.modalities}
 
 
 def open_view(cache: Union[str, CacheView], as_of: Optional[str] = None) -> CacheView:

@@ -23,9 +23,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from trainer.names import FUSIONS
 from trainer.sequence_encoders import SequenceEncoder
 
-FUSIONS = ("concat", "weighted", "attention", "gated", "tensor", "lowrank", "late")
 _SMALL = 8
 
 

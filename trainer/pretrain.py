@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from schemas.errors import ConfigError
-from trainer.data import FeatureSet
+from trainer.feature_set import FeatureSet
 from trainer.heads import projection
 from trainer.standardise import Standardiser
 

@@ -21,12 +21,16 @@ from schemas.cache import CacheView
 from schemas.errors import ConfigError
 from trainer import checkpoint
 from trainer.data import FeatureSet, embedding_sets, estimated_bytes, load_features, open_view
+from trainer.names import READERS
 from trainer.plots import write_report_plots
-from trainer.train import TrainConfig, cross_validate, evaluate, fit, infer_task, modality_weights
+from trainer.crossval import cross_validate
+from trainer.evaluation import evaluate, modality_weights
+from trainer.progress import Progress
+from trainer.tasks import infer_task
+from trainer.train import TrainConfig, fit
 
 logger = logging.getLogger(__name__)
 
-READERS = ("auto", "memory", "disk")
 DISK_CHUNK_ROWS = 4096
 
 
@@ -72,8 +76,10 @@ def train(
     reader: str = "auto",
     scratch: Optional[str] = None,
     labels_file: Optional[str] = None,
+    jobs: Optional[int] = None,
 ) -> dict[str, Any]:
-    """Cross-validate (when ``folds`` >= 2), then fit on every sample and save the checkpoint.
+    """Cross-validate (when ``folds`` >= 2, ``jobs`` folds at a time; default one per usable core), then fit on every
+    sample and save the checkpoint.
 
     Writes ``{output}/metrics.json`` (``folds``, ``mean``, ``std``, config, tasks, modalities, and ``cache``: the run
     whose state was read, ``as_of`` or the latest, and each modality's table and version) and the checkpoint.
@@ -87,8 +93,10 @@ def train(
         tasks = [infer_task(label, data.labels[label], task_type) for label in labels]
         logger.info("training %s on %d samples, modalities %s (sequences %s), tasks %s",
                     config.fusion, len(data), data.modalities, list(data.lengths), labels)
-        report: dict[str, Any] = cross_validate(data, tasks, config, folds) if folds >= 2 else {}
-        fitted = fit(data, tasks, config)
+        report: dict[str, Any] = cross_validate(data, tasks, config, folds, jobs=jobs) if folds >= 2 else {}
+        with Progress(["final model"], config.epochs, title="final model") as progress:
+            fitted = fit(data, tasks, config, on_epoch=progress.callback("final model"))
+            progress.finish("final model")
         checkpoint.save(fitted, config, output, data.source)
         report |= {
             "modalities": data.modalities,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-SEQUENCE_ENCODERS = ("gru", "transformer")
+from trainer.names import SEQUENCE_ENCODERS
 
 
 class SequenceEncoder(nn.Module):

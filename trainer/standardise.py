@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from trainer.chunks import iter_chunks
-from trainer.data import FeatureSet
+from trainer.feature_set import FeatureSet
 
 STATS_ROWS = 8192  # rows per pass step: bounds the temporaries of the statistics
 

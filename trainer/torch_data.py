@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainer.data import FeatureSet
+from trainer.feature_set import FeatureSet
 from trainer.standardise import Standardiser
 
 

@@ -1,24 +1,34 @@
-"""Manifest rows meet what the cache holds, by ``sample_id``, inside the pipeline.
+"""Manifest rows meet what the cache holds, by ``sample_id``, inside the pipeline, in buckets.
 
 The cached ``samples`` rows and embedding rows of the state the run started
 from are read by the workers (one file per element) and joined with the
-manifest rows (``CoGroupByKey``). Each group decides its sample: the first
-row by ``manifest_row`` keeps the id and carries what the cache holds for it
-(``KnownSample``, or ``None``); later rows with the same id fail as
-duplicates. Rows that failed before they had an id skip the join.
+manifest rows by ``sample_id``. The join groups *buckets* of ids (a stable
+hash of the id), not single ids: each side sends a bucket's rows as one list
+(``CoGroupByKey`` over buckets), so an unchanged rerun of a million rows moves
+a few hundred elements between stages instead of two million.
+
+Each bucket decides its samples: the first row of an id by ``manifest_row``
+keeps it, later rows fail as duplicates; a sample the cache holds unchanged by
+its files' metadata, with every requested embedding, is only counted (it
+never reaches the extractor); every other row goes on with what the cache
+holds for it (``KnownSample``, or ``None``). Rows that failed before they had
+an id skip the join.
 """
 from __future__ import annotations
 
+import collections
 from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 
 from schemas.cache import table_uri
-from schemas.cache.layout import filesystem
+from schemas.cache.layout import UNCHANGED_COUNT_PREFIX, RunCount, filesystem
 from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
-from transforms.extract_sample import KnownSample
+from transforms.extract_sample_fn import counter
+from transforms.record_batches import bucket_of, records_of
+from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, unchanged_by_metadata
 
 CachedFile = tuple[str, str]
 """A table name and the path of one of its committed files (relative to the table folder)."""
@@ -26,6 +36,9 @@ CachedFile = tuple[str, str]
 SAMPLE_COLUMNS = ("sample_id", "content_hash", "file_identity", "features_fingerprint", "manifest_hash", "manifest_ok",
                   "n_frames", "n_audio_windows", "n_tokens")
 """The ``samples`` columns an incremental run needs (``file_identity`` is missing from files older than it: read as null)."""
+
+_UNCHANGED = "unchanged"
+"""Tag of the per-bucket counts of unchanged samples in the decisions (the other elements are records)."""
 
 
 def _read_columns(cache: str, table: str, path: str, wanted: Iterable[str]) -> dict[str, list[Any]]:
@@ -39,82 +52,141 @@ def _read_columns(cache: str, table: str, path: str, wanted: Iterable[str]) -> d
 
 
 class _CachedSamplesFn(beam.DoFn):
-    """A committed ``samples`` file -> ``(sample_id, KnownSample)`` for each valid row (embeddings filled in later)."""
+    """A committed ``samples`` file -> ``(bucket, [(sample_id, KnownSample as_tuple), ...])`` of its valid rows."""
 
-    def __init__(self, cache: str) -> None:
+    def __init__(self, cache: str, buckets: int) -> None:
         self._cache = cache
+        self._buckets = buckets
 
-    def process(self, path: str) -> Iterator[tuple[str, tuple]]:
+    def process(self, path: str) -> Iterator[tuple[int, list[tuple[str, tuple]]]]:
         columns = _read_columns(self._cache, "samples", path, SAMPLE_COLUMNS)
+        by_bucket = collections.defaultdict(list)
         for i, sample_id in enumerate(columns["sample_id"]):
             if not columns["manifest_ok"][i]:
                 continue
             counts = {"video": columns["n_frames"][i], "audio": columns["n_audio_windows"][i], "text": columns["n_tokens"][i]}
-            yield sample_id, KnownSample(
+            known = KnownSample(
                 content_hash=columns["content_hash"][i], features_fingerprint=columns["features_fingerprint"][i],
                 manifest_hash=columns["manifest_hash"][i], file_identity=columns["file_identity"][i],
                 modalities_with_features=frozenset(m for m, n in counts.items() if n),
-            ).as_tuple()
+            )
+            by_bucket[bucket_of(sample_id, self._buckets)].append((sample_id, known.as_tuple()))
+        yield from by_bucket.items()
 
 
 class _CachedEmbeddingsFn(beam.DoFn):
-    """A committed embedding file -> ``(sample_id, (modality, encoder_fingerprint))`` per row."""
+    """A committed embedding file -> ``(bucket, [(sample_id, modality, encoder_fingerprint), ...])``."""
 
-    def __init__(self, cache: str) -> None:
+    def __init__(self, cache: str, buckets: int) -> None:
         self._cache = cache
+        self._buckets = buckets
 
-    def process(self, element: CachedFile) -> Iterator[tuple[str, tuple[str, str]]]:
+    def process(self, element: CachedFile) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
         table, path = element
         columns = _read_columns(self._cache, table, path, ("sample_id", "modality", "encoder_fingerprint"))
-        yield from zip(columns["sample_id"], zip(columns["modality"], columns["encoder_fingerprint"]))
+        by_bucket = collections.defaultdict(list)
+        for row in zip(columns["sample_id"], columns["modality"], columns["encoder_fingerprint"]):
+            by_bucket[bucket_of(row[0], self._buckets)].append(row)
+        yield from by_bucket.items()
 
 
-def decide(sample_id: str, group: dict[str, list[Any]]) -> Iterator[tuple[ManifestRecord, Optional[KnownSample]]]:
-    """The records of one id with what the cache holds for it: the first row keeps the id, later ones are duplicates.
+def decide(records: list[ManifestRecord], known: Optional[KnownSample]) -> Iterator[tuple[ManifestRecord, Optional[KnownSample]]]:
+    """The records of one id (any order) with what the cache holds for it: the first row by ``manifest_row`` keeps
+    the id and ``known``, later ones fail as duplicates."""
+    records = sorted(records, key=lambda record: record.manifest_row)
+    first = records[0]
+    yield first, known
+    for record in records[1:]:
+        yield record.with_error(ManifestError(
+            ErrorKind.DUPLICATE_ID, f"id {first.sample_id!r} of manifest row {record.manifest_row} was already used by manifest "
+            f"row {first.manifest_row}; the first row is kept")), None
 
-    ``group``: ``manifest`` (records ``as_tuple``), ``cached`` (a ``KnownSample`` ``as_tuple``, or none), ``embedded``
-    (``(modality, encoder fingerprint)`` pairs)."""
-    records = sorted((ManifestRecord.from_tuple(values) for values in group["manifest"]), key=lambda record: record.manifest_row)
-    known = None
-    if group["cached"]:
-        embedded = frozenset(tuple(e) for e in group["embedded"])
-        known = KnownSample.from_tuple(group["cached"][0]).with_embedded(embedded)
-    for index, record in enumerate(records):
-        if index == 0:
-            yield record, known
-        else:
-            yield record.with_error(ManifestError(
-                ErrorKind.DUPLICATE_ID, f"id {sample_id!r} of manifest row {record.manifest_row} was already used by manifest row "
-                f"{records[0].manifest_row}; the first row is kept")), None
+
+class _DecideBucketFn(beam.DoFn):
+    """One bucket's manifest rows, cached samples and embeddings -> ``(ManifestRecord, KnownSample | None)`` for every
+    row that needs work, and ``("unchanged", n)`` for the ``n`` samples unchanged by metadata (one output: Beam's
+    DaskRunner mixes tagged outputs).
+
+    Args:
+        features_fingerprint: the run's feature config.
+        requests: ``{modality: encoder fingerprint}`` of the encoders the run feeds.
+        verify_content: compare content hashes even of unchanged identities (nothing is decided here then).
+    """
+
+    def __init__(self, features_fingerprint: str, requests: dict[str, str], verify_content: bool) -> None:
+        self._features_fingerprint = features_fingerprint
+        self._requests = requests
+        self._verify_content = verify_content
+
+    def process(self, element: tuple[int, dict[str, list[list]]]) -> Iterator[tuple[Any, Any]]:
+        bucket, group = element
+        by_id: dict[str, list[ManifestRecord]] = collections.defaultdict(list)
+        for batch in group["manifest"]:
+            for record in records_of((bucket, batch)):
+                if record.sample_id:
+                    by_id[record.sample_id].append(record)
+                else:
+                    yield record, None  # failed before it had an id: nothing to join
+        cached = {sample_id: values for batch in group["cached"] for sample_id, values in batch if sample_id in by_id}
+        embedded: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
+        for batch in group["embedded"]:
+            for sample_id, modality, fingerprint in batch:
+                if sample_id in cached:
+                    embedded[sample_id].add((modality, fingerprint))
+        unchanged = 0
+        for sample_id, records in by_id.items():
+            known = None
+            if sample_id in cached:
+                known = KnownSample.from_tuple(cached[sample_id]).with_embedded(frozenset(embedded.get(sample_id, ())))
+            if len(records) == 1 and self._unchanged(records[0], known):
+                unchanged += 1
+                continue
+            yield from decide(records, known)
+        if unchanged:
+            counter("mmfeat", "samples_unchanged").inc(unchanged)
+            counter("mmfeat", f"samples_unchanged_by_{UNCHANGED_BY_METADATA}").inc(unchanged)
+            yield _UNCHANGED, unchanged
+
+    def _unchanged(self, record: ManifestRecord, known: Optional[KnownSample]) -> bool:
+        return (not self._verify_content and known is not None and not known.missing_embeddings(self._requests)
+                and unchanged_by_metadata(record, known, self._features_fingerprint))
 
 
 class JoinWithCache(beam.PTransform):
-    """``PCollection[ManifestRecord]`` -> ``PCollection[(ManifestRecord, KnownSample | None)]``, one per record.
+    """``PCollection[RecordBatch]`` -> ``(records, unchanged)``: ``PCollection[(ManifestRecord, KnownSample | None)]``
+    of the rows that need work (one per row), and the ``RunCount`` of the samples unchanged by metadata (none when 0).
 
     Args:
         cache: the cache folder.
         samples_files: the committed files of ``samples`` in the state the run started from (none: compute everything).
         embedding_files: the committed files of its embedding sets, as ``(table, path)``.
+        buckets: the number of buckets the batches were made with (``record_batches.num_buckets``).
+        features_fingerprint, requests, verify_content: as ``_DecideBucketFn``.
     """
 
-    def __init__(self, cache: str, samples_files: list[str], embedding_files: list[CachedFile]) -> None:
+    def __init__(self, cache: str, samples_files: list[str], embedding_files: list[CachedFile], *, buckets: int,
+                 features_fingerprint: str = "", requests: Optional[dict[str, str]] = None, verify_content: bool = False) -> None:
         super().__init__()
         self._cache = cache
         self._samples_files = samples_files
         self._embedding_files = embedding_files
+        self._buckets = buckets
+        self._decide = _DecideBucketFn(features_fingerprint, requests or {}, verify_content)
 
-    def expand(self, records: beam.PCollection) -> beam.PCollection:
-        pipeline = records.pipeline
-        failed = records | "RowFailures" >> beam.Filter(lambda record: not record.sample_id) | "NothingCached" >> beam.Map(lambda r: (r, None))
-        keyed = (records | "WithId" >> beam.Filter(lambda record: bool(record.sample_id))
-                 | "KeyById" >> beam.Map(lambda r: (r.sample_id, r.as_tuple())))  # plain values travel faster than dataclasses
+    def expand(self, batches: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        pipeline = batches.pipeline
         cached = (pipeline | "SamplesFiles" >> beam.Create(self._samples_files)
-                  | "ReadCachedSamples" >> beam.ParDo(_CachedSamplesFn(self._cache)))
+                  | "ReadCachedSamples" >> beam.ParDo(_CachedSamplesFn(self._cache, self._buckets)))
         embedded = (pipeline | "EmbeddingFiles" >> beam.Create(self._embedding_files)
-                    | "ReadCachedEmbeddings" >> beam.ParDo(_CachedEmbeddingsFn(self._cache)))
+                    | "ReadCachedEmbeddings" >> beam.ParDo(_CachedEmbeddingsFn(self._cache, self._buckets)))
         decided = (
-            {"manifest": keyed, "cached": cached, "embedded": embedded}
-            | "JoinById" >> beam.CoGroupByKey()
-            | "Decide" >> beam.FlatMapTuple(decide)
+            {"manifest": batches, "cached": cached, "embedded": embedded}
+            | "JoinByBucket" >> beam.CoGroupByKey()
+            | "Decide" >> beam.ParDo(self._decide)
         )
-        return (failed, decided) | "AllRecords" >> beam.Flatten()
+        records = decided | "RecordsToExtract" >> beam.Filter(lambda pair: pair[0] != _UNCHANGED)
+        unchanged = (decided | "UnchangedCounts" >> beam.Filter(lambda pair: pair[0] == _UNCHANGED)
+                     | "Counts" >> beam.Map(lambda pair: pair[1])
+                     | "SumUnchanged" >> beam.CombineGlobally(sum).without_defaults()
+                     | "UnchangedCount" >> beam.Map(lambda n: RunCount(f"{UNCHANGED_COUNT_PREFIX}{UNCHANGED_BY_METADATA}", n)))
+        return records, unchanged

@@ -10,16 +10,13 @@ Besides cache rows, a sample yields one *encoder item* per modality that an
 encoder will embed, under the table name ``_encode/<modality>``: the pipeline
 routes those to ``RunInference`` instead of the cache.
 
-Incremental runs: a sample whose manifest row and feature config are already
-in the cache, and whose files are unchanged, yields only a ``_skipped`` marker,
-plus encoder items for the modalities whose current encoder has not embedded
-it yet. A file is unchanged when its identity (size and modification time,
-or an object store's metadata) is; only a file whose identity changed is read
-to compare its content hash (every file under ``verify_content``).
+Incremental runs: a sample the cache holds unchanged (``transforms.unchanged``)
+yields only a ``_skipped`` marker, plus encoder items for the modalities whose
+current encoder has not embedded it yet. Most unchanged samples never get
+here: the join with the cache counts those its files' metadata tells about.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +33,8 @@ from transforms import media_io
 from transforms.audio_decode import MonoDecoder
 from transforms.mfcc import AudioEncoderInput, MfccStream
 from transforms.text import TextTokenizer, decode_utf8, read_prefix
-from transforms.video import FrameSampler
+from transforms.unchanged import UNCHANGED_BY_CONTENT, UNCHANGED_BY_METADATA, KnownSample, identities_json, same_row_and_config
+from transforms.video_rows import video_file_rows
 
 logger = logging.getLogger(__name__)
 
@@ -56,42 +54,6 @@ class EncodeRequest:
     modality: str
     needs: frozenset[str]
     fingerprint: str
-
-
-@dataclass(frozen=True)
-class KnownSample:
-    """What the cache already holds for a sample (from earlier runs).
-
-    Attributes:
-        content_hash: SHA-256 over its files' contents, where an earlier run computed it.
-        file_identity: its files' identities (``media_io.file_identity``) as JSON, ``None`` in older caches.
-        embedded: (modality, encoder fingerprint) of the embeddings it has.
-    """
-
-    content_hash: Optional[str]
-    features_fingerprint: str
-    manifest_hash: str
-    modalities_with_features: frozenset[str]
-    file_identity: Optional[str] = None
-    embedded: frozenset[tuple[str, str]] = frozenset()
-
-    def with_embedded(self, embedded: frozenset[tuple[str, str]]) -> "KnownSample":
-        return dataclasses.replace(self, embedded=embedded)
-
-    def as_tuple(self) -> tuple:
-        """Plain values, which Beam encodes without pickling."""
-        return (self.content_hash, self.features_fingerprint, self.manifest_hash, tuple(sorted(self.modalities_with_features)),
-                self.file_identity, tuple(sorted(self.embedded)))
-
-    @classmethod
-    def from_tuple(cls, values: tuple) -> "KnownSample":
-        content_hash, features_fingerprint, manifest_hash, modalities, file_identity, embedded = values
-        return cls(content_hash, features_fingerprint, manifest_hash, frozenset(modalities), file_identity,
-                   frozenset(tuple(e) for e in embedded))
-
-
-UNCHANGED_BY_METADATA = "metadata"
-UNCHANGED_BY_CONTENT = "content"
 
 
 @dataclass(frozen=True)
@@ -138,7 +100,7 @@ class _SampleState:
 
     def file_identity(self) -> str:
         """The identities of the readable files as JSON (``{}`` when none is readable)."""
-        return json.dumps(self.identities, sort_keys=True)
+        return identities_json(self.identities)
 
     def feature_row(self, table: str, columns: dict[str, Any]) -> TableRow:
         """A row of a feature table for this sample (counted, so the status can tell partial from failed)."""
@@ -227,10 +189,7 @@ class SampleExtractor:
         unchanged_by = self._unchanged_by(state, known)  # an unreadable file has no identity: its state is compared too
         if unchanged_by:
             yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row, "unchanged_by": unchanged_by}
-            missing = {
-                m for m, request in self.requests.items()
-                if m in known.modalities_with_features and (m, request.fingerprint) not in known.embedded
-            }
+            missing = known.missing_embeddings({m: request.fingerprint for m, request in self.requests.items()})
             if missing:
                 yield from self._reembed(state, readable, missing)
             return
@@ -253,7 +212,7 @@ class SampleExtractor:
             state.known_content_hash = known.content_hash
         else:
             self._hash_all(state)
-        if known is None or (known.features_fingerprint, known.manifest_hash) != (self.features_fingerprint, state.record.fingerprint()):
+        if not same_row_and_config(state.record, known, self.features_fingerprint):
             return None
         if same_files and not self.verify_content:
             return UNCHANGED_BY_METADATA
@@ -333,34 +292,8 @@ class SampleExtractor:
                 yield encode_table(modality), item
 
     def _video(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
-        sampler = FrameSampler(self.config.video)
-        keep_frames = "frames" in self.requests.get("video", EncodeRequest("video", frozenset(), "")).needs
-        jpegs: list[bytes] = []
-        try:
-            for frame in sampler.sample(path):
-                state.n_frames += 1
-                if keep_frames:
-                    jpegs.append(frame.jpeg)
-                yield state.feature_row(
-                    "frames",
-                    {
-                        "frame_index": frame.frame_index,
-                        "timestamp_s": frame.timestamp_s,
-                        "image": frame.jpeg,
-                        "width": frame.width,
-                        "height": frame.height,
-                    },
-                )
-        except SampleFailure as failure:
-            yield state.error_row(failure.stage, failure.kind, failure.message, uri)
-        if jpegs:
-            state.payloads["video"] = {"frames": jpegs}
-        state.video_duration_s = sampler.duration_s if state.n_frames else None
-        # The sound track is independent of the pictures: it is read even when frames failed.
-        try:
-            yield from self._audio_stream(path, state, source="video", require_stream=False)
-        except SampleFailure as failure:
-            yield state.error_row(failure.stage, failure.kind, f"sound track: {failure.message}", uri)
+        # One decode pass: frames rows and the sound track's audio rows (each stream's failure is its own error row).
+        yield from video_file_rows(self.config, self.requests, uri, path, state)
 
     def _video_sound_track(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
         yield from self._audio_stream(path, state, source="video", require_stream=False, feed_encoder=True)
@@ -374,7 +307,8 @@ class SampleExtractor:
         length); its corrupt packets are skipped and counted in ``n_skipped_packets``.
 
         ``feed_encoder``: gather the stream's audio-encoder items; by default the audio file's, or the sound
-        track's of a sample without an audio file (so only one track's items are ever held).
+        track's of a sample without a readable audio file (so only one track's items are ever held; the same
+        choice as re-embedding makes).
         """
         audio_config = self.config.audio
         decoder = MonoDecoder(path, sample_rate=audio_config.sample_rate, require_stream=require_stream)
@@ -384,7 +318,7 @@ class SampleExtractor:
             if first is None and not require_stream:
                 return  # a video without sound has no audio rows
             if feed_encoder is None:
-                feed_encoder = source == "audio" or not state.record.audio
+                feed_encoder = source == "audio" or "audio" not in state.identities
             needs = self.requests["audio"].needs if feed_encoder and "audio" in self.requests else frozenset()
             inputs = AudioEncoderInput(needs, window_s=audio_config.window_s, n_mfcc=audio_config.n_mfcc)
             stream = MfccStream(audio_config, keep_samples=inputs.keeps_samples)

@@ -10,6 +10,7 @@ import apache_beam as beam
 import numpy as np
 
 from schemas.config import ExtractConfig
+from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
 from transforms.extract_sample import KnownSample, RunContext, SampleExtractor, TableRow
@@ -76,4 +77,5 @@ def _count(table: str, row: dict[str, Any]) -> None:
     elif table == "text":
         counter("mmfeat", "tokens").inc(len(row["token_ids"]))
     elif table == "errors":
-        counter("mmfeat", f"failures_{row['stage']}_{row['error_kind']}").inc()
+        outcome = "warnings" if row["error_kind"] in WARNING_KINDS else "failures"
+        counter("mmfeat", f"{outcome}_{row['stage']}_{row['error_kind']}").inc()

@@ -94,16 +94,21 @@ def _where(shard: Shard, position: int, is_csv: bool) -> str:
     return f"{'data row' if is_csv else 'line at byte'} {position} of {shard.uri}"
 
 
-def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False) -> ManifestRecord:
-    """The record of one parsed manifest row (a dict; anything else is an invalid row)."""
+_RESERVED = frozenset(SAMPLES_BASE.names)
+
+
+def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, base: Optional[str] = None) -> ManifestRecord:
+    """The record of one parsed manifest row (a dict; anything else is an invalid row).
+
+    ``base``: the folder relative paths are resolved against (default: the shard's; pass it when reading many rows).
+    """
     key = shard.rank * ROW_KEY_SHARD + position
-    where = _where(shard, position, is_csv)
     if not isinstance(row, dict):
         return ManifestRecord(sample_id="", manifest_row=key, error=ManifestError(
-            ErrorKind.INVALID_ROW, f"{where} is a JSON {type(row).__name__}, not an object"))
+            ErrorKind.INVALID_ROW, f"{_where(shard, position, is_csv)} is a JSON {type(row).__name__}, not an object"))
     raw_id = row.get("id")
     sample_id = "" if raw_id is None else str(raw_id).strip()
-    base = _dirname(shard.uri)
+    base = _dirname(shard.uri) if base is None else base
     uris = {}
     for modality in MODALITIES:
         value = row.get(modality)
@@ -112,8 +117,9 @@ def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False) -
         if value and value.strip():
             uris[modality] = _resolve(value.strip(), base)
     extra = {name: (_infer_csv_value(value) if is_csv else value) for name, value in row.items() if name != "id" and name not in MODALITIES}
-    reserved = sorted(set(extra) & set(SAMPLES_BASE.names))
+    reserved = sorted(_RESERVED.intersection(extra))
     error = None
+    where = _where(shard, position, is_csv) if reserved or not sample_id or not uris else ""
     if reserved:
         error = ManifestError(ErrorKind.INVALID_ROW, f"{where} has columns {reserved}, reserved in the samples table; rename them")
         extra = {name: value for name, value in extra.items() if name not in reserved}
@@ -124,8 +130,9 @@ def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False) -
     return ManifestRecord(sample_id=sample_id, manifest_row=key, extra=extra, error=error, **uris)
 
 
-def parse_jsonl_line(line: bytes, *, shard: Shard, position: int) -> Optional[ManifestRecord]:
-    """The record of one JSONL line starting at byte ``position`` of ``shard`` (``None`` for a blank line)."""
+def parse_jsonl_line(line: bytes, *, shard: Shard, position: int, base: Optional[str] = None) -> Optional[ManifestRecord]:
+    """The record of one JSONL line starting at byte ``position`` of ``shard`` (``None`` for a blank line); ``base``:
+    as ``row_record``."""
     try:
         text = line.decode("utf-8-sig" if position == 0 else "utf-8")
     except UnicodeDecodeError as error:
@@ -138,7 +145,7 @@ def parse_jsonl_line(line: bytes, *, shard: Shard, position: int) -> Optional[Ma
     except json.JSONDecodeError as error:
         return ManifestRecord(sample_id="", manifest_row=shard.rank * ROW_KEY_SHARD + position, error=ManifestError(
             ErrorKind.INVALID_ROW, f"{_where(shard, position, False)} is not valid JSON ({error.msg})"))
-    return row_record(row, shard=shard, position=position)
+    return row_record(row, shard=shard, position=position, base=base)
 
 
 def _open(uri: str) -> Any:
@@ -147,6 +154,7 @@ def _open(uri: str) -> Any:
 
 def read_jsonl_range(shard: Shard, start: int, end: int) -> Iterator[ManifestRecord]:
     """Records of the lines of ``shard`` that start in bytes ``[start, end)``."""
+    base = _dirname(shard.uri)
     with _open(shard.uri) as handle:
         position = start
         if start > 0:  # the line that straddles ``start`` belongs to the range before
@@ -159,7 +167,7 @@ def read_jsonl_range(shard: Shard, start: int, end: int) -> Iterator[ManifestRec
             line = handle.readline()
             if not line:
                 return
-            record = parse_jsonl_line(line.rstrip(b"\r\n"), shard=shard, position=position)
+            record = parse_jsonl_line(line.rstrip(b"\r\n"), shard=shard, position=position, base=base)
             if record is not None:
                 yield record
             position += len(line)
@@ -180,8 +188,9 @@ def read_csv_shard(shard: Shard) -> Iterator[ManifestRecord]:
         yield ManifestRecord(sample_id="", manifest_row=shard.rank * ROW_KEY_SHARD, error=ManifestError(
             ErrorKind.MISSING_ID, f"the CSV header of {shard.uri} has no 'id' column (found {reader.fieldnames}); none of its rows can be read"))
         return
+    base = _dirname(shard.uri)
     for index, row in enumerate(rows):
-        yield row_record({k: v for k, v in row.items() if k is not None}, shard=shard, position=index, is_csv=True)
+        yield row_record({k: v for k, v in row.items() if k is not None}, shard=shard, position=index, is_csv=True, base=base)
 
 
 def shard_ranges(shard: Shard, split_bytes: int = SPLIT_BYTES) -> list[tuple[Shard, int, int]]:
@@ -192,12 +201,20 @@ def shard_ranges(shard: Shard, split_bytes: int = SPLIT_BYTES) -> list[tuple[Sha
 
 
 class _ReadRangeFn(beam.DoFn):
-    def process(self, element: tuple[Shard, int, int]) -> Iterator[ManifestRecord]:
+    """A byte range -> its records, or (``buckets`` set) their ``transforms.record_batches`` batches."""
+
+    def __init__(self, buckets: Optional[int] = None) -> None:
+        self._buckets = buckets
+
+    def process(self, element: tuple[Shard, int, int]) -> Iterator[Any]:
         shard, start, end = element
-        if shard.uri.lower().endswith(".csv"):
-            yield from read_csv_shard(shard)
+        records = read_csv_shard(shard) if shard.uri.lower().endswith(".csv") else read_jsonl_range(shard, start, end)
+        if self._buckets is None:
+            yield from records
         else:
-            yield from read_jsonl_range(shard, start, end)
+            from transforms.record_batches import batch_by_bucket
+
+            yield from batch_by_bucket(records, self._buckets)
 
 
 class ReadManifestRows(beam.PTransform):
@@ -206,17 +223,19 @@ class ReadManifestRows(beam.PTransform):
     Args:
         shards: the run's manifest files (``pipelines.manifest.open_manifest``).
         split_bytes: the size of the ranges a JSONL shard is read in.
+        buckets: when set, the output is batches by bucket of ids (``transforms.record_batches``), not records.
     """
 
-    def __init__(self, shards: Iterable[Shard], split_bytes: int = SPLIT_BYTES) -> None:
+    def __init__(self, shards: Iterable[Shard], split_bytes: int = SPLIT_BYTES, buckets: Optional[int] = None) -> None:
         super().__init__()
         self._ranges = [r for shard in shards for r in shard_ranges(shard, split_bytes)]
+        self._buckets = buckets
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
         return (
             pipeline
             | "ManifestRanges" >> beam.Create(self._ranges)  # Create spreads its elements over workers
-            | "ReadRanges" >> beam.ParDo(_ReadRangeFn())
+            | "ReadRanges" >> beam.ParDo(_ReadRangeFn(self._buckets))
         )
 
 
@@ -273,7 +292,12 @@ class InferExtraFields(beam.CombineFn):
         return {}
 
     def add_input(self, accumulator: dict[str, set[str]], record: ManifestRecord) -> dict[str, set[str]]:
-        for name, value in record.extra.items():
+        return self.add_extra(accumulator, record.extra)
+
+    @staticmethod
+    def add_extra(accumulator: dict[str, set[str]], extra: dict[str, Any]) -> dict[str, set[str]]:
+        """``accumulator`` with the types of one record's extra columns."""
+        for name, value in extra.items():
             seen = accumulator.setdefault(name, set())
             if value is not None:
                 seen.add(_arrow_type_of(value))

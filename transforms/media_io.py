@@ -206,13 +206,21 @@ def check_readable(uri: str) -> int:
     """
     if is_local(uri):
         size = _stat_regular(uri).st_size
-        if not os.access(_local_path(uri), os.R_OK):
-            raise SampleFailure(Stage.READ, ErrorKind.UNREADABLE, f"cannot read {uri}: permission denied")
-    else:
-        size = _remote_size(uri)
+        _check_local_access(uri, size)
+        return size
+    size = _remote_size(uri)
     if size == 0:
         raise SampleFailure(Stage.READ, ErrorKind.EMPTY_FILE, f"file is empty (0 bytes): {uri}")
     return size
+
+
+def _check_local_access(uri: str, size: int) -> None:
+    """Raises ``SampleFailure`` (``unreadable``, ``empty_file``) unless the local regular file ``uri`` of ``size``
+    bytes can be read."""
+    if not os.access(_local_path(uri), os.R_OK):
+        raise SampleFailure(Stage.READ, ErrorKind.UNREADABLE, f"cannot read {uri}: permission denied")
+    if size == 0:
+        raise SampleFailure(Stage.READ, ErrorKind.EMPTY_FILE, f"file is empty (0 bytes): {uri}")
 
 
 def read_bytes(uri: str) -> bytes:
@@ -266,9 +274,11 @@ def file_identity(uri: str) -> str:
     Raises:
         SampleFailure: as ``check_readable``.
     """
+    if is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
+        status = _stat_regular(uri)
+        _check_local_access(uri, status.st_size)
+        return f"{status.st_size}:{status.st_mtime_ns}"
     size = check_readable(uri)
-    if is_local(uri):
-        return f"{size}:{os.stat(_local_path(uri)).st_mtime_ns}"
     metadata = FileSystems.match([uri])[0].metadata_list[0]
     return f"{size}:{metadata.last_updated_in_seconds}"
 

@@ -46,6 +46,8 @@ def write_media(
     sample_rate: int = 16000,
     video_codec: str = "libx264",
     audio_codec: str = "aac",
+    gop_size: Optional[int] = None,
+    video_options: Optional[dict[str, str]] = None,
 ) -> None:
     """Write a media file with a video stream, an audio stream, or both; the container follows ``path``'s extension.
 
@@ -53,12 +55,19 @@ def write_media(
         frames: RGB ``uint8`` arrays of shape ``(height, width, 3)`` (even sizes for H.264), or ``None``.
         audio: float32 samples in ``[-1, 1]``, shape ``(n,)`` (mono) or ``(n, 2)`` (stereo), or ``None``.
         sample_rate: rate of ``audio`` in Hz (opus takes 8, 12, 16, 24 or 48 kHz).
+        gop_size: at most this many frames between key frames (``None``: the codec's default, 250 for x264).
+        video_options: encoder options, e.g. ``{"preset": "veryfast", "sc_threshold": "0"}`` (no scene-cut key
+            frames: with ``gop_size`` the key frames then fall exactly every ``gop_size`` frames).
     """
     with av.open(path, mode="w") as container:
         video = None
         if frames is not None:
             video = container.add_stream(video_codec, rate=fps)
             video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+            if gop_size is not None:
+                video.codec_context.gop_size = gop_size
+            if video_options:
+                video.options = dict(video_options)
         sound = None
         if audio is not None:
             layout = "mono" if np.ndim(audio) == 1 else "stereo"

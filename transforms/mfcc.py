@@ -78,7 +78,9 @@ class MfccStream:
     """Turns chunks of mono audio into ``MfccWindow`` s of ``config.frames_per_window`` frames.
 
     Memory holds at most one window of samples (plus one chunk). After
-    iteration, ``duration_s`` is the length of the stream in seconds.
+    iteration, ``duration_s`` is the length of the stream in seconds. Use one
+    instance per stream: pull (``windows(chunks)``) or push (``feed`` each
+    chunk, then ``finish``).
 
     Args:
         config: the analysis and window length.
@@ -89,45 +91,59 @@ class MfccStream:
         self.config = config
         self.keep_samples = keep_samples
         self.duration_s = 0.0
+        self._pending: list[np.ndarray] = []
+        self._pending_len = 0
+        self._offset = 0  # stream index of the first pending sample
+        self._total = 0
+        self._index = 0
 
     def windows(self, chunks: Iterable[np.ndarray]) -> Iterator[MfccWindow]:
-        """Yield windows in order; the last one may be shorter.
+        """Yield windows in order; the last one may be shorter (``feed`` each chunk, then ``finish``).
+
+        Raises:
+            SampleFailure: (``audio``, ``too_short``) when the stream is shorter than one analysis frame.
+        """
+        for chunk in chunks:
+            yield from self.feed(chunk)
+        yield from self.finish()
+
+    def feed(self, chunk: np.ndarray) -> Iterator[MfccWindow]:
+        """Take the next chunk of the stream, shape ``(n,)``; yield the windows it completes (push-style use,
+        e.g. by a decoder that interleaves audio with video frames). The same windows as ``windows``."""
+        cfg = self.config
+        window_samples = (cfg.frames_per_window - 1) * cfg.hop_length + cfg.n_fft
+        step = cfg.frames_per_window * cfg.hop_length
+        self._pending.append(chunk)
+        self._pending_len += len(chunk)
+        self._total += len(chunk)
+        if self._pending_len < window_samples:
+            return
+        buffer = np.concatenate(self._pending)
+        while len(buffer) >= window_samples:
+            yield self._window(self._index, self._offset, buffer[:window_samples], own=buffer[:step])
+            buffer = buffer[step:]
+            self._offset += step
+            self._index += 1
+        self._pending, self._pending_len = [buffer], len(buffer)
+
+    def finish(self) -> Iterator[MfccWindow]:
+        """Yield the last (shorter) window once the stream has ended; sets ``duration_s``.
 
         Raises:
             SampleFailure: (``audio``, ``too_short``) when the stream is shorter than one analysis frame.
         """
         cfg = self.config
-        frames_per_window = cfg.frames_per_window
-        window_samples = (frames_per_window - 1) * cfg.hop_length + cfg.n_fft
-        step = frames_per_window * cfg.hop_length
-        pending: list[np.ndarray] = []
-        pending_len = 0
-        offset = 0  # stream index of the first pending sample
-        total = 0
-        index = 0
-        for chunk in chunks:
-            pending.append(chunk)
-            pending_len += len(chunk)
-            total += len(chunk)
-            if pending_len < window_samples:
-                continue
-            buffer = np.concatenate(pending)
-            while len(buffer) >= window_samples:
-                yield self._window(index, offset, buffer[:window_samples], own=buffer[:step])
-                buffer = buffer[step:]
-                offset += step
-                index += 1
-            pending, pending_len = [buffer], len(buffer)
-        self.duration_s = total / cfg.sample_rate
-        tail = np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
+        self.duration_s = self._total / cfg.sample_rate
+        tail = np.concatenate(self._pending) if self._pending else np.zeros(0, dtype=np.float32)
+        self._pending, self._pending_len = [], 0
         if len(tail) >= cfg.n_fft:
-            yield self._window(index, offset, tail, own=tail)
-            index += 1
-        if index == 0:
+            yield self._window(self._index, self._offset, tail, own=tail)
+            self._index += 1
+        if self._index == 0:
             raise SampleFailure(
                 Stage.AUDIO,
                 ErrorKind.TOO_SHORT,
-                f"audio is {total} samples ({self.duration_s * 1000:.1f} ms) long, shorter than one MFCC "
+                f"audio is {self._total} samples ({self.duration_s * 1000:.1f} ms) long, shorter than one MFCC "
                 f"window of {cfg.n_fft} samples ({cfg.n_fft / cfg.sample_rate * 1000:.1f} ms)",
             )
 

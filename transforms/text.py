@@ -3,14 +3,13 @@
 Memory per text is bounded whatever the file's size: at most ``max_bytes`` are
 read, and long texts are tokenised piece by piece (pieces of
 ``PIECE_CHARS`` characters, cut after a whitespace), never whole.
+``tokenizers`` is imported where a tokenizer is loaded, not with this module.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
-
-from tokenizers import Tokenizer
 
 from schemas.errors import ConfigError, ErrorKind, SampleFailure, Stage
 
@@ -33,6 +32,8 @@ def resolve_tokenizer_path(path: Optional[str]) -> str:
         resolved = os.path.join(resolved, "tokenizer.json")
     if not os.path.isfile(resolved):
         raise ConfigError(f"--tokenizer: no tokenizer.json at {resolved}")
+    from tokenizers import Tokenizer
+
     try:
         Tokenizer.from_file(resolved)
     except Exception as error:  # tokenizers raises a bare Exception for malformed files
@@ -122,6 +123,8 @@ class TextTokenizer:
     """
 
     def __init__(self, path: str, *, max_tokens: int) -> None:
+        from tokenizers import Tokenizer
+
         self.max_tokens = max_tokens
         self._full = Tokenizer.from_file(path)
         self._full.no_padding()

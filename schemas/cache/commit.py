@@ -38,7 +38,7 @@ from schemas.cache.supersede import SupersedeRule, file_rows, replace_file
 from schemas.cache.view import (
     ATTEMPT, HOST, KIND, PID, RUN_ID, SUMMARY, VERSIONS, RunInfo, commit_infos, latest_run, log_versions, open_table,
 )
-from schemas.errors import ConfigError
+from schemas.errors import ConcurrentRunError, ConfigError
 from schemas.tables import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ logger = logging.getLogger(__name__)
 CLAIM = "claim"
 STALE_CLAIM_S = 600.0
 """A claim from another host older than this is taken to be from a process that died."""
-
-
-class ConcurrentRunError(RuntimeError):
-    """Another run holds the cache's commit and did not finish in time; this run committed nothing."""
 
 
 @dataclass

@@ -18,18 +18,15 @@ from schemas.cache.layout import (
 )
 from schemas.cache.supersede import file_rows
 from schemas.cache.view import CacheView, RunInfo, open_table
+from schemas.config import DEFAULT_RETENTION_HOURS
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_RETENTION_HOURS = 168
-"""Files no version within this window references are removed by vacuum (Delta's default: 7 days).
-A run in progress writes files younger than this, so vacuum never touches them."""
 
 
 @dataclass(frozen=True)
 class Pending:
     """What a run attempt's workers left to commit: the data files they wrote, the committed files they replaced, and
-    the counts they took (by name)."""
+    the counts they took (by name, summed over the entries of one name)."""
 
     files: list[DataFile]
     replacements: list[Replacement]
@@ -43,8 +40,11 @@ def read_pending(cache: str, attempt: str) -> Pending:
         return Pending([], [], {})
     with fs.open_input_stream(path) as handle:
         entries = [pending_entry(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
-    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)],
-                   {e.name: e.value for e in entries if isinstance(e, RunCount)})
+    counts: dict[str, int] = {}
+    for entry in entries:  # a count taken in several places of the pipeline is their sum
+        if isinstance(entry, RunCount):
+            counts[entry.name] = counts.get(entry.name, 0) + entry.value
+    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)], counts)
 
 
 def discard_attempt(cache: str, attempt: str, tables: list[str]) -> int:

@@ -19,17 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.cache.layout import DataFile, Replacement, filesystem, now_ms, table_uri
-from schemas.errors import Stage
-
-
-class DamagedFileError(RuntimeError):
-    """A committed data file cannot be read. ``path`` names it; ``mmfeat repair`` removes it."""
-
-    def __init__(self, table: str, path: str, reason: str) -> None:
-        super().__init__(f"data file {path} of table {table} is damaged or missing ({reason}); "
-                         "run mmfeat repair --deep on the cache to remove it (its samples are recomputed by the next run)")
-        self.table, self.path = table, path
-
+from schemas.errors import DamagedFileError, Stage
 
 @dataclass(frozen=True)
 class SupersedeRule:

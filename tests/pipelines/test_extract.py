@@ -241,3 +241,19 @@ def test_dask_runner_writes_the_same_rows(bad_run, tmp_path, tokenizer_path):
         assert rows(dask_output, table) == rows(output, table), table
     leftovers = [p for p in glob.glob(os.path.join(dask_output, "**", "*"), recursive=True) if "beam-temp" in p or "tmp-" in p]
     assert leftovers == [] and _uncommitted(dask_output) == []
+
+
+def test_a_text_longer_than_the_limit_is_a_warning_not_a_failure(tmp_path, tokenizer_path):
+    from dataclasses import replace
+
+    manifest = media.manifest(str(tmp_path / "m.jsonl"), [
+        {"id": "long", "text": media.text(str(tmp_path / "long.txt"), "word " * 100)},
+        {"id": "short", "text": media.text(str(tmp_path / "short.txt"), "word")},
+    ])
+    base = ExtractConfig(num_shards=1)
+    report = _run(manifest, str(tmp_path / "out"), tokenizer_path, config=replace(base, text=replace(base.text, max_text_bytes=50)))
+    assert report.summary["warnings"] == {"text/text_too_long": 1}
+    assert report.summary["failures"]["by_stage_and_kind"] == {}
+    assert report.summary["samples"]["ok"] == 2
+    assert "warnings_text_text_too_long" in report.summary["metrics"] and not any(
+        name.startswith("failures_") for name in report.summary["metrics"])

@@ -19,15 +19,18 @@ vector, and are its sequence when ``--sequences audio`` keeps them.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
-import torch
 
 from schemas.errors import ConfigError
 from transforms.encoders.base import Encoder, autocast, file_fingerprint, masked_mean, to_device
 from transforms.encoders.hf import folder_fingerprint_parts, quiet_transformers, read_config
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded or run
+    import torch
 
 SAMPLE_RATE = 16000
 DEFAULT_WINDOW_S = 30.0
@@ -45,7 +48,10 @@ class ResemblyzerEncoder(Encoder):
         super().__init__()
         self.window_s = window_s
 
-    def load(self, device: torch.device) -> Any:
+    def known_dim(self) -> int:
+        return 256  # resemblyzer's speaker embedding
+
+    def load(self, device: "torch.device") -> Any:
         from resemblyzer import VoiceEncoder
 
         return VoiceEncoder(device=str(device), verbose=False)
@@ -53,7 +59,7 @@ class ResemblyzerEncoder(Encoder):
     def cost(self, payload: dict[str, Any]) -> float:
         return len(payload["waveform"]) / SAMPLE_RATE
 
-    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
         from resemblyzer.audio import normalize_volume
 
         vectors = []
@@ -71,9 +77,10 @@ class ResemblyzerEncoder(Encoder):
         return {"waveform": np.random.default_rng(0).standard_normal(SAMPLE_RATE * 2).astype(np.float32) * 0.1}
 
     def fingerprint_parts(self) -> Iterable[str]:
-        import resemblyzer
-
-        weights = os.path.join(os.path.dirname(resemblyzer.__file__), "pretrained.pt")
+        spec = importlib.util.find_spec("resemblyzer")  # located, not imported (importing it imports torch)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError("--audio-encoder resemblyzer: the resemblyzer package is not installed")
+        weights = os.path.join(list(spec.submodule_search_locations)[0], "pretrained.pt")
         return [file_fingerprint(weights), "normalize_volume(-30 dBFS, increase_only) no-vad"]
 
 
@@ -92,8 +99,13 @@ class HFAudioEncoder(Encoder):
         config = read_config(folder, flag="--audio-encoder", trust_remote_code=trust_remote_code)
         if config.get("model_type") == "whisper":
             raise ConfigError("--audio-encoder: Whisper folders are not supported yet (they need log-mel input); use a wav2vec2/HuBERT folder")
+        self._width = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
 
-    def load(self, device: torch.device) -> Any:
+    def known_dim(self) -> Optional[int]:
+        """The last hidden state's width from ``config.json`` (what mean pooling keeps)."""
+        return self._width
+
+    def load(self, device: "torch.device") -> Any:
         from transformers import AutoModel
 
         quiet_transformers()
@@ -110,7 +122,9 @@ class HFAudioEncoder(Encoder):
         windows = [waveform[start : start + step] for start in range(0, max(len(waveform), 1), step)]
         return [(w - w.mean()) / max(float(w.std()), 1e-7) for w in windows if len(w) >= 400] or [waveform]
 
-    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
+        import torch
+
         windows, owner = [], []
         for index, payload in enumerate(payloads):
             for window in self._windows(np.asarray(payload["waveform"], np.float32)):
@@ -155,13 +169,15 @@ class TorchScriptAudioEncoder(Encoder):
         self.name = os.path.basename(path)
         self.n_mfcc = n_mfcc
 
-    def load(self, device: torch.device) -> Any:
+    def load(self, device: "torch.device") -> Any:
+        import torch
+
         return torch.jit.load(self.path, map_location=device).eval()
 
     def cost(self, payload: dict[str, Any]) -> float:
         return len(payload["mfcc"]) / 100.0
 
-    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
         vectors = []
         for payload in payloads:
             features = to_device(np.asarray(payload["mfcc"], np.float32)[None], device)

@@ -27,17 +27,29 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
-from typing import Any, Iterable, Iterator, Optional
+import logging
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import numpy as np
-import torch
 
 from schemas.errors import ConfigError
 from transforms.media_io import sha256_of
 
+if TYPE_CHECKING:  # torch is imported where a model is built or run, never at import time (a run without encoders never imports it)
+    import torch
+
+logger = logging.getLogger(__name__)
+
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error, never a silent fallback."""
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error, never a silent fallback.
+
+    ``cpu`` is returned without importing torch; ``auto`` and ``cuda`` import it to ask for a GPU.
+    """
+    if device == "cpu":
+        return device
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -45,22 +57,27 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: "torch.device", precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision on CUDA for ``fp16``/``bf16``; a no-op for ``fp32``."""
     if precision == "fp32" or device.type != "cuda":
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array as a tensor on ``device``: pinned memory and a non-blocking copy on CUDA."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+def to_device(array: "np.ndarray | torch.Tensor", device: "torch.device") -> "torch.Tensor":
+    """A host array (or CPU tensor, kept with its strides, e.g. channels-last) as a tensor on ``device``: no copy on
+    CPU (a non-contiguous array is made contiguous once); pinned memory and a non-blocking copy on CUDA."""
+    import torch
+
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean(values: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
     """Mean of ``values`` ``(n, t, d)`` over the positions where ``mask`` ``(n, t)`` is 1; ``(n, d)``."""
     weights = mask.to(values.dtype).unsqueeze(-1)
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
@@ -101,7 +118,7 @@ class Encoder(abc.ABC):
         self._fingerprint: Optional[str] = None
 
     @abc.abstractmethod
-    def load(self, device: torch.device) -> Any:
+    def load(self, device: "torch.device") -> Any:
         """Load the model onto ``device`` (once per worker process)."""
 
     @abc.abstractmethod
@@ -109,11 +126,11 @@ class Encoder(abc.ABC):
         """Size of one item for batching (tokens, frames or seconds)."""
 
     @abc.abstractmethod
-    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+    def embed(self, model: Any, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
         """Embeddings of a batch: float32 ``(len(payloads), dim)``."""
 
     def embed_with_sequences(
-        self, model: Any, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+        self, model: Any, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """The pooled ``(len(payloads), dim)`` embeddings and, per payload, the vectors they pool: ``(steps, dim)``."""
         raise NotImplementedError(f"{self.name} has no per-{self.sequence_unit or 'step'} vectors")
@@ -126,6 +143,11 @@ class Encoder(abc.ABC):
     @abc.abstractmethod
     def dummy_payload(self) -> dict[str, Any]:
         """A small valid payload, used to check the model loads and to learn ``dim`` before a job starts."""
+
+    def known_dim(self) -> Optional[int]:
+        """The output width when the encoder knows it from its files (config, a fixed architecture) without building
+        the model; ``None`` when only running the model tells (``probe`` then loads it)."""
+        return None
 
     @abc.abstractmethod
     def fingerprint_parts(self) -> Iterable[str]:
@@ -141,12 +163,27 @@ class Encoder(abc.ABC):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def probe(self) -> int:
-        """Load on CPU and embed ``dummy_payload``; sets and returns ``dim``.
+    def probe(self, *, run_model: bool = False) -> int:
+        """Check the encoder on the launcher and set ``dim``; returns it.
+
+        With ``run_model=False`` (the default) an encoder that knows its width from files (``known_dim``) is not
+        built here: its files are fingerprinted (read and hashed, so a missing file fails now) and the model is
+        loaded once per worker by the model handler. Otherwise (or with ``run_model=True``) it is loaded on CPU and
+        ``dummy_payload`` is embedded, which also proves it runs.
 
         Raises:
-            ConfigError: the model cannot be loaded or run, saying which encoder and why.
+            ConfigError: the files are missing, or the model cannot be loaded or run, saying which encoder and why.
         """
+        dim = None if run_model else self.known_dim()
+        if dim is not None:
+            try:
+                self.fingerprint()
+            except OSError as error:
+                raise ConfigError(f"{self.modality} encoder {self.name!r}: cannot read its files: {error}") from error
+            self.dim = int(dim)
+            return self.dim
+        import torch
+
         try:
             model = self.load(torch.device("cpu"))
             with torch.inference_mode():
@@ -158,6 +195,7 @@ class Encoder(abc.ABC):
         if output.ndim != 2 or output.shape[0] != 1:
             raise ConfigError(f"{self.modality} encoder {self.name!r} returned shape {tuple(output.shape)}, expected (1, dim)")
         self.dim = int(output.shape[1])
+        logger.info("%s encoder %s built on the launcher to learn its width (%d)", self.modality, self.name, self.dim)
         return self.dim
 
 

@@ -13,14 +13,16 @@
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import cv2
 import numpy as np
-import torch
 
 from transforms.encoders.base import Encoder, per_sample_means
 from transforms.encoders.image import FrameEncoder
+
+if TYPE_CHECKING:  # nothing here runs torch; the names are only in the Encoder signatures
+    import torch
 
 _HSV_BINS = (8, 3, 3)
 _ORIENTATION_BINS = 9
@@ -50,11 +52,14 @@ def color_hog(bgr: np.ndarray) -> np.ndarray:
 class ColorHogEncoder(FrameEncoder):
     name = "builtin:color-hog"
 
-    def load(self, device: torch.device) -> None:
+    def known_dim(self) -> int:
+        return 72 + _ORIENTATION_BINS * _GRID * _GRID
+
+    def load(self, device: "torch.device") -> None:
         return None
 
     def embed_with_sequences(
-        self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+        self, model: None, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         per_frame = []
         for payload in payloads:
@@ -93,13 +98,16 @@ class MfccStatsEncoder(Encoder):
         super().__init__()
         self.n_mfcc = n_mfcc
 
-    def load(self, device: torch.device) -> None:
+    def known_dim(self) -> int:
+        return 4 * self.n_mfcc
+
+    def load(self, device: "torch.device") -> None:
         return None
 
     def cost(self, payload: dict[str, Any]) -> float:
         return 1.0  # a few numbers per sample, whatever its length
 
-    def embed(self, model: None, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+    def embed(self, model: None, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
         return np.stack([stats_from_moments(p["mfcc_moments"]) for p in payloads])
 
     def dummy_payload(self) -> dict[str, Any]:

@@ -3,35 +3,61 @@
 A value is a built-in name (below), ``none``, a Hugging Face model folder,
 or a TorchScript file. ``resolve_encoders`` builds and probes each one
 before the pipeline starts, so a bad value fails with a message, not a job.
+
+The encoder modules (torch, transformers, cv2) are imported by the builders,
+so listing the names (``choices``, the CLI's help) imports none of them.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
-from transforms.encoders.audio import HFAudioEncoder, ResemblyzerEncoder, TorchScriptAudioEncoder
-from transforms.encoders.base import Encoder
-from transforms.encoders.builtin import ColorHogEncoder, MfccStatsEncoder
-from transforms.encoders.image import EfficientNetLite0Encoder, HFVisionEncoder, TorchScriptImageEncoder
-from transforms.encoders.text import HFTextEncoder, default_text_encoder
+
+if TYPE_CHECKING:
+    from transforms.encoders.base import Encoder
 
 FLAGS = {"text": "--text-encoder", "video": "--image-encoder", "audio": "--audio-encoder"}
 NONE = "none"
 
-Builder = Callable[[EncodeConfig, ExtractConfig], Encoder]
+Builder = Callable[[EncodeConfig, ExtractConfig], "Encoder"]
+
+
+def _minilm(enc: EncodeConfig, ext: ExtractConfig) -> Encoder:
+    from transforms.encoders.text import default_text_encoder
+
+    return default_text_encoder(trust_remote_code=enc.trust_remote_code)
+
+
+def _efficientnet_lite0(enc: EncodeConfig, ext: ExtractConfig) -> Encoder:
+    from transforms.encoders.image import EfficientNetLite0Encoder
+
+    return EfficientNetLite0Encoder()
+
+
+def _color_hog(enc: EncodeConfig, ext: ExtractConfig) -> Encoder:
+    from transforms.encoders.builtin import ColorHogEncoder
+
+    return ColorHogEncoder()
+
+
+def _mfcc_stats(enc: EncodeConfig, ext: ExtractConfig) -> Encoder:
+    from transforms.encoders.builtin import MfccStatsEncoder
+
+    return MfccStatsEncoder(ext.audio.n_mfcc)
+
+
+def _resemblyzer(enc: EncodeConfig, ext: ExtractConfig) -> Encoder:
+    from transforms.encoders.audio import ResemblyzerEncoder
+
+    return ResemblyzerEncoder(window_s=ext.audio.window_s)
+
 
 BUILTIN: dict[str, dict[str, Builder]] = {
-    "text": {"minilm": lambda enc, ext: default_text_encoder(trust_remote_code=enc.trust_remote_code)},
-    "video": {
-        "efficientnet-lite0": lambda enc, ext: EfficientNetLite0Encoder(),
-        "builtin:color-hog": lambda enc, ext: ColorHogEncoder(),
-    },
-    "audio": {
-        "builtin:mfcc-stats": lambda enc, ext: MfccStatsEncoder(ext.audio.n_mfcc),
-        "resemblyzer": lambda enc, ext: ResemblyzerEncoder(window_s=ext.audio.window_s),
-    },
+    "text": {"minilm": _minilm},
+    "video": {"efficientnet-lite0": _efficientnet_lite0, "builtin:color-hog": _color_hog},
+    "audio": {"builtin:mfcc-stats": _mfcc_stats, "resemblyzer": _resemblyzer},
 }
 
 
@@ -44,14 +70,24 @@ def _from_path(modality: str, path: str, encode: EncodeConfig, extract: ExtractC
     flag = FLAGS[modality]
     if os.path.isdir(path):
         if modality == "text":
+            from transforms.encoders.text import HFTextEncoder
+
             return HFTextEncoder(path, name=os.path.basename(os.path.normpath(path)), trust_remote_code=encode.trust_remote_code)
         if modality == "video":
+            from transforms.encoders.image import HFVisionEncoder
+
             return HFVisionEncoder(path, trust_remote_code=encode.trust_remote_code)
+        from transforms.encoders.audio import HFAudioEncoder
+
         return HFAudioEncoder(path, window_s=extract.audio.window_s, trust_remote_code=encode.trust_remote_code)
     if modality == "text":
         raise ConfigError(f"{flag}: {path} is a file; a text encoder is a Hugging Face folder with a tokenizer.json")
     if modality == "video":
+        from transforms.encoders.image import TorchScriptImageEncoder
+
         return TorchScriptImageEncoder(path)
+    from transforms.encoders.audio import TorchScriptAudioEncoder
+
     return TorchScriptAudioEncoder(path, n_mfcc=extract.audio.n_mfcc, window_s=extract.audio.window_s)
 
 

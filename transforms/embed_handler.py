@@ -1,0 +1,132 @@
+"""The ``ModelHandler`` of an ``Encoder`` (see ``transforms.embed`` for the batching around it).
+
+Kept apart from ``transforms.embed`` because Beam's ``apache_beam.ml.inference.base``
+imports torch: this module is imported only when a handler is built, so a run
+with every encoder off never imports torch.
+
+Models are loaded once per worker process (``RunInference`` shares them
+through Beam's ``Shared``), never on the launcher.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from schemas.errors import ErrorKind, Stage
+from transforms.embed import Item, TableRow
+from transforms.encoders.base import Encoder
+
+logger = logging.getLogger(__name__)
+
+
+class LoadedEncoder:
+    """The loaded model of an encoder, held in an object Beam's ``Shared`` can weak-reference (a bare ``None`` or tuple cannot)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+
+class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
+    """A ``ModelHandler`` over one ``Encoder``: inference mode, device placement, per-item failure isolation.
+
+    Args:
+        encoder: a probed encoder (``dim`` set).
+        table: the embedding set's table name (``embeddings/<modality>/<encoder>-<fingerprint>``).
+        device: ``cpu`` or ``cuda`` (already resolved).
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        budget: the size budget of one batch, in the encoder's cost units.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        table: str,
+        device: str,
+        precision: str,
+        min_batch_size: int,
+        max_batch_size: int,
+        budget: float,
+    ) -> None:
+        super().__init__(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_batch_weight=max(1, int(budget)),
+            element_size_fn=lambda item: max(1, int(encoder.cost(item["payload"]))),
+        )
+        self.encoder = encoder
+        self.table = table
+        self.device = device
+        self.precision = precision
+        self.budget = budget
+        self.max_batch_size = max_batch_size
+
+    def load_model(self) -> LoadedEncoder:
+        """The encoder's model on ``device``, once per worker process (Beam's ``Shared``); torch is imported here."""
+        import torch
+
+        return LoadedEncoder(self.encoder.load(torch.device(self.device)))
+
+    def run_inference(
+        self, batch: Sequence[Item], model: LoadedEncoder, inference_args: Optional[dict[str, Any]] = None
+    ) -> list[TableRow]:
+        import torch
+
+        device = torch.device(self.device)
+        try:
+            payloads = [item["payload"] for item in batch]
+            with torch.inference_mode():
+                if self.encoder.keep_sequences and not self.encoder.windowed:  # a windowed encoder's sequence is its windows
+                    vectors, sequences = self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
+                else:
+                    vectors, sequences = self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
+            if not np.all(np.isfinite(vectors)) or (sequences and not all(np.all(np.isfinite(s)) for s in sequences)):
+                raise ValueError("the encoder produced NaN or infinite values")
+            if not self.encoder.windowed:  # windows are counted once pooled, per sample
+                beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
+            return [self._embedding_row(item, vector, sequences[i] if sequences else None)
+                    for i, (item, vector) in enumerate(zip(batch, vectors))]
+        except Exception as error:  # isolate the failing items; keep the rest of the batch
+            if len(batch) == 1:
+                logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
+                beam.metrics.Metrics.counter("mmfeat", f"failures_{Stage.EMBED}_{ErrorKind.ENCODER_FAILED}").inc()
+                return [self._error_row(batch[0], error)]
+            return [row for item in batch for row in self.run_inference([item], model, inference_args)]
+
+    def get_num_bytes(self, batch: Sequence[Item]) -> int:
+        return int(sum(self.encoder.cost(item["payload"]) for item in batch))
+
+    def get_metrics_namespace(self) -> str:
+        return f"mmfeat_embed_{self.encoder.modality}"
+
+    def _embedding_row(self, item: Item, vector: np.ndarray, sequence: Optional[np.ndarray]) -> TableRow:
+        row = {
+            "sample_id": item["sample_id"],
+            "manifest_row": item["manifest_row"],
+            "modality": self.encoder.modality,
+            "encoder": self.encoder.name,
+            "encoder_fingerprint": self.encoder.fingerprint(),
+            "vector": vector.astype(np.float32),
+        }
+        if sequence is not None:
+            row["sequence"] = sequence.astype(np.float32)
+        if "window" in item:
+            row["window"] = item["window"]
+        return self.table, row
+
+    def _error_row(self, item: Item, error: Exception) -> TableRow:
+        row = {
+            "sample_id": item["sample_id"],
+            "manifest_row": item["manifest_row"],
+            "uri": None,
+            "stage": Stage.EMBED,
+            "error_kind": ErrorKind.ENCODER_FAILED,
+            "message": f"{self.encoder.modality} encoder {self.encoder.name}: {type(error).__name__}: {error}",
+        }
+        if "window" in item:
+            row["window"] = item["window"]
+        return "errors", row

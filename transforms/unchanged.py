@@ -1,0 +1,95 @@
+"""Is a cached sample still what the manifest row describes? The decision shared by the join and the extractor.
+
+A sample is unchanged when the cache holds it with the same manifest row (its
+URIs and extra columns, ``ManifestRecord.fingerprint``) and the same feature
+config, and its files are the same: by *metadata* when every file's identity
+(size and modification time, or an object store's metadata;
+``media_io.file_identity``) equals the cached one, else by *content* when the
+SHA-256 of every file equals the cached hash (the files are read only then,
+or always under ``verify_content``). A file that cannot be read has no
+identity: that it stays unreadable is part of what is compared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from schemas.errors import SampleFailure
+from schemas.records import ManifestRecord
+from transforms import media_io
+
+logger = logging.getLogger(__name__)
+
+UNCHANGED_BY_METADATA = "metadata"
+UNCHANGED_BY_CONTENT = "content"
+
+
+@dataclass(frozen=True)
+class KnownSample:
+    """What the cache already holds for a sample (from earlier runs).
+
+    Attributes:
+        content_hash: SHA-256 over its files' contents, where an earlier run computed it.
+        features_fingerprint: the feature config it was computed with.
+        manifest_hash: ``ManifestRecord.fingerprint`` of the row it was computed from.
+        modalities_with_features: the modalities it has feature rows of.
+        file_identity: its files' identities (``identities_json``), ``None`` in older caches.
+        embedded: (modality, encoder fingerprint) of the embeddings it has.
+    """
+
+    content_hash: Optional[str]
+    features_fingerprint: str
+    manifest_hash: str
+    modalities_with_features: frozenset[str]
+    file_identity: Optional[str] = None
+    embedded: frozenset[tuple[str, str]] = frozenset()
+
+    def with_embedded(self, embedded: frozenset[tuple[str, str]]) -> "KnownSample":
+        return dataclasses.replace(self, embedded=embedded)
+
+    def as_tuple(self) -> tuple:
+        """Plain values, which Beam encodes without pickling."""
+        return (self.content_hash, self.features_fingerprint, self.manifest_hash, tuple(sorted(self.modalities_with_features)),
+                self.file_identity, tuple(sorted(self.embedded)))
+
+    @classmethod
+    def from_tuple(cls, values: tuple) -> "KnownSample":
+        content_hash, features_fingerprint, manifest_hash, modalities, file_identity, embedded = values
+        return cls(content_hash, features_fingerprint, manifest_hash, frozenset(modalities), file_identity,
+                   frozenset(tuple(e) for e in embedded))
+
+    def missing_embeddings(self, requests: dict[str, str]) -> set[str]:
+        """The modalities it has features of whose requested encoder (``{modality: fingerprint}``) has not embedded it."""
+        return {m for m, fingerprint in requests.items() if m in self.modalities_with_features and (m, fingerprint) not in self.embedded}
+
+
+def identities_json(identities: dict[str, str]) -> str:
+    """``{modality: file identity}`` of the readable files as the JSON ``samples.file_identity`` holds (``{}``: none)."""
+    return json.dumps(identities, sort_keys=True)
+
+
+def same_row_and_config(record: ManifestRecord, known: Optional[KnownSample], features_fingerprint: str) -> bool:
+    """The cache holds this sample from the same manifest row and feature config (files not compared)."""
+    return known is not None and (known.features_fingerprint, known.manifest_hash) == (features_fingerprint, record.fingerprint())
+
+
+def unchanged_by_metadata(record: ManifestRecord, known: Optional[KnownSample], features_fingerprint: str) -> bool:
+    """The sample is cached as it is now, told by its files' identities alone (reads no content).
+
+    ``False`` whenever this cannot tell (a file whose identity could not be taken for a reason other than being
+    unreadable, an older cache without identities): the extractor then decides with the content hash."""
+    if known is None or known.file_identity is None or not same_row_and_config(record, known, features_fingerprint):
+        return False
+    identities = {}
+    for modality, uri in record.uris().items():
+        try:
+            identities[modality] = media_io.file_identity(uri)
+        except SampleFailure:
+            continue  # unreadable now: compared with the cached identities, which then lack it too
+        except Exception as error:  # an unforeseen failure: let the extractor read it and record it
+            logger.debug("cannot take the identity of %s (%s)", uri, error)
+            return False
+    return identities_json(identities) == known.file_identity
