@@ -19,10 +19,13 @@ $(BIN)/.installed: setup.py
 
 install: $(BIN)/.installed
 
+# Prints its own wall time (the install before it excluded).
 demo: install
-	$(BIN)/mmfeat make-sample-corpus $(DEMO_CORPUS) --n 64 --seed 0
-	$(BIN)/mmfeat extract --manifest $(DEMO_CORPUS)/manifest.jsonl --output $(DEMO_OUTPUT) --overwrite
-	$(BIN)/mmfeat compare --cache $(DEMO_OUTPUT) --label label --log-level WARNING
+	@start=$$(date +%s); \
+	$(BIN)/mmfeat make-sample-corpus $(DEMO_CORPUS) --n 64 --seed 0 && \
+	$(BIN)/mmfeat extract --manifest $(DEMO_CORPUS)/manifest.jsonl --output $(DEMO_OUTPUT) --overwrite && \
+	$(BIN)/mmfeat compare --cache $(DEMO_OUTPUT) --label label && \
+	echo "make demo: $$(( $$(date +%s) - start )) s after the install"
 
 test: install
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)

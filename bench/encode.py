@@ -14,11 +14,15 @@ For every default encoder (``EncodeConfig()``'s text, image and audio values), i
 
 and the ratio handler/bare against the 0.87 target.
 
-    python bench/encode.py [--texts 256] [--images 96] [--moments 4096] [--batch 32] [--rounds 2] [--device cpu|cuda]
+    python bench/encode.py [--texts 256] [--images 96] [--moments 1024] [--batch 32] [--rounds 2] [--device cpu|cuda]
 
-Batch defaults (``EncodeConfig``: 32 items, 8192 padded tokens, 256 frames) were measured with ``--batch``
-8/16/32/64 on a shared 2-core CPU: text gains little past 16-32 (sorted batches pad little); the image model's
-throughput is flat from 16 to 64 frames. See the module's report for the numbers.
+The end-to-end figure also pays for ``beam.Create`` pickling (and bz2-compressing) every item into the graph,
+which a real run does not: read the steady figure for throughput.
+
+Batch defaults (``EncodeConfig``: 32 items, 8192 padded tokens, 256 frames) are kept: all-MiniLM-L6-v2 runs
+about 205 texts/s at batch 8 to 32 on 2 CPU threads (FACTS.md); a sweep for EfficientNet-Lite0 was not
+conclusive on the loaded shared machine it was tried on. Rerun with ``--batch`` 8/16/64 on a worker's hardware
+(a GPU wants larger batches: raise ``--max-batch-size`` and the budgets there).
 """
 from __future__ import annotations
 
@@ -142,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--moments", type=int, default=4096)
+    parser.add_argument("--moments", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="auto")

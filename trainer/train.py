@@ -163,10 +163,21 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig, index: Optiona
     return Fitted(model, standardiser, tasks, history, config.chunk_rows)
 
 
+def make_optimiser(model: FusionModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with ``config``'s learning rate and weight decay, as its fused kernel where torch has one for the parameters'
+    device (CPU too, since torch 2.4): the same update in one call instead of a dozen small ops per parameter tensor,
+    which for heads this small is a third of an epoch."""
+    options = dict(lr=config.learning_rate, weight_decay=config.weight_decay)
+    try:
+        return torch.optim.AdamW(model.parameters(), **options, fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.AdamW(model.parameters(), **options)
+
+
 def _epochs(model: FusionModel, data: FeatureSet, tasks: list[Task], config: TrainConfig, train_index: np.ndarray, val_index: np.ndarray,
             standardiser: Standardiser, generator: torch.Generator, on_epoch: EpochCallback) -> list[dict[str, float]]:
     """The epoch loop of ``fit``: trains ``model`` in place (ending with its best weights, in eval mode); the history."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimiser = make_optimiser(model, config)
     train_held = _in_memory(data, train_index, standardiser, tasks, config.chunk_rows)
     val_held = _in_memory(data, val_index, standardiser, tasks, config.chunk_rows)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

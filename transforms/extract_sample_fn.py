@@ -7,14 +7,12 @@ import time
 from typing import Any, Iterator, Optional
 
 import apache_beam as beam
-import numpy as np
 
 from schemas.config import ExtractConfig
 from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
 from transforms.extract_sample import KnownSample, RunContext, SampleExtractor, TableRow
-from transforms.mfcc import mfcc_frames
 from transforms.text import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -23,8 +21,8 @@ logger = logging.getLogger(__name__)
 class ExtractSampleFn(beam.DoFn):
     """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output only).
 
-    Config is kept from ``__init__``; the tokenizer is built and librosa's JIT
-    warmed in ``setup()``, once per worker, not on the first element.
+    Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. librosa is
+    imported and compiled by the first audio stream (a text-only run never pays for it).
     """
 
     def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None) -> None:
@@ -38,7 +36,6 @@ class ExtractSampleFn(beam.DoFn):
     def setup(self) -> None:
         tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
         self._extractor = SampleExtractor(self._config, tokenizer, self._context)
-        mfcc_frames(np.zeros(self._config.audio.n_fft * 2, dtype=np.float32), config=self._config.audio)
 
     def process(self, element: tuple[ManifestRecord, Optional[KnownSample]]) -> Iterator[TableRow]:
         record, known = element
