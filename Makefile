@@ -31,6 +31,7 @@ test: install
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
 bench: install
+	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/train.py

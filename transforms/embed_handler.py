@@ -5,12 +5,14 @@ imports torch: this module is imported only when a handler is built, so a run
 with every encoder off never imports torch.
 
 Models are loaded once per worker process (``RunInference`` shares them
-through Beam's ``Shared``), never on the launcher.
+through Beam's ``Shared``), when the first batch arrives (never on the
+launcher, never in a worker with nothing to embed).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+import threading
+from typing import Any, Callable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -24,10 +26,31 @@ logger = logging.getLogger(__name__)
 
 
 class LoadedEncoder:
-    """The loaded model of an encoder, held in an object Beam's ``Shared`` can weak-reference (a bare ``None`` or tuple cannot)."""
+    """An encoder's model, loaded on first use, in an object Beam's ``Shared`` can weak-reference (a bare ``None``
+    or tuple cannot). ``RunInference`` asks for the model when a worker starts; loading it only when a batch
+    arrives means a worker with nothing to embed (an unchanged rerun) never loads it.
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    Args:
+        load: returns the model (called at most once, under a lock).
+    """
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load: Optional[Callable[[], Any]] = load
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._load is None
+
+    @property
+    def model(self) -> Any:
+        if self._load is not None:
+            with self._lock:
+                if self._load is not None:
+                    self._model = self._load()
+                    self._load = None
+        return self._model
 
 
 class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
@@ -66,10 +89,16 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         self.max_batch_size = max_batch_size
 
     def load_model(self) -> LoadedEncoder:
-        """The encoder's model on ``device``, once per worker process (Beam's ``Shared``); torch is imported here."""
-        import torch
+        """The encoder's model on ``device``, once per worker process (Beam's ``Shared``), loaded when the first
+        batch needs it; torch is imported then."""
 
-        return LoadedEncoder(self.encoder.load(torch.device(self.device)))
+        def load() -> Any:
+            import torch
+
+            logger.info("loading the %s encoder %s on %s", self.encoder.modality, self.encoder.name, self.device)
+            return self.encoder.load(torch.device(self.device))
+
+        return LoadedEncoder(load)
 
     def run_inference(
         self, batch: Sequence[Item], model: LoadedEncoder, inference_args: Optional[dict[str, Any]] = None

@@ -34,7 +34,7 @@ from transforms.audio_decode import MonoDecoder
 from transforms.mfcc import AudioEncoderInput, MfccStream
 from transforms.text import TextTokenizer, decode_utf8, read_prefix
 from transforms.unchanged import UNCHANGED_BY_CONTENT, UNCHANGED_BY_METADATA, KnownSample, identities_json, same_row_and_config
-from transforms.video_rows import video_file_rows
+from transforms.video_rows import audio_row, video_file_rows
 
 logger = logging.getLogger(__name__)
 
@@ -325,18 +325,7 @@ class SampleExtractor:
             for window in stream.windows(_prepend(first, chunks)):
                 state.n_audio_windows += 1
                 inputs.add(window)
-                yield state.feature_row(
-                    "audio",
-                    {
-                        "source": source,
-                        "window_index": window.window_index,
-                        "sample_rate": audio_config.sample_rate,
-                        "start_s": window.start_s,
-                        "end_s": window.end_s,
-                        "frame_times_s": window.frame_times_s,
-                        "mfcc": window.mfcc,
-                    },
-                )
+                yield state.feature_row("audio", audio_row(window, source=source, sample_rate=audio_config.sample_rate))
         finally:
             state.n_skipped_packets += decoder.n_skipped_packets
         state.audio_duration_s = stream.duration_s

@@ -51,6 +51,8 @@ def available_schemes() -> list[str]:
 
 def scheme_of(uri: str) -> Optional[str]:
     """The scheme of ``uri`` (``gs`` for ``gs://b/a.mp4``), or ``None`` for a plain path."""
+    if "://" not in uri:  # a plain path (the common case, asked for every file of every run)
+        return None
     return FileSystems.get_scheme(uri)
 
 

@@ -72,8 +72,9 @@ def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str
     audio_config = config.audio
     media = MediaPass(path, video=config.video, sample_rate=audio_config.sample_rate, threads=decode_threads())
     keep_frames = "video" in requests and "frames" in requests["video"].needs
-    # The track feeds the audio encoder only when the sample has no audio file (only one track's items are held).
-    needs = requests["audio"].needs if "audio" in requests and not state.record.audio else frozenset()
+    # The track feeds the audio encoder only when the sample has no readable audio file (only one track's items are
+    # held; the same choice as re-embedding makes).
+    needs = requests["audio"].needs if "audio" in requests and "audio" not in state.identities else frozenset()
     inputs = AudioEncoderInput(needs, window_s=audio_config.window_s, n_mfcc=audio_config.n_mfcc)
     stream = MfccStream(audio_config, keep_samples=inputs.keeps_samples)
     jpegs: list[bytes] = []

@@ -218,3 +218,16 @@ def test_a_changed_label_is_picked_up_by_the_next_run(first_run, tmp_path, token
     samples = _rows(output, "samples")
     assert sorted((s["sample_id"], s["label"]) for s in samples) == [(f"s{i}", 7 if i == 2 else i % 2) for i in range(6)]
     assert len(_rows(output, _set(output, "text"))) == 6
+
+
+def test_an_unchanged_rerun_loads_no_model_and_a_changed_sample_loads_them_when_its_batch_comes(first_run, tmp_path, tokenizer_path, caplog):
+    directory, manifest, output = _copy(first_run, tmp_path)
+    caplog.set_level("INFO", logger="transforms.embed_handler")
+    report = _run(manifest, output, tokenizer_path, run_id="r-same")
+    assert report.summary["samples"]["unchanged"] == 6
+    assert "loading the" not in caplog.text  # RunInference set up its workers, but no batch came: no model loaded
+    caplog.clear()
+    media.text(str(directory / "s1.txt"), "sample number 1 now says goodbye")  # s1 is recomputed: video, audio, text
+    _run(manifest, output, tokenizer_path, run_id="r-edit")
+    loaded = sorted(line.split("loading the ")[1] for line in caplog.text.splitlines() if "loading the" in line)
+    assert [line.split()[0] for line in loaded] == ["audio", "text", "video"]  # each once
