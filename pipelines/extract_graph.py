@@ -30,8 +30,8 @@ from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, 
 from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.cache_join import CachedFile, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
-from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
-from transforms.record_batches import CountBatchedRecords, InferBatchExtraFields, bucket_of, num_buckets
+from transforms.manifest_rows import InferBatchExtraFields, ReadFolderRows, ReadManifestRows
+from transforms.record_batches import CountBatchedRecords, bucket_of, num_buckets
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on

@@ -33,7 +33,7 @@ from trainer.threads import threads_for, torch_threads
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREDICT_ROWS", "Fitted", "Task", "TrainConfig", "cross_validate", "evaluate", "fit", "infer_task", "modality_weights", "predict"]
+__all__ = ["PREDICT_ROWS", "Fitted", "Task", "TrainConfig", "evaluate", "fit", "infer_task", "modality_weights", "predict"]
 
 
 @dataclass
@@ -216,10 +216,3 @@ def _start_from_pretrained(model: FusionModel, directory: str, hidden: int) -> N
                           + (f" (sequence inputs {list(model.sequences)} cannot start from pretraining)" if model.sequences else ""))
     for modality in model.modalities:
         model.projections[modality].load_state_dict(pretrained.projections[modality].state_dict())
-
-
-def cross_validate(data: FeatureSet, tasks: list[Task], config: TrainConfig, folds: int, *, jobs: Optional[int] = None) -> dict[str, Any]:
-    """``folds``-fold cross-validation, folds in ``jobs`` parallel processes: see ``trainer.crossval.cross_validate``."""
-    from trainer.crossval import cross_validate as run  # trainer.crossval runs fits, so it imports this module
-
-    return run(data, tasks, config, folds, jobs=jobs)

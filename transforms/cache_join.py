@@ -12,7 +12,7 @@ keeps it, later rows fail as duplicates; a sample the cache holds unchanged by
 its files' metadata, with every requested embedding, is only counted (it
 never reaches the extractor); every other row goes on with what the cache
 holds for it (``KnownSample``, or ``None``). Rows that failed before they had
-an id skip the join.
+an id (all in the bucket of "") pass through with ``None``, never as duplicates.
 """
 from __future__ import annotations
 

@@ -19,10 +19,13 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from schemas.errors import ErrorKind, Stage
-from transforms.embed import Item, TableRow
 from transforms.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
+
+Item = dict[str, Any]
+"""An item to embed: ``{"sample_id", "manifest_row", "payload"}`` (plus ``"window"``; see ``transforms.embed``)."""
+TableRow = tuple[str, dict[str, Any]]
 
 
 class LoadedEncoder:

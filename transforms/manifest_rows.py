@@ -32,6 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
 from schemas.tables import MODALITIES, SAMPLES_BASE
+from transforms.record_batches import EXTRA_INDEX, RecordBatch, batch_by_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +213,6 @@ class _ReadRangeFn(beam.DoFn):
         if self._buckets is None:
             yield from records
         else:
-            from transforms.record_batches import batch_by_bucket
-
             yield from batch_by_bucket(records, self._buckets)
 
 
@@ -312,6 +311,15 @@ class InferExtraFields(beam.CombineFn):
 
     def extract_output(self, accumulator: dict[str, set[str]]) -> list[pa.Field]:
         return [pa.field(name, _common_type(seen)) for name, seen in sorted(accumulator.items())]
+
+
+class InferBatchExtraFields(InferExtraFields):
+    """``InferExtraFields`` over record batches (``transforms.record_batches``)."""
+
+    def add_input(self, accumulator: dict[str, set[str]], batch: RecordBatch) -> dict[str, set[str]]:  # type: ignore[override]
+        for values in batch[1]:
+            self.add_extra(accumulator, values[EXTRA_INDEX])
+        return accumulator
 
 
 _SCALAR_TYPES = {bool: "bool", int: "int64", float: "double", str: "string"}

@@ -14,7 +14,6 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 
 from schemas.records import ManifestRecord
-from transforms.manifest_rows import InferExtraFields
 
 RecordBatch = tuple[int, list[tuple]]
 
@@ -52,15 +51,6 @@ def batch_by_bucket(records: Iterable[ManifestRecord], buckets: int, batch_rows:
 def records_of(batch: RecordBatch) -> Iterator[ManifestRecord]:
     """The records of a batch."""
     return (ManifestRecord.from_tuple(values) for values in batch[1])
-
-
-class InferBatchExtraFields(InferExtraFields):
-    """``InferExtraFields`` over record batches."""
-
-    def add_input(self, accumulator: dict[str, set[str]], batch: RecordBatch) -> dict[str, set[str]]:  # type: ignore[override]
-        for values in batch[1]:
-            self.add_extra(accumulator, values[EXTRA_INDEX])
-        return accumulator
 
 
 class CountBatchedRecords(beam.PTransform):

@@ -5,7 +5,8 @@ import torch
 
 from trainer.data import FeatureSet
 from trainer.heads import FUSIONS, FusionModel
-from trainer.train import Task, TrainConfig, cross_validate, evaluate, fit, infer_task
+from trainer.crossval import cross_validate
+from trainer.train import Task, TrainConfig, evaluate, fit, infer_task
 
 
 def _xor(n: int, seed: int) -> FeatureSet:
