@@ -49,6 +49,23 @@ def truncated_copy(source: str, path: str, *, keep: float = 0.5) -> str:
     return path
 
 
+def noisy_faststart_video(path: str, *, n_frames: int = 50, fps: int = 10) -> str:
+    """A 64x48 H.264 mp4 of random frames with its index first ('faststart'): its size grows with the frame count,
+    so a cut copy (``truncated_copy``) ends mid-stream."""
+    import av
+
+    with av.open(path, "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for k in range(n_frames):
+            image = np.random.default_rng(k).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def random_bytes(path: str, n: int = 4096, seed: int = 0) -> str:
     with open(path, "wb") as handle:
         handle.write(np.random.default_rng(seed).bytes(n))

@@ -8,7 +8,7 @@ sound, not the track.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Optional
 
 import av
 import numpy as np
@@ -16,6 +16,16 @@ import numpy as np
 from schemas.errors import ErrorKind, SampleFailure, Stage
 
 logger = logging.getLogger(__name__)
+
+
+def decode_or_skip(packet: av.Packet, *, path: str, what: str) -> Optional[list]:
+    """The decoded frames of ``packet``, or ``None`` when the decoder rejects it (a corrupt packet: logged at
+    DEBUG, and the caller counts it and goes on, as ffmpeg does). ``what``: the stream's kind, for the log."""
+    try:
+        return packet.decode()
+    except av.FFmpegError as error:
+        logger.debug("skipping a corrupt %s packet at byte %s of %s: %s", what, packet.pos, path, error)
+        return None
 
 
 class MonoDecoder:
@@ -77,11 +87,9 @@ class MonoDecoder:
         for packet in container.demux(stream):
             if packet.size:
                 self.n_packets += 1
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as error:
+            frames = decode_or_skip(packet, path=self.path, what="audio")
+            if frames is None:
                 self.n_skipped_packets += 1
-                logger.debug("skipping a corrupt audio packet at byte %s of %s: %s", packet.pos, self.path, error)
                 continue
             for frame in frames:
                 decoded_any = True

@@ -52,6 +52,7 @@ import numpy as np
 
 from schemas.config import VideoConfig
 from schemas.errors import ErrorKind, SampleFailure, Stage
+from transforms.audio_decode import decode_or_skip
 from transforms.video import SampledFrame, encode_frame, target_times
 
 logger = logging.getLogger(__name__)
@@ -220,11 +221,9 @@ class MediaPass:
                 timestamp = self._seconds(packet.pts)
                 wanted = timestamp is None or targets.near(timestamp)
                 vstream.codec_context.skip_frame = "DEFAULT" if wanted else "NONREF"
-        try:
-            frames = packet.decode()
-        except av.FFmpegError as error:
+        frames = decode_or_skip(packet, path=self.path, what="video")
+        if frames is None:
             self.n_video_skipped_packets += 1
-            logger.debug("skipping a corrupt video packet at byte %s of %s: %s", packet.pos, self.path, error)
             return
         for frame in frames:
             self.n_decoded_frames += 1
@@ -241,11 +240,9 @@ class MediaPass:
         """Mono chunks of one audio packet (as ``MonoDecoder``: a packet the decoder rejects is counted and skipped)."""
         if packet.size:
             self.n_packets += 1
-        try:
-            frames = packet.decode()
-        except av.FFmpegError as error:
+        frames = decode_or_skip(packet, path=self.path, what="audio")
+        if frames is None:
             self.n_skipped_packets += 1
-            logger.debug("skipping a corrupt audio packet at byte %s of %s: %s", packet.pos, self.path, error)
             return
         for frame in frames:
             self._audio_decoded = True

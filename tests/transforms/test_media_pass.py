@@ -114,18 +114,7 @@ def test_an_unreadable_file_fails_both_streams_without_raising(tmp_path):
 
 
 def test_a_cut_stream_keeps_its_frames_and_reports_truncation(tmp_path):
-    import av
-
-    full = str(tmp_path / "full.mp4")
-    frames = [np.random.default_rng(k).integers(0, 255, (48, 64, 3), dtype=np.uint8) for k in range(50)]
-    with av.open(full, "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    full = media.noisy_faststart_video(str(tmp_path / "full.mp4"))
     cut = media.truncated_copy(full, str(tmp_path / "cut.mp4"), keep=0.4)
     media_pass = MediaPass(cut, video=VideoConfig(fps=1.0), sample_rate=16000)
     kept, _ = _split(list(media_pass.items()))

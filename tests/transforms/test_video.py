@@ -63,19 +63,7 @@ def test_unreadable_file_is_a_sample_failure(tmp_path):
 
 def test_stream_cut_mid_way_keeps_its_frames_and_reports_truncation(tmp_path):
     """A 'faststart' mp4 (index first) cut at 40%: frames before the cut are kept, the cut is reported."""
-    full = str(tmp_path / "full.mp4")
-    frames = [np.random.default_rng(k).integers(0, 255, (48, 64, 3), dtype=np.uint8) for k in range(50)]
-    # Noisy frames make the file size proportional to the frame count, so the cut falls mid-stream.
-    import av
-
-    with av.open(full, "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    full = media.noisy_faststart_video(str(tmp_path / "full.mp4"))
     cut = media.truncated_copy(full, str(tmp_path / "cut.mp4"), keep=0.4)
     sampler = FrameSampler(VideoConfig(fps=1.0))
     kept = []
