@@ -232,14 +232,14 @@ def _run(
     # files holding rows this run supersedes (rewritten without them). Only file lists travel in the graph.
     committed = [] if overwrite else [(table, file) for table in view.tables() for file in file_rows(view.table(table))]
     incremental = not (recompute or overwrite)
-    samples_files = [file["path"] for table, file in committed if table == "samples"] if incremental else []
-    embedding_files = [(table, file["path"]) for table, file in committed if table in view.embedding_tables()] if incremental else []
+    joined = {"samples", *view.embedding_tables()}
+    cached_files = [(table, file["path"]) for table, file in committed if table in joined] if incremental else []
     started = time.time()
-    logger.info("run %s: %s -> %s (%d files of cached samples)", run_id, corpus.source, output, len(samples_files))
+    logger.info("run %s: %s -> %s (%d cache files to join)", run_id, corpus.source, output, len(cached_files))
 
     pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
     _ = pipeline | "Extract" >> ExtractCorpus(
-        corpus, cache=output, attempt=attempt, cached_samples=samples_files, cached_embeddings=embedding_files,
+        corpus, cache=output, attempt=attempt, cached_files=cached_files,
         config=config, tokenizer_path=tokenizer_path, schemas=schemas, num_shards=num_shards, handlers=handlers,
         context=RunContext(features_fingerprint=fingerprint, run_id=run_id, verify_content=verify_content), committed=committed,
     )

@@ -144,20 +144,18 @@ class ExtractCorpus(beam.PTransform):
     counted; the files, replacements and counts listed in the attempt's ``_pending`` list.
 
     Args:
-        corpus: what to read. cached: the committed ``samples`` files and embedding files the join reads (none:
-            compute everything). Others: as ``ExtractToCache``.
+        corpus: what to read. cached_files: the committed files of ``samples`` and of the embedding sets the join reads,
+            as ``(table, path)`` (none: compute everything). Others: as ``ExtractToCache``.
 
     Output: the number of data files written (one element).
     """
 
-    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_samples: list[str], cached_embeddings: list[CachedFile],
-                 **extract: Any) -> None:
+    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_files: list[CachedFile], **extract: Any) -> None:
         super().__init__()
         self._corpus = corpus
         self._cache = cache
         self._attempt = attempt
-        self._cached_samples = cached_samples
-        self._cached_embeddings = cached_embeddings
+        self._cached_files = cached_files
         self._extract = extract
 
     def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
@@ -171,7 +169,7 @@ class ExtractCorpus(beam.PTransform):
         inputs = batches | "CountInputs" >> CountBatchedRecords() | "InputCount" >> beam.Map(lambda n: RunCount(INPUTS_COUNT, n))
         context = self._extract.get("context") or RunContext()
         join = JoinWithCache(
-            self._cache, self._cached_samples, self._cached_embeddings, buckets=buckets,
+            self._cache, self._cached_files, buckets=buckets,
             features_fingerprint=context.features_fingerprint, verify_content=context.verify_content,
             requests={m: request.fingerprint for m, request in encode_requests(self._extract.get("handlers") or {}).items()})
         to_extract, unchanged = batches | "JoinCache" >> join

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+_ROW_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+"""The JSON ``ManifestRecord.fingerprint`` hashes (built once: ``json.dumps`` with options builds one per call)."""
 
 @dataclass(frozen=True)
 class ManifestError:
@@ -39,7 +41,7 @@ class ManifestRecord:
     def fingerprint(self) -> str:
         """SHA-256 of what the row says (URIs and extra columns): a changed label makes the sample recomputed."""
         content = {"video": self.video, "audio": self.audio, "text": self.text, "extra": self.extra}
-        return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        return hashlib.sha256(_ROW_ENCODER.encode(content).encode("utf-8")).hexdigest()
 
     def with_error(self, error: ManifestError) -> "ManifestRecord":
         """This record failed with ``error`` (its row is still accounted for)."""

@@ -33,12 +33,12 @@ from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, unchanged_b
 CachedFile = tuple[str, str]
 """A table name and the path of one of its committed files (relative to the table folder)."""
 
-SAMPLE_COLUMNS = ("sample_id", "content_hash", "file_identity", "features_fingerprint", "manifest_hash", "manifest_ok",
+SAMPLE_COLUMNS = ("sample_id", "manifest_ok", "content_hash", "file_identity", "features_fingerprint", "manifest_hash",
                   "n_frames", "n_audio_windows", "n_tokens")
 """The ``samples`` columns an incremental run needs (``file_identity`` is missing from files older than it: read as null)."""
 
-_UNCHANGED = "unchanged"
-"""Tag of the per-bucket counts of unchanged samples in the decisions (the other elements are records)."""
+_SAMPLES, _EMBEDDED = "samples", "embedded"
+"""What a bucket's rows from the cache are: cached samples, or the embeddings they have."""
 
 
 def _read_columns(cache: str, table: str, path: str, wanted: Iterable[str]) -> dict[str, list[Any]]:
@@ -51,43 +51,32 @@ def _read_columns(cache: str, table: str, path: str, wanted: Iterable[str]) -> d
     return {c: data[c] if c in data else [None] * n for c in wanted}
 
 
-class _CachedSamplesFn(beam.DoFn):
-    """A committed ``samples`` file -> ``(bucket, [(sample_id, KnownSample as_tuple), ...])`` of its valid rows."""
+class _CachedRowsFn(beam.DoFn):
+    """A committed file -> ``(bucket, (kind, rows))`` per bucket of its ids: for a ``samples`` file (kind ``samples``)
+    ``[(sample_id, KnownSample.as_tuple()), ...]`` of its valid rows, for an embedding file (kind ``embedded``)
+    ``[(sample_id, modality, encoder_fingerprint), ...]``."""
 
     def __init__(self, cache: str, buckets: int) -> None:
         self._cache = cache
         self._buckets = buckets
 
-    def process(self, path: str) -> Iterator[tuple[int, list[tuple[str, tuple]]]]:
-        columns = _read_columns(self._cache, "samples", path, SAMPLE_COLUMNS)
-        by_bucket = collections.defaultdict(list)
-        for i, sample_id in enumerate(columns["sample_id"]):
-            if not columns["manifest_ok"][i]:
-                continue
-            counts = {"video": columns["n_frames"][i], "audio": columns["n_audio_windows"][i], "text": columns["n_tokens"][i]}
-            known = KnownSample(
-                content_hash=columns["content_hash"][i], features_fingerprint=columns["features_fingerprint"][i],
-                manifest_hash=columns["manifest_hash"][i], file_identity=columns["file_identity"][i],
-                modalities_with_features=frozenset(m for m, n in counts.items() if n),
-            )
-            by_bucket[bucket_of(sample_id, self._buckets)].append((sample_id, known.as_tuple()))
-        yield from by_bucket.items()
-
-
-class _CachedEmbeddingsFn(beam.DoFn):
-    """A committed embedding file -> ``(bucket, [(sample_id, modality, encoder_fingerprint), ...])``."""
-
-    def __init__(self, cache: str, buckets: int) -> None:
-        self._cache = cache
-        self._buckets = buckets
-
-    def process(self, element: CachedFile) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
+    def process(self, element: CachedFile) -> Iterator[tuple[int, tuple[str, list[tuple]]]]:
         table, path = element
-        columns = _read_columns(self._cache, table, path, ("sample_id", "modality", "encoder_fingerprint"))
         by_bucket = collections.defaultdict(list)
-        for row in zip(columns["sample_id"], columns["modality"], columns["encoder_fingerprint"]):
-            by_bucket[bucket_of(row[0], self._buckets)].append(row)
-        yield from by_bucket.items()
+        if table == "samples":
+            columns = _read_columns(self._cache, table, path, SAMPLE_COLUMNS)
+            for sample_id, ok, content_hash, identity, features, manifest_hash, frames, windows, tokens in zip(*columns.values()):
+                if ok:  # KnownSample.as_tuple's values, built directly (an unchanged rerun reads every cached sample)
+                    modalities = tuple(m for m, n in (("audio", windows), ("text", tokens), ("video", frames)) if n)
+                    known = (content_hash, features, manifest_hash, modalities, identity)
+                    by_bucket[bucket_of(sample_id, self._buckets)].append((sample_id, known))
+        else:
+            columns = _read_columns(self._cache, table, path, ("sample_id", "modality", "encoder_fingerprint"))
+            for row in zip(*columns.values()):
+                by_bucket[bucket_of(row[0], self._buckets)].append(row)
+        kind = _SAMPLES if table == "samples" else _EMBEDDED
+        for bucket, rows in by_bucket.items():
+            yield bucket, (kind, rows)
 
 
 def decide(records: list[ManifestRecord], known: Optional[KnownSample]) -> Iterator[tuple[ManifestRecord, Optional[KnownSample]]]:
@@ -103,9 +92,9 @@ def decide(records: list[ManifestRecord], known: Optional[KnownSample]) -> Itera
 
 
 class _DecideBucketFn(beam.DoFn):
-    """One bucket's manifest rows, cached samples and embeddings -> ``(ManifestRecord, KnownSample | None)`` for every
-    row that needs work, and ``("unchanged", n)`` for the ``n`` samples unchanged by metadata (one output: Beam's
-    DaskRunner mixes tagged outputs).
+    """One bucket's manifest rows and cache rows -> ``(ManifestRecord, KnownSample | None)`` for every row that needs
+    work, and one ``RunCount`` of the samples unchanged by metadata (when any; one output: Beam's DaskRunner mixes
+    tagged outputs).
 
     Args:
         features_fingerprint: the run's feature config.
@@ -118,7 +107,7 @@ class _DecideBucketFn(beam.DoFn):
         self._requests = requests
         self._verify_content = verify_content
 
-    def process(self, element: tuple[int, dict[str, list[list]]]) -> Iterator[tuple[Any, Any]]:
+    def process(self, element: tuple[int, dict[str, list]]) -> Iterator[Any]:
         bucket, group = element
         by_id: dict[str, list[ManifestRecord]] = collections.defaultdict(list)
         for batch in group["manifest"]:
@@ -127,17 +116,20 @@ class _DecideBucketFn(beam.DoFn):
                     by_id[record.sample_id].append(record)
                 else:
                     yield record, None  # failed before it had an id: nothing to join
-        cached = {sample_id: values for batch in group["cached"] for sample_id, values in batch if sample_id in by_id}
+        cached: dict[str, tuple] = {}
         embedded: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
-        for batch in group["embedded"]:
-            for sample_id, modality, fingerprint in batch:
-                if sample_id in cached:
-                    embedded[sample_id].add((modality, fingerprint))
+        for kind, rows in group["cache"]:
+            if kind == _SAMPLES:
+                cached.update((sample_id, values) for sample_id, values in rows if sample_id in by_id)
+            else:
+                for sample_id, modality, fingerprint in rows:
+                    if sample_id in by_id:
+                        embedded[sample_id].add((modality, fingerprint))
         unchanged = 0
         for sample_id, records in by_id.items():
             known = None
             if sample_id in cached:
-                known = KnownSample.from_tuple(cached[sample_id]).with_embedded(frozenset(embedded.get(sample_id, ())))
+                known = KnownSample.from_tuple(cached[sample_id], frozenset(embedded.get(sample_id, ())))
             if len(records) == 1 and self._unchanged(records[0], known):
                 unchanged += 1
                 continue
@@ -145,7 +137,7 @@ class _DecideBucketFn(beam.DoFn):
         if unchanged:
             counter("mmfeat", "samples_unchanged").inc(unchanged)
             counter("mmfeat", f"samples_unchanged_by_{UNCHANGED_BY_METADATA}").inc(unchanged)
-            yield _UNCHANGED, unchanged
+            yield RunCount(f"{UNCHANGED_COUNT_PREFIX}{UNCHANGED_BY_METADATA}", unchanged)
 
     def _unchanged(self, record: ManifestRecord, known: Optional[KnownSample]) -> bool:
         return (not self._verify_content and known is not None and not known.missing_embeddings(self._requests)
@@ -154,39 +146,29 @@ class _DecideBucketFn(beam.DoFn):
 
 class JoinWithCache(beam.PTransform):
     """``PCollection[RecordBatch]`` -> ``(records, unchanged)``: ``PCollection[(ManifestRecord, KnownSample | None)]``
-    of the rows that need work (one per row), and the ``RunCount`` of the samples unchanged by metadata (none when 0).
+    of the rows that need work (one per row), and the ``RunCount`` s of the samples unchanged by metadata (one per
+    bucket that has any; the pending list sums them).
 
     Args:
         cache: the cache folder.
-        samples_files: the committed files of ``samples`` in the state the run started from (none: compute everything).
-        embedding_files: the committed files of its embedding sets, as ``(table, path)``.
+        cached_files: the committed files the join reads, as ``(table, path)``: those of ``samples`` and of the
+            embedding sets in the state the run started from (none: compute everything).
         buckets: the number of buckets the batches were made with (``record_batches.num_buckets``).
         features_fingerprint, requests, verify_content: as ``_DecideBucketFn``.
     """
 
-    def __init__(self, cache: str, samples_files: list[str], embedding_files: list[CachedFile], *, buckets: int,
-                 features_fingerprint: str = "", requests: Optional[dict[str, str]] = None, verify_content: bool = False) -> None:
+    def __init__(self, cache: str, cached_files: list[CachedFile], *, buckets: int, features_fingerprint: str = "",
+                 requests: Optional[dict[str, str]] = None, verify_content: bool = False) -> None:
         super().__init__()
         self._cache = cache
-        self._samples_files = samples_files
-        self._embedding_files = embedding_files
+        self._cached_files = cached_files
         self._buckets = buckets
         self._decide = _DecideBucketFn(features_fingerprint, requests or {}, verify_content)
 
     def expand(self, batches: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        pipeline = batches.pipeline
-        cached = (pipeline | "SamplesFiles" >> beam.Create(self._samples_files)
-                  | "ReadCachedSamples" >> beam.ParDo(_CachedSamplesFn(self._cache, self._buckets)))
-        embedded = (pipeline | "EmbeddingFiles" >> beam.Create(self._embedding_files)
-                    | "ReadCachedEmbeddings" >> beam.ParDo(_CachedEmbeddingsFn(self._cache, self._buckets)))
-        decided = (
-            {"manifest": batches, "cached": cached, "embedded": embedded}
-            | "JoinByBucket" >> beam.CoGroupByKey()
-            | "Decide" >> beam.ParDo(self._decide)
-        )
-        records = decided | "RecordsToExtract" >> beam.Filter(lambda pair: pair[0] != _UNCHANGED)
-        unchanged = (decided | "UnchangedCounts" >> beam.Filter(lambda pair: pair[0] == _UNCHANGED)
-                     | "Counts" >> beam.Map(lambda pair: pair[1])
-                     | "SumUnchanged" >> beam.CombineGlobally(sum).without_defaults()
-                     | "UnchangedCount" >> beam.Map(lambda n: RunCount(f"{UNCHANGED_COUNT_PREFIX}{UNCHANGED_BY_METADATA}", n)))
+        cached = (batches.pipeline | "CachedFiles" >> beam.Create(self._cached_files)  # Create spreads them over workers
+                  | "ReadCachedRows" >> beam.ParDo(_CachedRowsFn(self._cache, self._buckets)))
+        decided = {"manifest": batches, "cache": cached} | "JoinByBucket" >> beam.CoGroupByKey() | "Decide" >> beam.ParDo(self._decide)
+        records = decided | "RecordsToExtract" >> beam.Filter(lambda element: not isinstance(element, RunCount))
+        unchanged = decided | "UnchangedCounts" >> beam.Filter(lambda element: isinstance(element, RunCount))
         return records, unchanged

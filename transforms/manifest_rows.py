@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
@@ -71,12 +72,18 @@ def _dirname(uri: str) -> str:
     return posixpath.dirname(uri) if "://" in uri else os.path.dirname(os.path.abspath(uri))
 
 
+_CLEAN_RELATIVE = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
+"""A relative path that ``os.path.normpath`` leaves as it is: no empty, ``.`` or ``..`` component, no trailing ``/``."""
+
+
 def _resolve(value: str, base: str) -> str:
     """A URI or absolute path as is; a relative path joined to ``base`` (the manifest's folder)."""
     if "://" in value or value.startswith("/"):
         return value
     if "://" in base:
         return posixpath.join(base, value)
+    if _CLEAN_RELATIVE.fullmatch(value) and base.startswith("/"):  # what normpath would give, without its work
+        return f"{base.rstrip('/')}/{value}"
     return os.path.normpath(os.path.join(base, value))
 
 

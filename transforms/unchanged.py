@@ -11,8 +11,6 @@ identity: that it stays unreadable is part of what is compared.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -47,19 +45,16 @@ class KnownSample:
     file_identity: Optional[str] = None
     embedded: frozenset[tuple[str, str]] = frozenset()
 
-    def with_embedded(self, embedded: frozenset[tuple[str, str]]) -> "KnownSample":
-        return dataclasses.replace(self, embedded=embedded)
-
     def as_tuple(self) -> tuple:
-        """Plain values, which Beam encodes without pickling."""
+        """Plain values, which Beam encodes without pickling (``embedded`` travels apart: the cache's embedding rows)."""
         return (self.content_hash, self.features_fingerprint, self.manifest_hash, tuple(sorted(self.modalities_with_features)),
-                self.file_identity, tuple(sorted(self.embedded)))
+                self.file_identity)
 
     @classmethod
-    def from_tuple(cls, values: tuple) -> "KnownSample":
-        content_hash, features_fingerprint, manifest_hash, modalities, file_identity, embedded = values
-        return cls(content_hash, features_fingerprint, manifest_hash, frozenset(modalities), file_identity,
-                   frozenset(tuple(e) for e in embedded))
+    def from_tuple(cls, values: tuple, embedded: frozenset[tuple[str, str]] = frozenset()) -> "KnownSample":
+        """The sample ``as_tuple`` gave, with the embeddings it has."""
+        content_hash, features_fingerprint, manifest_hash, modalities, file_identity = values
+        return cls(content_hash, features_fingerprint, manifest_hash, frozenset(modalities), file_identity, embedded)
 
     def missing_embeddings(self, requests: dict[str, str]) -> set[str]:
         """The modalities it has features of whose requested encoder (``{modality: fingerprint}``) has not embedded it."""
@@ -67,8 +62,11 @@ class KnownSample:
 
 
 def identities_json(identities: dict[str, str]) -> str:
-    """``{modality: file identity}`` of the readable files as the JSON ``samples.file_identity`` holds (``{}``: none)."""
-    return json.dumps(identities, sort_keys=True)
+    """``{modality: file identity}`` of the readable files as the JSON ``samples.file_identity`` holds (``{}``: none).
+
+    The text ``json.dumps(identities, sort_keys=True)`` gives, built directly (an unchanged rerun compares one per
+    sample): modality names and identities (digits, ``:`` and ``.``) hold no character JSON escapes."""
+    return "{" + ", ".join(f'"{modality}": "{identities[modality]}"' for modality in sorted(identities)) + "}"
 
 
 def same_row_and_config(record: ManifestRecord, known: Optional[KnownSample], features_fingerprint: str) -> bool:

@@ -71,8 +71,9 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
     config = ExtractConfig()
     handlers = build_handlers(resolve_encoders(encode, config), encode, "cpu")
     corpus = open_manifest(sample_manifest)
-    transform = ExtractCorpus(corpus, cache=str(tmp_path), attempt="r-00000000", cached_samples=["part-0.parquet"],
-                              cached_embeddings=[("embeddings/text/x", "part-0.parquet")], committed=[("samples", {"path": "part-0.parquet"})],
+    transform = ExtractCorpus(corpus, cache=str(tmp_path), attempt="r-00000000",
+                              cached_files=[("samples", "part-0.parquet"), ("embeddings/text/x", "part-0.parquet")],
+                              committed=[("samples", {"path": "part-0.parquet"})],
                               config=config, tokenizer_path=tokenizer_path, schemas=table_schemas([]), num_shards=2, handlers=handlers)
     pipeline = beam.Pipeline()
     _ = pipeline | transform
@@ -82,7 +83,7 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
     dofns = _dofns(pipeline)
     names = {type(fn).__name__ for fn in dofns}
     assert {"ExtractSampleFn", "_FormBatchesFn", "_RunInferenceDoFn", "_FinalizeSamplesFn", "_WriteShardFn", "_ReplaceFileFn",
-            "_WritePendingListFn", "_ReadRangeFn", "_CachedSamplesFn", "_CachedEmbeddingsFn"} <= names
+            "_WritePendingListFn", "_ReadRangeFn", "_CachedRowsFn", "_DecideBucketFn"} <= names
     for obj in [transform, *handlers.values(), *(h.with_no_batching() for h in handlers.values()), *dofns]:
         restored = cloudpickle.loads(cloudpickle.dumps(obj))
         assert type(restored) is type(obj)

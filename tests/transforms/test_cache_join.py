@@ -1,6 +1,7 @@
 """The join with the cache decides per bucket of ids: duplicates, rows without an id, unchanged samples."""
 import os
 
+from schemas.cache.layout import UNCHANGED_COUNT_PREFIX, RunCount
 from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
 from transforms import media_io
@@ -14,7 +15,7 @@ def _decide(records, cached=(), embedded=(), requests=None, verify_content=False
     out = []
     for bucket, batch in batch_by_bucket(records, buckets=1, batch_rows=2):  # several batches of one bucket
         out.append(batch)
-    group = {"manifest": out, "cached": [list(cached)], "embedded": [list(embedded)]}
+    group = {"manifest": out, "cache": [("samples", list(cached)), ("embedded", list(embedded))]}
     return list(decide.process((0, group)))
 
 
@@ -44,9 +45,13 @@ def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembed
     embedded = [(name, "text", "enc-1") for name in ("same", "touched")]
     os.utime(paths["touched"], ns=(1, 1))
     out = _decide(list(records.values()), cached, embedded, requests={"text": "enc-1"})
-    assert ("unchanged", 1) in out
-    assert sorted(record.sample_id for record, known in out if record != "unchanged") == ["touched", "unembedded"]
-    assert all(known is not None for record, known in out if record != "unchanged")  # the extractor gets what is cached
+    counts = [element for element in out if isinstance(element, RunCount)]
+    assert counts == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 1)]
+    decided = [element for element in out if not isinstance(element, RunCount)]
+    assert sorted(record.sample_id for record, known in decided) == ["touched", "unembedded"]
+    assert all(known is not None for record, known in decided)  # the extractor gets what is cached
+    touched = next(known for record, known in decided if record.sample_id == "touched")
+    assert touched.embedded == {("text", "enc-1")} and touched.modalities_with_features == {"text"}
     verified = _decide(list(records.values()), cached, embedded, requests={"text": "enc-1"}, verify_content=True)
     assert len(verified) == 3 and all(isinstance(record, ManifestRecord) for record, _ in verified)  # the extractor hashes them
 
