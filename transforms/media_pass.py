@@ -53,7 +53,7 @@ import numpy as np
 from schemas.config import VideoConfig
 from schemas.errors import ErrorKind, SampleFailure, Stage
 from transforms.audio_decode import decode_or_skip
-from transforms.video import SampledFrame, encode_frame, target_times
+from transforms.video import SampledFrame, encode_frame, resized_shape, target_times
 
 logger = logging.getLogger(__name__)
 
@@ -231,10 +231,18 @@ class MediaPass:
             if timestamp is None:
                 timestamp = (self.n_decoded_frames - 1) / self._fps
             if keyframes or targets.keep(timestamp):
-                jpeg, width, height = encode_frame(frame.to_ndarray(format="bgr24"), shorter_side=self.video.frame_size,
+                jpeg, width, height = encode_frame(self._kept_image(frame), shorter_side=self.video.frame_size,
                                                    jpeg_quality=self.video.jpeg_quality)
                 yield SampledFrame(self._kept, timestamp, jpeg, width, height)
                 self._kept += 1
+
+    def _kept_image(self, frame: av.VideoFrame) -> np.ndarray:
+        """A kept frame as BGR ``(height, width, 3)`` uint8 at its stored size: converted and shrunk in one pass of
+        FFmpeg's scaler (area averaging, as OpenCV's ``INTER_AREA``, at a sixth of its cost for 480p to 224)."""
+        width, height = resized_shape(frame.width, frame.height, shorter_side=self.video.frame_size)
+        if width < frame.width:
+            return frame.to_ndarray(format="bgr24", width=width, height=height, interpolation="AREA")
+        return frame.to_ndarray(format="bgr24")  # enlarged (or kept) by encode_frame, as OpenCV's frames are
 
     def _audio_packet(self, packet: av.Packet, resampler: av.AudioResampler) -> Iterator[np.ndarray]:
         """Mono chunks of one audio packet (as ``MonoDecoder``: a packet the decoder rejects is counted and skipped)."""

@@ -12,12 +12,13 @@ runners (Dask pins BLAS to one thread) must produce bit-identical features.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
 import librosa
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from schemas.config import AudioConfig
 from schemas.errors import ErrorKind, SampleFailure, Stage
@@ -55,8 +56,15 @@ def mfcc_frames(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
     """
     if len(samples) < config.n_fft:
         return np.zeros((0, config.n_mfcc), dtype=np.float32)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         return _mfcc_single_threaded(samples, config=config)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's thread pools, found once (``threadpool_limits`` scans the loaded libraries at every call: about
+    6 ms in a worker that has loaded torch and OpenCV, more than the MFCCs of a short clip)."""
+    return ThreadpoolController()
 
 
 def _mfcc_single_threaded(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
