@@ -45,6 +45,24 @@ def test_common_formats_decode_to_mono_at_the_target_rate(tmp_path, name, option
     assert _peak_hz(samples) == pytest.approx(440.0, abs=10)
 
 
+def test_a_wav_whose_samples_follow_a_large_metadata_chunk_decodes_whole(tmp_path):
+    """WAV files are opened with a short probe (their header states everything): a metadata chunk larger than the
+    probe, before the samples, must not cost samples or the rate."""
+    import soundfile
+
+    plain = str(tmp_path / "plain.wav")
+    soundfile.write(plain, media.tone(440.0, 1.0, sample_rate=22050), 22050, subtype="PCM_16")
+    with open(plain, "rb") as handle:
+        riff = handle.read()
+    fmt_end = 12 + 8 + int.from_bytes(riff[16:20], "little")  # RIFF header, then the fmt chunk
+    metadata = b"LIST" + (20000).to_bytes(4, "little") + b"INFO" + b"\0" * 19996
+    tagged = riff[:fmt_end] + metadata + riff[fmt_end:]
+    tagged = tagged[:4] + (len(tagged) - 8).to_bytes(4, "little") + tagged[8:]
+    (tmp_path / "tagged.wav").write_bytes(tagged)
+    np.testing.assert_array_equal(_decode(str(tmp_path / "tagged.wav")), _decode(plain))
+    assert len(_decode(plain)) == pytest.approx(16000, abs=20)
+
+
 def test_stereo_is_down_mixed_not_one_channel_picked(tmp_path):
     left = media.tone(440.0, 1.0)
     path = str(tmp_path / "stereo.flac")
