@@ -146,7 +146,7 @@ def main() -> int:
         ("launcher checks, repair, vacuum (before and after the run)", launcher),
         ("graph building (Beam expand, type checks)", graph),
         ("Beam run (FnApiRunner), of which worker set-up below", split["beam_run_s"]),
-        ("  worker set-up (the tokenizer; librosa compiles on the first audio stream)", split["worker_setup_s"]),
+        ("  worker set-up (the tokenizer)", split["worker_setup_s"]),
         ("read back, summary, Delta commit", split["wall_time_s"] - split["pipeline_s"]),
     ]:
         print(f"  {seconds:6.2f}  {name}")

@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 class ExtractSampleFn(beam.DoFn):
     """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output only).
 
-    Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. librosa is
-    imported and compiled by the first audio stream (a text-only run never pays for it).
+    Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. ``scipy.fft`` is
+    imported by the first audio stream (a text-only run never pays for it).
     """
 
     def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None) -> None:

@@ -6,6 +6,9 @@ reference (``power_to_db(ref=1.0, top_db=None)``) rather than the window's
 maximum. Both make every frame a function of its own samples only, so the
 result is the same however the stream is cut into windows or chunks.
 
+The analysis is librosa's (``feature.mfcc``, Slaney mel filters), written with
+numpy and ``scipy.fft`` so that a worker does not import librosa's feature
+module (about 2 s); ``tests/transforms/test_audio.py`` checks the agreement.
 The mel projection runs with BLAS limited to one thread: a multi-threaded
 matrix product rounds differently, and worker processes of distributed
 runners (Dask pins BLAS to one thread) must produce bit-identical features.
@@ -16,7 +19,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
-import librosa
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -68,18 +70,52 @@ def _blas_controller() -> ThreadpoolController:
 
 
 def _mfcc_single_threaded(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
-    mel_power = librosa.feature.melspectrogram(
-        y=np.ascontiguousarray(samples, dtype=np.float32),
-        sr=config.sample_rate,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        n_mels=config.n_mels,
-        center=False,
-        power=2.0,
-    )
-    log_mel = librosa.power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=None)
-    # A copy of its own: librosa's result is a view of the DCT of all n_mels bands, which it would keep alive.
-    return np.ascontiguousarray(librosa.feature.mfcc(S=log_mel, n_mfcc=config.n_mfcc).T, dtype=np.float32)
+    """librosa's ``feature.mfcc(y, center=False)`` with ``power_to_db(ref=1.0, amin=1e-10, top_db=None)`` of a
+    float32 signal, in numpy and ``scipy.fft`` (importing librosa's feature module costs a worker about 2 s)."""
+    import scipy.fft  # 0.2 s on first use; only workers that meet audio pay it
+
+    frames = np.lib.stride_tricks.sliding_window_view(np.asarray(samples, dtype=np.float32), config.n_fft)[:: config.hop_length]
+    spectrum = scipy.fft.rfft(frames * _hann(config.n_fft), axis=1)  # (n_frames, 1 + n_fft // 2), complex64
+    power = spectrum.real**2 + spectrum.imag**2
+    log_mel = 10.0 * np.log10(np.maximum(power @ _mel_basis(config.sample_rate, config.n_fft, config.n_mels).T, 1e-10))
+    # A copy of its own: the kept coefficients are a view of the DCT of all n_mels bands, which it would keep alive.
+    return np.ascontiguousarray(scipy.fft.dct(log_mel, type=2, norm="ortho", axis=1)[:, : config.n_mfcc], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _hann(n_fft: int) -> np.ndarray:
+    """The periodic Hann window of ``n_fft`` samples (scipy's ``get_window("hann", n_fft)``), float32 ``(n_fft,)``."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz (200/3 Hz a mel), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / (200.0 / 3)
+    log_part = hz >= 1000.0
+    mel[log_part] = 15.0 + np.log(hz[log_part] / 1000.0) / (np.log(6.4) / 27.0)
+    return mel
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """The inverse of ``_hz_to_mel``."""
+    hz = mel * (200.0 / 3)
+    log_part = mel >= 15.0
+    hz[log_part] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel[log_part] - 15.0))
+    return hz
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa's ``filters.mel`` (0 Hz to Nyquist, Slaney scale and area normalisation): float32 ``(n_mels, 1 + n_fft // 2)``."""
+    fft_hz = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    band_hz = _mel_to_hz(np.linspace(_hz_to_mel(np.array([0.0]))[0], _hz_to_mel(np.array([sample_rate / 2.0]))[0], n_mels + 2))
+    widths = np.diff(band_hz)
+    ramps = band_hz[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (band_hz[2:] - band_hz[:-2]))[:, None]
+    return weights.astype(np.float32)
 
 
 class MfccStream:

@@ -96,6 +96,23 @@ def test_mfcc_shape_and_agreement_with_librosa():
     np.testing.assert_allclose(mfcc, reference, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("sample_rate, n_fft, n_mels", [(16000, 400, 64), (22050, 2048, 128), (8000, 256, 40)])
+def test_mel_filters_are_librosas(sample_rate, n_fft, n_mels):
+    from transforms.mfcc import _mel_basis
+
+    np.testing.assert_allclose(_mel_basis(sample_rate, n_fft, n_mels), librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_silence_and_a_loud_tone_agree_with_librosa_too():
+    """The -100 dB floor of silent frames and a full-scale tone (no ``top_db`` clipping on either side)."""
+    config = AudioConfig()
+    signal = np.concatenate([np.zeros(4000, np.float32), media.tone(1000.0, 0.5) * 4.0])
+    reference = librosa.feature.mfcc(S=librosa.power_to_db(librosa.feature.melspectrogram(
+        y=signal, sr=16000, n_fft=400, hop_length=160, n_mels=64, center=False), ref=1.0, amin=1e-10, top_db=None), n_mfcc=40).T
+    np.testing.assert_allclose(mfcc_frames(signal, config=config), reference, rtol=1e-4, atol=2e-3)
+
+
 @pytest.mark.parametrize("window_s, chunk", [(0.5, 1000), (1.0, 4096), (0.37, 333)])
 def test_windowed_mfcc_equals_whole_signal_mfcc(window_s, chunk):
     """Cutting the stream into windows or chunks does not change the features."""
