@@ -115,13 +115,13 @@ def form_batches(items: Iterable[Item], *, encoder: Encoder, max_batch_size: int
 
     With a padding encoder a batch costs ``len(batch) * max(cost)`` (what the
     padded tensor holds); otherwise the sum of costs. An item larger than the
-    budget forms a batch of its own.
+    budget forms a batch of its own. Each item's cost is computed once.
     """
-    ordered = sorted(items, key=lambda item: (encoder.cost(item["payload"]), item["sample_id"]))
+    costed = sorted(((encoder.cost(item["payload"]), item["sample_id"], index, item) for index, item in enumerate(items)),
+                    key=lambda entry: entry[:3])
     batch: list[Item] = []
     largest = total = 0.0
-    for item in ordered:
-        cost = encoder.cost(item["payload"])
+    for cost, _, _, item in costed:
         new_cost = (len(batch) + 1) * max(largest, cost) if encoder.padded else total + cost
         if batch and (len(batch) >= max_batch_size or new_cost > budget):
             yield batch

@@ -90,6 +90,7 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         self.precision = precision
         self.budget = budget
         self.max_batch_size = max_batch_size
+        self._constants: Optional[dict[str, Any]] = None
 
     def load_model(self) -> LoadedEncoder:
         """The encoder's model on ``device``, once per worker process (Beam's ``Shared``), loaded when the first
@@ -106,6 +107,8 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
     def run_inference(
         self, batch: Sequence[Item], model: LoadedEncoder, inference_args: Optional[dict[str, Any]] = None
     ) -> list[TableRow]:
+        """One result row per item of ``batch``, in its order: an embedding row, or an ``errors`` row for an item the
+        encoder failed on (the batch is retried item by item to find it; the other items keep their rows)."""
         import torch
 
         device = torch.device(self.device)
@@ -116,12 +119,15 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
                     vectors, sequences = self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
                 else:
                     vectors, sequences = self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
-            if not np.all(np.isfinite(vectors)) or (sequences and not all(np.all(np.isfinite(s)) for s in sequences)):
+            # One float32 copy of the batch (the model's buffers may be reused); each row's vector is a view of it.
+            vectors = np.array(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or len(vectors) != len(batch):
+                raise ValueError(f"the encoder returned shape {vectors.shape} for {len(batch)} items, expected ({len(batch)}, dim)")
+            if not np.isfinite(vectors).all() or (sequences and not all(np.isfinite(s).all() for s in sequences)):
                 raise ValueError("the encoder produced NaN or infinite values")
             if not self.encoder.windowed:  # windows are counted once pooled, per sample
                 beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
-            return [self._embedding_row(item, vector, sequences[i] if sequences else None)
-                    for i, (item, vector) in enumerate(zip(batch, vectors))]
+            return self._embedding_rows(batch, vectors, sequences)
         except Exception as error:  # isolate the failing items; keep the rest of the batch
             if len(batch) == 1:
                 logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
@@ -135,20 +141,26 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
     def get_metrics_namespace(self) -> str:
         return f"mmfeat_embed_{self.encoder.modality}"
 
-    def _embedding_row(self, item: Item, vector: np.ndarray, sequence: Optional[np.ndarray]) -> TableRow:
-        row = {
-            "sample_id": item["sample_id"],
-            "manifest_row": item["manifest_row"],
-            "modality": self.encoder.modality,
-            "encoder": self.encoder.name,
-            "encoder_fingerprint": self.encoder.fingerprint(),
-            "vector": vector.astype(np.float32),
-        }
-        if sequence is not None:
-            row["sequence"] = sequence.astype(np.float32)
-        if "window" in item:
-            row["window"] = item["window"]
-        return self.table, row
+    def _row_constants(self) -> dict[str, Any]:
+        """The fields every embedding row of this encoder shares (computed once per handler)."""
+        if self._constants is None:
+            self._constants = {"modality": self.encoder.modality, "encoder": self.encoder.name,
+                               "encoder_fingerprint": self.encoder.fingerprint()}
+        return self._constants
+
+    def _embedding_rows(self, batch: Sequence[Item], vectors: np.ndarray, sequences: Optional[list[np.ndarray]]) -> list[TableRow]:
+        """The embedding rows of a batch, in its order. ``vectors``: float32 ``(len(batch), dim)`` (each row's
+        ``vector`` is a view of it); ``sequences``: per item ``(steps, dim)``, or ``None``."""
+        table, constants = self.table, self._row_constants()
+        rows = []
+        for index, (item, vector) in enumerate(zip(batch, vectors)):
+            row = {"sample_id": item["sample_id"], "manifest_row": item["manifest_row"], **constants, "vector": vector}
+            if sequences is not None:
+                row["sequence"] = np.array(sequences[index], dtype=np.float32)
+            if "window" in item:
+                row["window"] = item["window"]
+            rows.append((table, row))
+        return rows
 
     def _error_row(self, item: Item, error: Exception) -> TableRow:
         row = {

@@ -87,6 +87,22 @@ def test_embed_items_through_run_inference_loses_nothing():
         )
 
 
+def test_rows_keep_their_values_when_the_encoder_reuses_its_output_buffer():
+    class _Reusing(_LengthEncoder):
+        buffer = np.zeros((4, 2), np.float32)
+
+        def embed(self, model, payloads, *, device, precision):
+            self.buffer[: len(payloads)] = super().embed(model, payloads, device=device, precision=precision)
+            return self.buffer[: len(payloads)]
+
+    handler = _handler(_Reusing())
+    model = handler.load_model()
+    first = handler.run_inference(_items(["ab", "xxx"]), model)
+    handler.run_inference(_items(["xxxxxx", "q"]), model)
+    assert [row["vector"].tolist() for _, row in first] == [[2.0, 0.0], [3.0, 3.0]]
+    assert all(row["vector"].dtype == np.float32 for _, row in first)
+
+
 def test_mfcc_stats_known_answer():
     mfcc = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 16.0]], np.float32)
     # mean, std, mean of first differences, std of first differences

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -82,10 +82,32 @@ def mfcc_stats(mfcc: np.ndarray) -> np.ndarray:
 def stats_from_moments(moments: dict[str, np.ndarray]) -> np.ndarray:
     """``mfcc_stats`` of a stream from its ``mfcc_moments`` payload (``count`` ``(2,)``, ``mean`` and ``m2``
     ``(2, n_mfcc)``: frames, then differences); ``(4 * n_mfcc,)``. No differences (one frame): zeros."""
-    count = np.asarray(moments["count"], np.float64)
-    mean = np.asarray(moments["mean"], np.float64)
-    std = np.sqrt(np.asarray(moments["m2"], np.float64) / np.maximum(count, 1.0)[:, None])
-    return np.concatenate([mean[0], std[0], mean[1], std[1]]).astype(np.float32)
+    return stats_from_moments_batch([moments])[0]
+
+
+def stats_from_moments_batch(moments: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+    """``stats_from_moments`` of many streams at once: float32 ``(len(moments), 4 * n_mfcc)``.
+
+    Each of ``moments`` holds ``count`` ``(2,)`` and ``mean``, ``m2`` ``(2, n_mfcc)`` (frames, then differences;
+    any float dtype). Their arrays are stacked (float64) and the statistics computed once over the stack, so a
+    batch costs a few numpy calls rather than a few per stream; each row is bit-for-bit what its stream alone gives.
+
+    Raises:
+        ValueError: no payloads, a payload's arrays do not have these shapes, or two differ in ``n_mfcc``.
+    """
+    if not moments:
+        raise ValueError("no mfcc_moments to summarise")
+    try:
+        count = np.array([m["count"] for m in moments], np.float64)  # (n, 2)
+        mean = np.array([m["mean"] for m in moments], np.float64)  # (n, 2, n_mfcc)
+        m2 = np.array([m["m2"] for m in moments], np.float64)  # (n, 2, n_mfcc)
+    except ValueError as error:  # ragged: shapes differ between payloads
+        raise ValueError(f"mfcc_moments of different shapes in one batch: {error}") from error
+    if count.ndim != 2 or count.shape[1] != 2 or mean.ndim != 3 or mean.shape[:2] != (len(moments), 2) or m2.shape != mean.shape:
+        raise ValueError(f"mfcc_moments must hold count (2,), mean and m2 (2, n_mfcc); got count {count.shape[1:]}, "
+                         f"mean {mean.shape[1:]}, m2 {m2.shape[1:]}")
+    std = np.sqrt(m2 / np.maximum(count, 1.0)[:, :, None])
+    return np.concatenate([mean[:, 0], std[:, 0], mean[:, 1], std[:, 1]], axis=1).astype(np.float32)
 
 
 class MfccStatsEncoder(Encoder):
@@ -108,7 +130,8 @@ class MfccStatsEncoder(Encoder):
         return 1.0  # a few numbers per sample, whatever its length
 
     def embed(self, model: None, payloads: list[dict[str, Any]], *, device: "torch.device", precision: str) -> np.ndarray:
-        return np.stack([stats_from_moments(p["mfcc_moments"]) for p in payloads])
+        """``stats_from_moments_batch`` of the payloads' ``mfcc_moments``: float32 ``(len(payloads), 4 * n_mfcc)``."""
+        return stats_from_moments_batch([p["mfcc_moments"] for p in payloads])
 
     def dummy_payload(self) -> dict[str, Any]:
         zeros = np.zeros((2, self.n_mfcc), np.float64)
