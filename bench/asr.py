@@ -30,29 +30,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TARGET = 0.85
-SENTENCES = (
-    "The cat sat on the mat, and the dog ran to the park.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "The weather today is warm and sunny with a light breeze.",
-    "Open the window because the room is getting very hot.",
-    "My brother reads a long book every night before he sleeps.",
-    "We bought fresh bread and green apples at the market.",
-    "The train leaves the station at half past seven in the morning.",
-    "Children were playing football in the garden after school.",
-    "She painted the old fence white and planted roses along it.",
-    "The museum opens its new exhibition about ancient ships next week.",
-)
 
 
 def _corpus(directory: str, clips: int, per_clip: int) -> tuple[str, list]:
     """WAV clips of ``per_clip`` sentences each and their manifest; returns it and the synthesised speech."""
     from tests import media
     from transforms.media_writers import write_wav
-    from transforms.speech_synth import synthesise
+    from transforms.speech_synth import PLAIN_SENTENCES, synthesise
 
     rows, speech = [], []
     for k in range(clips):
-        text = " ".join(SENTENCES[(k * per_clip + j) % len(SENTENCES)] for j in range(per_clip))
+        text = " ".join(PLAIN_SENTENCES[(k * per_clip + j) % len(PLAIN_SENTENCES)] for j in range(per_clip))
         spoken = synthesise(text)
         write_wav(os.path.join(directory, f"clip{k:02d}.wav"), spoken.audio, sample_rate=16000)
         rows.append({"id": f"clip{k:02d}", "audio": f"clip{k:02d}.wav"})

@@ -128,3 +128,19 @@ def synthesise(text: str, *, voice: str = "en-us", words_per_minute: int = 160, 
 
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+PLAIN_SENTENCES = (
+    "The cat sat on the mat, and the dog ran to the park.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The weather today is warm and sunny with a light breeze.",
+    "Open the window because the room is getting very hot.",
+    "My brother reads a long book every night before he sleeps.",
+    "We bought fresh bread and green apples at the market.",
+    "The train leaves the station at half past seven in the morning.",
+    "Children were playing football in the garden after school.",
+    "She painted the old fence white and planted roses along it.",
+    "The museum opens its new exhibition about ancient ships next week.",
+)
+"""Sentences of everyday words with which a recogniser's word error rate and word times are measured (the speech
+tests take the first six, ``bench/asr.py`` all)."""

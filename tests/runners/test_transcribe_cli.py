@@ -2,21 +2,12 @@
 imported, nothing written), a run without --transcribe never imports the speech stack, and a real run works."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-from tests.test_startup import HEAVY, _mmfeat
+from tests.test_startup import HEAVY, _mmfeat, one_text  # noqa: F401 (a fixture)
 
 SPEECH_STACK = ("faster_whisper", "ctranslate2", "onnxruntime")
-
-
-@pytest.fixture
-def one_text(tmp_path) -> str:
-    (tmp_path / "a.txt").write_text("A short text to tokenise.\n", encoding="utf-8")
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text(json.dumps({"id": "a", "text": "a.txt"}) + "\n", encoding="utf-8")
-    return str(manifest)
 
 
 @pytest.mark.parametrize(
