@@ -172,13 +172,14 @@ def test_a_failed_embedding_makes_the_sample_partial(tmp_path, tokenizer_path):
     assert report.summary["failures"]["by_stage"] == {"embed": 1}
 
 
-def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_path):
+def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_path, dask_address):
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.dask_runner import DaskRunner
 
     _, manifest, output, _ = first_run
     dask_output = str(tmp_path / "dask")
-    _run(manifest, dask_output, tokenizer_path, run_id="r1", runner=DaskRunner(), options=PipelineOptions(["--dask_npartitions=3"]))
+    options = PipelineOptions(["--dask_npartitions=3", f"--dask_client_address={dask_address}"])
+    _run(manifest, dask_output, tokenizer_path, run_id="r1", runner=DaskRunner(), options=options)
     direct, dask = _all_rows(output), _all_rows(dask_output)
     assert set(direct) == set(dask)
     for table in direct:

@@ -212,7 +212,7 @@ def test_extract_to_cache_transform_reports_what_it_wrote(tmp_path, tokenizer_pa
     assert rows == {"samples": 6, "text": 6}
 
 
-def test_dask_runner_writes_the_same_rows(bad_run, tmp_path, tokenizer_path):
+def test_dask_runner_writes_the_same_rows(bad_run, tmp_path, tokenizer_path, dask_address):
     """Beam 2.77's DaskRunner drops finish_bundle output and re-runs multi-output DoFns; our shape must not care."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.dask.dask_runner import DaskRunner
@@ -230,7 +230,7 @@ def test_dask_runner_writes_the_same_rows(bad_run, tmp_path, tokenizer_path):
         config=ExtractConfig(num_shards=3),
         tokenizer_path=tokenizer_path,
         runner=DaskRunner(),
-        options=PipelineOptions(["--dask_npartitions=4"]),
+        options=PipelineOptions(["--dask_npartitions=4", f"--dask_client_address={dask_address}"]),
         run_id="run1",
     )
     def rows(cache: str, table: str) -> list[str]:  # row keys, and the messages that name them, differ between one file and two

@@ -8,7 +8,6 @@ import torch
 
 from runners.cli import main
 from tests.memory import peak_anonymous_growth_mb
-from tests.trainer.caches import extract_sample_cache
 from trainer.chunks import iter_chunks
 from trainer.data import FeatureSet, load_features
 from trainer.sequences import allocate
@@ -16,8 +15,8 @@ from trainer.train import TrainConfig, evaluate, fit, infer_task
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> str:
-    return extract_sample_cache(tmp_path_factory, n=24, seed=3, image_encoder="builtin:color-hog", extra=["--sequences", "video,text"])
+def cache(small_sample_cache) -> str:
+    return small_sample_cache
 
 
 def test_chunks_cover_every_row_once_within_the_bound_and_shuffle_by_blocks():

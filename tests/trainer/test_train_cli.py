@@ -6,13 +6,12 @@ import sys
 
 import pytest
 
-from tests.trainer.caches import extract_sample_cache
 from runners.cli import main
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> str:
-    return extract_sample_cache(tmp_path_factory, n=24, seed=2, image_encoder="builtin:color-hog")
+def cache(small_sample_cache) -> str:
+    return small_sample_cache
 
 
 def test_train_writes_metrics_and_a_checkpoint_that_evaluate_reproduces(cache, tmp_path, capsys):
