@@ -144,10 +144,12 @@ def _create(cache: str, table: str, run: RunCommit, actions: list[Any], metadata
         create_table_with_add_actions(table_uri(cache, table), Schema.from_arrow(run.schemas[table]), actions,
                                       description=description, configuration={"delta.dataSkippingStatsColumns": "sample_id"},
                                       commit_properties=_commit_properties(metadata, app_id))
-    except DeltaError as error:
-        if "already exists" not in str(error):
+    except DeltaError as error:  # "already exists", or a commit conflict with a creator that won the race
+        existing = open_table(table_uri(cache, table))
+        if existing is None:
             raise
-        return open_table(table_uri(cache, table))
+        logger.debug("%s was created by another run a moment ago (%s); committing on top of it", table, error)
+        return existing
     return None
 
 
@@ -164,6 +166,8 @@ def _claim(cache: str, run: RunCommit, *, wait_s: float) -> Optional[RunInfo]:
     Raises:
         ConcurrentRunError: another live run held it for more than ``wait_s`` seconds.
     """
+    from deltalake.exceptions import CommitFailedError
+
     deadline = time.monotonic() + wait_s
     samples = _samples_table(cache, run)
     uri = table_uri(cache, "samples")
@@ -171,7 +175,15 @@ def _claim(cache: str, run: RunCommit, *, wait_s: float) -> Optional[RunInfo]:
         pinned = latest_run(uri)
         after = pinned.version if pinned else -1
         samples.update_incremental()
-        samples.create_write_transaction([], mode="append", schema=samples.schema(), commit_properties=_commit_properties(run.marks(CLAIM)))
+        try:
+            samples.create_write_transaction([], mode="append", schema=samples.schema(),
+                                             commit_properties=_commit_properties(run.marks(CLAIM)))
+        except CommitFailedError as error:  # another run committed between our read and our claim: read, claim again
+            if time.monotonic() > deadline:
+                raise ConcurrentRunError(f"run {run.run_id} could not claim {cache} within {wait_s:.0f} s ({error}); "
+                                         "it committed nothing (its files are removed by mmfeat vacuum); run it again") from error
+            logger.debug("claim of %s lost a commit race (%s); claiming again", cache, error)
+            continue
         mine = next(v for v in reversed(log_versions(uri)) if any(c.get(ATTEMPT) == run.attempt for c in commit_infos(uri, [v])))
         claims = [c for c in commit_infos(uri, range(after + 1, mine + 1)) if c.get(KIND) == CLAIM]
         holder = next(c for c in claims if c[ATTEMPT] == run.attempt or _alive(c))
