@@ -153,7 +153,28 @@ def _add_maintenance(subparsers: argparse._SubParsersAction, common: argparse.Ar
     compact.add_argument("output", help="cache folder")
 
 
-OWN_COMMANDS = ("extract", "make-sample-corpus", *MAINTENANCE_COMMANDS)
+def _add_align(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    align = subparsers.add_parser("align", parents=[common], help="write an aligned embedding set (one step per word, segment or "
+                                  "fixed step; MFCC, per-frame and per-token vectors averaged in each step, with masks)")
+    align.add_argument("output", help="cache folder (extracted with --transcribe; --sequences video,text for video and text steps)")
+    align.add_argument("--on", default="words", help="the steps: words (default), segments, or fixed:SECONDS (e.g. fixed:0.5)")
+    align.add_argument("--video-set", default=None, help="the video embedding set with sequences (default: the only one)")
+    align.add_argument("--text-set", default=None, help="the text embedding set with sequences (default: the only one)")
+    align.add_argument("--tokenizer", default=None, help="tokenizer.json of the text set's encoder (default: found from the set)")
+
+
+def _align(args: argparse.Namespace) -> int:
+    from pipelines.align import align_cache
+
+    table, run = align_cache(args.output, args.on, video_set=args.video_set, text_set=args.text_set, tokenizer=args.tokenizer)
+    counts = run.summary.get("counts", {})
+    print(f"mmfeat align: {counts.get('samples', 0)} samples, {counts.get('steps', 0)} steps on {args.on} "
+          f"(with audio {counts.get('audio_steps', 0)}, video {counts.get('video_steps', 0)}, text {counts.get('text_steps', 0)}) "
+          f"in {table}, run {run.run_id}")
+    return EXIT_OK
+
+
+OWN_COMMANDS = ("extract", "make-sample-corpus", "align", *MAINTENANCE_COMMANDS)
 """Subcommands defined here; the others are the trainer's (``runners.training_commands``)."""
 
 
@@ -175,6 +196,7 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
     extract = _add_extract(subparsers, common)
     _add_sample_corpus(subparsers, common)
     _add_maintenance(subparsers, common)
+    _add_align(subparsers, common)
     if command not in OWN_COMMANDS:
         from runners.training_commands import add_training_commands
 
@@ -330,6 +352,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command in MAINTENANCE_COMMANDS:
             print(MAINTENANCE_COMMANDS[args.command](args))
             return EXIT_OK
+        if args.command == "align":
+            return _align(args)
         if args.command == "make-sample-corpus":
             from pipelines.sample_corpus import make_sample_corpus
 

@@ -157,6 +157,38 @@ TEXT_SOURCE = pa.field("text_source", pa.string())
 TEXT_SOURCE_FILE = "file"
 TEXT_SOURCE_ASR = "asr"
 
+ALIGNED_DIR = "aligned"
+ALIGNED_MODALITIES = ("audio", "video", "text")
+"""The modalities of an aligned set, in column order."""
+
+ALIGNED = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("aligned_on", pa.string(), nullable=False),
+        pa.field("n_steps", pa.int32(), nullable=False),
+        pa.field("start_s", pa.list_(pa.float64()), nullable=False),
+        pa.field("end_s", pa.list_(pa.float64()), nullable=False),
+        pa.field("label", pa.list_(pa.string()), nullable=False),
+        pa.field("audio", pa.list_(pa.list_(pa.float32()))),
+        pa.field("audio_mask", pa.list_(pa.bool_()), nullable=False),
+        pa.field("video", pa.list_(pa.list_(pa.float32()))),
+        pa.field("video_mask", pa.list_(pa.bool_()), nullable=False),
+        pa.field("text", pa.list_(pa.list_(pa.float32()))),
+        pa.field("text_mask", pa.list_(pa.bool_()), nullable=False),
+    ]
+)
+"""One row per sample of an aligned set (``mmfeat align``; table ``aligned/<on>-<fingerprint>``): ``n_steps`` steps on
+one time axis, the clock of ``source`` (``audio`` file or ``video`` sound track: the stream the sample's words were
+transcribed from), ``aligned_on`` ``words``, ``segments`` or ``fixed:SECONDS``. ``start_s``/``end_s`` ``(steps,)``
+bound each step ``[start, end)`` in seconds; ``label`` ``(steps,)`` is the word or the segment's text (empty for fixed
+steps). ``audio`` ``(steps, n_mfcc)``, ``video`` ``(steps, dim)``, ``text`` ``(steps, dim)`` hold each step's mean of
+the MFCC frames, per-frame image vectors and the word's per-token text vectors inside the step; ``<modality>_mask``
+``(steps,)`` is true where the step has data of that modality. Masked steps hold zeros, which are not data; a sample
+whose steps hold no data of a modality (none in the cache, or none inside any step) has that column null (mask all
+false). The table's description records what it was aligned on and the embedding sets, tokenizer and widths it
+was aligned from."""
+
 FEATURE_TABLES = {"frames": FRAMES, "audio": AUDIO, "text": TEXT, "errors": ERRORS}
 TABLE_NAMES = ("samples", "frames", "audio", "text", "errors")
 SKIPPED_TABLE = "_skipped"
