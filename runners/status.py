@@ -28,13 +28,17 @@ def _describe(run: RunInfo) -> list[str]:
         lines.append("    failures " + (", ".join(f"{kind} {n}" for kind, n in kinds.items()) or "none"))
     if summary.get("encoders"):
         lines.append("    encoders " + ", ".join(f"{m} {e['name']} ({e['dim']}-d)" for m, e in sorted(summary["encoders"].items())))
+    if summary.get("aligned_table"):
+        counts = summary.get("counts", {})
+        lines.append(f"    aligned {counts.get('samples', 0)} samples, {counts.get('steps', 0)} steps on {summary.get('aligned_on')} "
+                     f"into {summary['aligned_table']}")
     if summary.get("damaged_files"):
         lines.append(f"    removed damaged files {summary['damaged_files']}; {summary['samples_to_recompute']} samples to recompute")
     return lines
 
 
 def format_status(output: str) -> str:
-    """A few lines per run: id, kind (extract, repair, compact), commit time, counts, failures by kind, encoders.
+    """A few lines per run: id, kind (extract, repair, compact, align), commit time, counts, failures by kind, encoders.
 
     Raises:
         ConfigError: no cache at ``output``, or one of another schema version.

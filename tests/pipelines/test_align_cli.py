@@ -63,9 +63,12 @@ def test_align_on_words_through_the_cli(cache, capsys):
     assert len(row["text"][0]) == 384
 
 
-def test_align_on_fixed_steps_through_the_cli(cache):
+def test_align_on_fixed_steps_through_the_cli(cache, capsys):
     assert main(["align", cache, "--on", "fixed:0.5"]) == EXIT_OK
     row = _aligned(cache, "aligned/fixed-0.5s-")
+    capsys.readouterr()
+    assert main(["status", cache]) == EXIT_OK
+    assert f"aligned 1 samples, {row['n_steps']} steps on fixed:0.5 into aligned/fixed-0.5s-" in capsys.readouterr().out
     assert row["aligned_on"] == "fixed:0.5"
     assert np.allclose(np.diff(row["start_s"]), 0.5) and row["n_steps"] >= 4
     assert all(row["audio_mask"][:-1])  # MFCC frames every 10 ms: every whole step has some
