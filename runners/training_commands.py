@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from schemas.errors import ConfigError
 from schemas.config import MODALITIES
 from trainer.machine import usable_cores
-from trainer.names import FUSIONS, READERS, SEQUENCE_ENCODERS
+from trainer.names import ALIGNED_SEQUENCES, FUSIONS, READERS, SEQUENCE_ENCODERS
 
 EXIT_OK = 0
 
@@ -41,12 +41,7 @@ def _add_train(subparsers: argparse._SubParsersAction, common: argparse.Argument
     parser.add_argument("--task-type", default="auto", choices=["auto", "classification", "regression"])
     parser.add_argument("--output", required=True, help="folder for metrics.json and the checkpoint")
     parser.add_argument("--init", help="a mmfeat pretrain folder: start the modality projections from it")
-    sequences = parser.add_argument_group("sequence inputs")
-    sequences.add_argument("--sequence", default="", help="comma-separated modalities read as sequences: audio (MFCC frames), "
-                           "video/text (per-frame/per-token embeddings from mmfeat extract --sequences)")
-    sequences.add_argument("--sequence-encoder", default="gru", choices=SEQUENCE_ENCODERS, help="(default gru)")
-    sequences.add_argument("--max-steps", type=int, default=64, help="longest sequence; longer ones are averaged into this many steps (default 64)")
-    sequences.add_argument("--audio-step-s", type=float, default=0.1, help="seconds of MFCC frames per audio step (default 0.1)")
+    _add_sequence_options(parser)
     _add_reader_options(parser)
     hyper = parser.add_argument_group("training")
     for name, kind, default, meaning in _HYPER_PARAMETERS:
@@ -118,16 +113,35 @@ def _retrieval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_sequence_options(parser: argparse.ArgumentParser) -> None:
+    sequences = parser.add_argument_group("sequence inputs")
+    sequences.add_argument("--sequence", default="", help="comma-separated modalities read as sequences: audio (MFCC frames), "
+                           "video/text (per-frame/per-token embeddings from mmfeat extract --sequences); or aligned: every "
+                           "modality from an aligned set (mmfeat align), with step masks")
+    sequences.add_argument("--aligned-set", metavar="NAME", help="with --sequence aligned: the aligned/<on>-<fingerprint> set, or the "
+                           "start of its name, e.g. words (default: the newest mmfeat align's)")
+    sequences.add_argument("--sequence-encoder", default="gru", choices=SEQUENCE_ENCODERS, help="(default gru)")
+    sequences.add_argument("--max-steps", type=int, default=64, help="longest sequence; longer ones are averaged into this many steps (default 64)")
+    sequences.add_argument("--audio-step-s", type=float, default=0.1, help="seconds of MFCC frames per audio step (default 0.1)")
+
+
+def _sequence_list(value: Optional[str]) -> tuple[str, ...]:
+    """``--sequence``: modalities, or ``aligned`` alone."""
+    return (ALIGNED_SEQUENCES,) if value == ALIGNED_SEQUENCES else _modality_list(value)
+
+
 def _add_compare(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser("compare", parents=[common], help="fusion heads against single-modality baselines, cross-validated")
     _add_cache_options(parser)
     parser.add_argument("--label", required=True)
-    parser.add_argument("--fusions", default="attention,concat,weighted", help="comma-separated fusion heads (default attention,concat,weighted)")
+    parser.add_argument("--fusions", default=None, help="comma-separated fusion heads (default attention,concat,weighted); "
+                        "mult is added when every modality is a sequence (e.g. --sequence aligned)")
     parser.add_argument("--folds", type=int, default=5, help="k-fold cross-validation of every model (default 5)")
     parser.add_argument("--epochs", type=int, default=300, help="most epochs per fit (default 300; early stopping usually ends sooner)")
     parser.add_argument("--seed", type=int, default=0, help="seeds splits, initialisation, batches and dropout (default 0)")
     _add_jobs_option(parser)
     parser.add_argument("--labels-file", help="CSV, JSONL or Parquet with sample_id (or id) and the label column")
+    _add_sequence_options(parser)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -138,8 +152,11 @@ def _compare(args: argparse.Namespace) -> int:
     for option, value, minimum in (("folds", args.folds, 2), ("epochs", args.epochs, 1), ("jobs", args.jobs, 1)):
         _check_at_least(option, value, minimum)
     single_threaded_process()
-    rows = compare(args.cache, label=args.label, fusions=tuple(args.fusions.split(",")), folds=args.folds,
-                   config=TrainConfig(seed=args.seed, epochs=args.epochs), labels_file=args.labels_file, as_of=args.as_of, jobs=args.jobs)
+    config = TrainConfig(seed=args.seed, epochs=args.epochs, sequences=_sequence_list(args.sequence), aligned_set=args.aligned_set,
+                         sequence_encoder=args.sequence_encoder, max_steps=args.max_steps, audio_step_s=args.audio_step_s)
+    fusions = tuple(args.fusions.split(",")) if args.fusions else None
+    rows = compare(args.cache, label=args.label, fusions=fusions, folds=args.folds, config=config, labels_file=args.labels_file,
+                   as_of=args.as_of, jobs=args.jobs)
     print(format_table(rows))
     return EXIT_OK
 
@@ -189,9 +206,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(fusion=args.fusion, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, weight_decay=args.weight_decay, patience=args.patience,
-                         modality_dropout=args.modality_dropout, seed=args.seed, sequences=_modality_list(args.sequence),
-                         sequence_encoder=args.sequence_encoder, max_steps=args.max_steps, audio_step_s=args.audio_step_s,
-                         chunk_rows=args.chunk_rows)
+                         modality_dropout=args.modality_dropout, seed=args.seed, sequences=_sequence_list(args.sequence),
+                         aligned_set=args.aligned_set, sequence_encoder=args.sequence_encoder, max_steps=args.max_steps,
+                         audio_step_s=args.audio_step_s, chunk_rows=args.chunk_rows)
     modalities = list(_modality_list(args.modalities)) or None
     report = train(args.cache, labels=args.label, config=config, output=args.output, as_of=args.as_of, folds=args.folds,
                    modalities=modalities, encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init,

@@ -11,8 +11,12 @@ from typing import Optional
 from trainer.crossval import fold_jobs, summarise
 from trainer.data import load_features
 from trainer.folds import run_fold_jobs
+from schemas.errors import ConfigError
+from trainer.names import SEQUENCE_FUSIONS
 from trainer.tasks import infer_task
 from trainer.train import TrainConfig
+
+DEFAULT_FUSIONS = ("attention", "concat", "weighted")
 
 
 @dataclass(frozen=True)
@@ -27,13 +31,28 @@ class ComparisonRow:
 
 
 def compare(
-    cache: str, *, label: str, fusions: tuple[str, ...] = ("attention", "concat", "weighted"), folds: int = 5,
+    cache: str, *, label: str, fusions: Optional[tuple[str, ...]] = None, folds: int = 5,
     config: Optional[TrainConfig] = None, labels_file: Optional[str] = None, as_of: Optional[str] = None, jobs: Optional[int] = None,
 ) -> list[ComparisonRow]:
     """Cross-validate each fusion on every modality, then ``concat`` on each modality alone (on the cache as run ``as_of`` left it),
-    ``jobs`` fits at a time (default: one per usable core)."""
+    ``jobs`` fits at a time (default: one per usable core).
+
+    ``config.sequences`` (e.g. ``("aligned",)``) reads modalities as sequences. ``fusions`` default: ``DEFAULT_FUSIONS``, and
+    the sequence fusions (``mult``) when every modality is a sequence.
+
+    Raises:
+        ConfigError: a sequence fusion asked for while some modality is a pooled vector.
+    """
     base = config or TrainConfig()
-    data = load_features(cache, labels=[label], labels_file=labels_file, as_of=as_of)
+    data = load_features(cache, labels=[label], labels_file=labels_file, as_of=as_of, sequences=base.sequences, max_steps=base.max_steps,
+                         audio_step_s=base.audio_step_s, aligned_set=base.aligned_set)
+    all_sequences = bool(data.modalities) and all(m in data.lengths for m in data.modalities)
+    if fusions is None:
+        fusions = DEFAULT_FUSIONS + (SEQUENCE_FUSIONS if all_sequences else ())
+    vectors = [m for m in data.modalities if m not in data.lengths]
+    if vectors and any(f in SEQUENCE_FUSIONS for f in fusions):
+        raise ConfigError(f"--fusions {','.join(f for f in fusions if f in SEQUENCE_FUSIONS)} takes every modality as a sequence; "
+                          f"{vectors} are vectors: add --sequence aligned (or name them in --sequence)")
     task = infer_task(label, data.labels[label])
     metric = "f1_macro" if task.kind == "classification" else "pearson_r"
     runs = [(fusion, fusion, data) for fusion in fusions] + [(f"{m} only", "concat", data.only(m)) for m in data.modalities]

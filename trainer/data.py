@@ -27,6 +27,7 @@ from schemas.errors import ConfigError
 from schemas.tables import MODALITIES, STATUS_FAILED
 from trainer.cache_reader import columns, description, read_partitions, row_count
 from trainer.feature_set import FeatureSet
+from trainer.names import ALIGNED_SEQUENCES
 from trainer.sequences import allocate, embedding_sequences, mfcc_sequences
 
 
@@ -96,19 +97,22 @@ def load_features(
     storage: Optional[str] = None,
     blocksize: Optional[str] = None,
     labels_file: Optional[str] = None,
+    aligned_set: Optional[str] = None,
 ) -> FeatureSet:
     """Join the chosen embedding sets (or sequences) and the label columns by ``sample_id``.
 
     Args:
         cache: a cache folder or URI (read at its latest run, or ``as_of``), or a ``CacheView`` of one.
         as_of: a run id: read the cache as that run left it.
-        sequences: modalities read as sequences (see ``trainer.sequences``) rather than pooled vectors.
+        sequences: modalities read as sequences (see ``trainer.sequences``) rather than pooled vectors; ``("aligned",)``:
+            every modality (of ``modalities``, default those it holds) from an aligned set, with step masks (``trainer.aligned``).
         max_steps: the longest sequence kept; longer ones are averaged over equal segments.
         audio_step_s: seconds of MFCC frames averaged into one audio step.
         storage: a folder for memory-mapped feature arrays (caches larger than memory); ``None``: in memory.
         blocksize: the size of one dask partition (default ``trainer.cache_reader.DEFAULT_BLOCKSIZE``).
         labels_file: a CSV, JSONL or Parquet file with ``sample_id`` (or ``id``) and the label columns,
             read instead of the samples table's columns.
+        aligned_set: with ``sequences`` ``("aligned",)``, the aligned table to read (default: the newest ``mmfeat align``'s).
 
     Raises:
         ConfigError: an unknown run, a label column or a modality's features are missing.
@@ -121,6 +125,9 @@ def load_features(
     index = {sample_id: i for i, sample_id in enumerate(ids)}
     if len(index) != len(ids):
         raise ConfigError(f"{view.cache}: the samples table repeats a sample_id among valid rows; the cache is damaged")
+    if tuple(sequences) == (ALIGNED_SEQUENCES,):
+        return _aligned_features(view, samples, ids, index, labels, modalities, max_steps=max_steps, storage=storage,
+                                 blocksize=blocksize, aligned_set=aligned_set)
     chosen = modalities or [m for m in MODALITIES if embedding_sets(view, m)]
     unknown = [m for m in sequences if m not in chosen]
     if unknown:
@@ -151,6 +158,22 @@ def load_features(
         lengths=lengths,
         source=_source(view, tables),
     )
+
+
+def _aligned_features(view: CacheView, samples: pa.Table, ids: list[str], index: dict[str, int], labels: list[str],
+                      modalities: Optional[list[str]], *, max_steps: int, storage: Optional[str], blocksize: Optional[str],
+                      aligned_set: Optional[str]) -> FeatureSet:
+    """``load_features`` for ``--sequence aligned``: every modality's steps and step masks from one aligned set."""
+    from trainer.aligned import aligned_modalities, aligned_sequences, choose_aligned_set
+
+    table = choose_aligned_set(view, aligned_set)
+    chosen = aligned_modalities(view, table, modalities)
+    features, masks = aligned_sequences(view, table, index, chosen, max_steps=max_steps, storage=storage, blocksize=blocksize)
+    present = np.stack([masks[m].any(axis=1) for m in chosen], axis=1) if chosen else np.zeros((len(ids), 0), dtype=bool)
+    pa.default_memory_pool().release_unused()
+    return FeatureSet(sample_ids=ids, modalities=chosen, features=features, present=present,
+                      labels={label: _as_array(samples.column(label)) for label in labels}, lengths=masks,
+                      source=_source(view, {m: table for m in chosen}))
 
 
 def _source(view: CacheView, tables: dict[str, str]) -> dict[str, Any]:
@@ -240,11 +263,18 @@ def _vectors(view: CacheView, table: str, index: dict[str, int], present: np.nda
 
 
 def estimated_bytes(cache: Union[str, CacheView], *, as_of: Optional[str] = None, modalities: Optional[list[str]] = None,
-                    encoders: Optional[dict[str, str]] = None, sequences: tuple[str, ...] = (), max_steps: int = 64) -> int:
+                    encoders: Optional[dict[str, str]] = None, sequences: tuple[str, ...] = (), max_steps: int = 64,
+                    aligned_set: Optional[str] = None) -> int:
     """How many bytes ``load_features`` would hold for these options (float32 arrays), from table metadata only."""
     view = open_view(cache, as_of)
     n = row_count(view, "samples")
     total = 0
+    if tuple(sequences) == (ALIGNED_SEQUENCES,):
+        from trainer.aligned import aligned_modalities, choose_aligned_set
+
+        table = choose_aligned_set(view, aligned_set)
+        dims = description(view, table, "dims")
+        return sum(n * max_steps * (int(dims[m]) * 4 + 1) for m in aligned_modalities(view, table, modalities))
     for modality in modalities or [m for m in MODALITIES if embedding_sets(view, m)]:
         if modality == "audio" and modality in sequences:
             first = view.dataset("audio").head(1, columns=["mfcc"]).column("mfcc").to_pylist() if view.has("audio") else []

@@ -43,7 +43,8 @@ class FeatureSet:
             modality (zeros where absent and after each length); numpy arrays or memory maps.
         present: bool ``(n, n_modalities)``.
         labels: per label column, ``(n,)`` values (str, int or float).
-        lengths: per sequence modality, int32 ``(n,)`` steps (0 where absent).
+        lengths: per sequence modality, int32 ``(n,)`` steps (0 where absent), or for an aligned set
+            (``trainer.aligned``) a bool step mask ``(n, max_steps)`` (any step may lack the modality).
         source: what was read: ``cache``, ``run_id`` and ``samples_version`` of the state read, and per modality
             the ``table`` and its ``version`` (empty for feature sets not read from a cache).
     """

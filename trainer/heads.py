@@ -11,6 +11,8 @@ and returns a fused vector ``(batch, fused_dim)``:
 * ``tensor``: tensor fusion, the outer product of ``[t_m, 1]`` over modalities (``t_m`` of size 8).
 * ``lowrank``: low-rank multimodal fusion, ``sum_r prod_m ([t_m, 1] W_m^r)``.
 * ``late``: no fusion module; each modality has its own task heads, predictions averaged over present modalities.
+* ``mult``: a cross-modal transformer over the modalities' step sequences (``trainer.mult``); every modality must be
+  a sequence (``--sequence aligned``, or each named in ``--sequence``), and it replaces the per-modality encoders.
 
 A modality given as a sequence is encoded by a ``SequenceEncoder`` (GRU or
 transformer) instead of an MLP projection; the fusions see the same ``h``.
@@ -23,6 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from trainer.mult import MulTFusion
 from trainer.names import FUSIONS
 from trainer.sequence_encoders import SequenceEncoder
 
@@ -168,6 +171,14 @@ class FusionModel(nn.Module):
         self.modalities = list(dims)
         self.sequences = tuple(m for m in self.modalities if m in sequences)
         self.fusion_name = fusion
+        self.mult: Optional[MulTFusion] = None
+        if fusion == "mult":
+            if self.sequences != tuple(self.modalities):
+                raise ValueError(f"fusion mult takes every modality as a sequence; {[m for m in dims if m not in sequences]} are vectors")
+            self.projections = nn.ModuleDict()
+            self.mult = MulTFusion(dims, d_model=hidden, max_steps=max_steps, dropout=dropout, input_dropout=input_dropout)
+            self.heads = nn.ModuleDict({task: _mlp(self.mult.out_dim, hidden, size, dropout) for task, size in outputs.items()})
+            return
         self.projections = nn.ModuleDict({
             m: SequenceEncoder(d, hidden, sequence_encoder, max_steps=max_steps, dropout=dropout, input_dropout=input_dropout)
             if m in self.sequences else projection(d, hidden, dropout=dropout, input_dropout=input_dropout)
@@ -185,7 +196,12 @@ class FusionModel(nn.Module):
         self, inputs: dict[str, torch.Tensor], present: torch.Tensor, lengths: Optional[dict[str, torch.Tensor]] = None
     ) -> dict[str, torch.Tensor]:
         """``inputs``: per modality ``(batch, dim)``, or ``(batch, steps, dim)`` for a sequence modality, whose
-        ``lengths`` are ``(batch,)``; ``present``: bool ``(batch, M)``. Returns per task ``(batch, out)``."""
+        ``lengths`` are ``(batch,)`` (or step masks ``(batch, steps)``); ``present``: bool ``(batch, M)``. Returns per task ``(batch, out)``."""
+        if self.mult is not None:
+            if lengths is None or any(m not in lengths for m in self.modalities):
+                raise ValueError("fusion mult needs every modality's lengths or step mask")
+            fused = self.mult(inputs, lengths, present)
+            return {task: head(fused) for task, head in self.heads.items()}
         h = torch.stack([self.encode(m, inputs[m], lengths) for m in self.modalities], dim=1)
         if self.fusion_name == "late":
             weights = present.float() / present.float().sum(dim=1, keepdim=True).clamp(min=1.0)

@@ -7,6 +7,10 @@ implement each name (``trainer.heads``, ``trainer.sequence_encoders``,
 """
 from __future__ import annotations
 
-FUSIONS = ("concat", "weighted", "attention", "gated", "tensor", "lowrank", "late")
+FUSIONS = ("concat", "weighted", "attention", "gated", "tensor", "lowrank", "late", "mult")
+SEQUENCE_FUSIONS = ("mult",)
+"""Fusions that take every modality as a sequence (``mmfeat compare`` adds them when the features are sequences)."""
 SEQUENCE_ENCODERS = ("gru", "transformer")
+ALIGNED_SEQUENCES = "aligned"
+"""``--sequence aligned``: every modality read from an aligned set (``mmfeat align``; ``trainer.aligned``)."""
 READERS = ("auto", "memory", "disk")

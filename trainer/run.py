@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 
 from schemas.cache import CacheView
 from schemas.errors import ConfigError
+from schemas.tables import ALIGNED_DIR
 from trainer import checkpoint
 from trainer.data import FeatureSet, embedding_sets, estimated_bytes, load_features, open_view
 from trainer.names import READERS
@@ -45,7 +46,8 @@ def _features(view: CacheView, config: TrainConfig, *, labels: list[str], modali
     """The features for ``config``, in memory or memory-mapped under ``scratch`` (removed on exit), and the config to train with."""
     if reader not in READERS:
         raise ConfigError(f"--reader must be one of {', '.join(READERS)} (got {reader!r})")
-    options = dict(modalities=modalities, encoders=encoders, sequences=config.sequences, max_steps=config.max_steps)
+    options = dict(modalities=modalities, encoders=encoders, sequences=config.sequences, max_steps=config.max_steps,
+                   aligned_set=config.aligned_set)
     if reader == "auto":
         size, budget = estimated_bytes(view, **options), memory_budget_bytes()
         reader = "disk" if size > budget else "memory"
@@ -127,6 +129,9 @@ def evaluate_checkpoint(model_dir: str, cache: str, *, as_of: Optional[str] = No
     fitted, config = checkpoint.load(model_dir)
     view = open_view(cache, as_of)
     trained = {m: t["table"] for m, t in checkpoint.trained_on(model_dir).get("tables", {}).items() if t["table"] != "audio"}
+    aligned = sorted({table for table in trained.values() if table.startswith(f"{ALIGNED_DIR}/")})
+    if aligned and config.aligned_set is None and view.has(aligned[0]):  # the aligned set it was trained on, while the cache has it
+        config = replace(config, aligned_set=aligned[0])
     encoders = {**{m: table for m, table in trained.items() if table in embedding_sets(view, m)}, **(encoders or {})}
     with _features(view, config, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders,
                    reader=reader, scratch=scratch, labels_file=labels_file) as (data, config):

@@ -7,6 +7,11 @@ on sequences unchanged:
   (the CNN-features -> RNN pattern).
 * ``transformer``: a linear map, learned step positions, one pre-norm transformer
   encoder layer with padding masked, then the mean over the valid steps.
+
+A modality's valid steps are given as lengths ``(batch,)`` (the first ``length``
+steps) or as a step mask ``(batch, steps)`` bool (an aligned set, ``trainer.aligned``,
+where any step may lack a modality): masked steps are moved behind the valid ones
+(``compact``) before encoding, so they count neither in the GRU nor in the pooling.
 """
 from __future__ import annotations
 
@@ -15,6 +20,21 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from trainer.names import SEQUENCE_ENCODERS
+
+
+def step_mask(valid: torch.Tensor, steps: int) -> torch.Tensor:
+    """Lengths ``(batch,)`` or a mask ``(batch, steps)`` -> the bool mask ``(batch, steps)`` of valid steps."""
+    if valid.dim() == 2:
+        return valid.bool()
+    return torch.arange(steps, device=valid.device)[None, :] < valid[:, None]
+
+
+def compact(steps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` ``(batch, t, dim)`` with their valid steps first (in order, masked ones zeroed after them) and the
+    lengths ``(batch,)``: a step mask ``(batch, t)`` turned into what length-based encoders take."""
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    moved = torch.gather(steps * mask.unsqueeze(-1).to(steps.dtype), 1, order.unsqueeze(-1).expand_as(steps))
+    return moved, mask.sum(dim=1)
 
 
 class SequenceEncoder(nn.Module):
@@ -44,7 +64,10 @@ class SequenceEncoder(nn.Module):
         self.output = nn.Sequential(nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, steps: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``steps`` ``(batch, max_steps, in_dim)``, ``lengths`` ``(batch,)`` (0 for an absent modality) -> ``(batch, hidden)``."""
+        """``steps`` ``(batch, max_steps, in_dim)``, ``lengths`` ``(batch,)`` (0 for an absent modality) or a step mask
+        ``(batch, max_steps)`` -> ``(batch, hidden)``."""
+        if lengths.dim() == 2:
+            steps, lengths = compact(steps, lengths.bool())
         lengths = lengths.clamp(min=1)  # an absent modality is all zeros; the fusion masks it out
         longest = int(lengths.max()) if len(lengths) else 1
         h = self.input(steps[:, :longest])

@@ -21,13 +21,17 @@ def valid_rows(data: FeatureSet, column: int) -> np.ndarray:
     if modality not in data.lengths:
         return features
     lengths = data.lengths[modality][present]
+    if lengths.ndim == 2:  # a step mask (aligned sets)
+        return features[lengths.astype(bool)]
     return features[np.arange(features.shape[1])[None, :] < lengths[:, None]]
 
 
 def step_mask(data: FeatureSet, modality: str) -> np.ndarray:
-    """``(n, max_steps, 1)`` float32: 1 on the valid steps of a sequence modality."""
-    steps = data.features[modality].shape[1]
-    return (np.arange(steps)[None, :] < data.lengths[modality][:, None]).astype(np.float32)[..., None]
+    """``(n, max_steps, 1)`` float32: 1 on the valid steps of a sequence modality (``lengths`` ``(n,)`` or a mask ``(n, max_steps)``)."""
+    steps, valid = data.features[modality].shape[1], data.lengths[modality]
+    if valid.ndim == 2:
+        return valid.astype(np.float32)[..., None]
+    return (np.arange(steps)[None, :] < valid[:, None]).astype(np.float32)[..., None]
 
 
 @dataclass

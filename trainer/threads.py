@@ -31,7 +31,10 @@ def batch_flops(model: nn.Module, batch_size: int, steps: int = 1) -> float:
     An upper bound, good enough to size threads."""
     total = sum(p.numel() for p in model.parameters())
     encoders = getattr(model, "projections", {})
-    sequence = sum(p.numel() for m in getattr(model, "sequences", ()) for p in encoders[m].parameters())
+    per_step = [encoders[m] for m in getattr(model, "sequences", ()) if m in encoders]
+    if getattr(model, "mult", None) is not None:  # the cross-modal transformer runs over every step
+        per_step.append(model.mult)
+    sequence = sum(p.numel() for module in per_step for p in module.parameters())
     return 6.0 * batch_size * (total - sequence + sequence * max(1, steps))
 
 

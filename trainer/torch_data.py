@@ -39,6 +39,6 @@ class FeatureDataset(Dataset):
         return {
             "inputs": inputs,
             "present": torch.from_numpy(row.present[0]),
-            "lengths": {m: int(v[0]) for m, v in row.lengths.items()},
+            "lengths": {m: torch.from_numpy(v[0]) if v.ndim == 2 else int(v[0]) for m, v in row.lengths.items()},
             "labels": {k: v[0].item() if hasattr(v[0], "item") else v[0] for k, v in row.labels.items()},
         }

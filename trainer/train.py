@@ -24,7 +24,7 @@ from schemas.tables import MODALITIES
 from trainer.evaluation import PREDICT_ROWS, evaluate, modality_weights, predict
 from trainer.feature_set import FeatureSet
 from trainer.heads import FusionModel
-from trainer.names import FUSIONS, SEQUENCE_ENCODERS
+from trainer.names import ALIGNED_SEQUENCES, FUSIONS, SEQUENCE_ENCODERS, SEQUENCE_FUSIONS
 from trainer.progress import EpochCallback, Progress
 from trainer.standardise import Standardiser
 from trainer.tasks import Task, infer_task
@@ -53,7 +53,8 @@ class TrainConfig:
     modality_dropout: float = 0.0
     seed: int = 0
     init: Optional[str] = None  # a pretrain folder whose projections start the model (hidden sizes must match)
-    sequences: tuple[str, ...] = ()  # modalities read as sequences (see trainer.sequences)
+    sequences: tuple[str, ...] = ()  # modalities read as sequences (see trainer.sequences), or ("aligned",) (trainer.aligned)
+    aligned_set: Optional[str] = None  # with sequences ("aligned",): the aligned/<on>-<fingerprint> table (default: the newest)
     sequence_encoder: str = "gru"
     max_steps: int = 64
     audio_step_s: float = 0.1
@@ -66,8 +67,15 @@ class TrainConfig:
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"--modality-dropout must be in [0, 1) (got {self.modality_dropout})")
         unknown = [m for m in self.sequences if m not in MODALITIES]
+        if self.sequences == (ALIGNED_SEQUENCES,):
+            unknown = []
         if unknown:
-            raise ConfigError(f"--sequence must name modalities among {', '.join(MODALITIES)} (got {unknown})")
+            raise ConfigError(f"--sequence must name modalities among {', '.join(MODALITIES)}, or be {ALIGNED_SEQUENCES} alone (got {unknown})")
+        if self.fusion in SEQUENCE_FUSIONS and not self.sequences:
+            raise ConfigError(f"--fusion {self.fusion} takes every modality as a sequence: add --sequence {ALIGNED_SEQUENCES} "
+                              "(an aligned set, mmfeat align) or --sequence MODALITIES")
+        if self.aligned_set and self.sequences != (ALIGNED_SEQUENCES,):
+            raise ConfigError(f"--aligned-set {self.aligned_set} needs --sequence {ALIGNED_SEQUENCES}")
         if self.sequence_encoder not in SEQUENCE_ENCODERS:
             raise ConfigError(f"--sequence-encoder must be one of {', '.join(SEQUENCE_ENCODERS)} (got {self.sequence_encoder!r})")
         if self.max_steps < 1 or self.audio_step_s <= 0:
@@ -77,8 +85,12 @@ class TrainConfig:
 
     def build_model(self, dims: dict[str, int], outputs: dict[str, int]) -> FusionModel:
         """The fusion model these hyper-parameters describe, for inputs of ``dims`` and task ``outputs``."""
+        sequences = tuple(dims) if self.sequences == (ALIGNED_SEQUENCES,) else self.sequences
+        if self.fusion in SEQUENCE_FUSIONS and any(m not in sequences for m in dims):
+            raise ConfigError(f"--fusion {self.fusion} takes every modality as a sequence: add --sequence {ALIGNED_SEQUENCES} "
+                              f"(an aligned set, mmfeat align) or --sequence {','.join(dims)}")
         return FusionModel(dims, self.fusion, outputs, hidden=self.hidden, dropout=self.dropout, input_dropout=self.input_dropout,
-                           sequences=self.sequences, sequence_encoder=self.sequence_encoder, max_steps=self.max_steps)
+                           sequences=sequences, sequence_encoder=self.sequence_encoder, max_steps=self.max_steps)
 
 
 def _split(data: FeatureSet, index: np.ndarray, tasks: list[Task], config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
