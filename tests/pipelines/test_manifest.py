@@ -150,3 +150,13 @@ def test_the_pipeline_reads_manifest_shards_and_folders(tmp_path):
 def test_a_folder_that_cannot_be_listed_fails_before_start(tmp_path):
     with pytest.raises(ConfigError, match="--input"):
         open_folder(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("value", ["a.txt", "texts/a.txt", "./a", "a/./b", "a/../b", "../a", "a//b", "a/", "..a/b", ".a/b",
+                                   "a/.b", "a/..", "..", ".", " a b/c", ".hidden/x.txt"])
+@pytest.mark.parametrize("base", ["/data/corpus", "/"])
+def test_a_relative_path_resolves_as_normpath_would(value, base):
+    """Clean relative paths skip ``os.path.normpath`` (an unchanged rerun resolves every row's paths): same result."""
+    from transforms.manifest_rows import _resolve
+
+    assert _resolve(value, base) == os.path.normpath(os.path.join(base, value))
