@@ -19,19 +19,20 @@ joins the extraction's own text items before the text ``RunInference``; the
 ``_speech_text`` marker then sets ``n_tokens`` and ``text_source`` on the
 sample's ``samples`` row when the finalize step groups the sample's rows.
 
-Batching is done as ``transforms.embed`` does it (keyed buckets, ``GroupByKey``,
-batches cut here, ``RunInference`` with its own batching off): Beam's
+Batching is the encoders' (``transforms.embed.batched_inference``: keyed buckets,
+``GroupByKey``, batches cut by cost, ``RunInference`` with its own batching off): Beam's
 ``BatchElements`` flushes in ``finish_bundle``, which the DaskRunner drops.
 """
 from __future__ import annotations
 
-import zlib
+import functools
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 
 from schemas.config import ASR_SAMPLE_RATE
 from schemas.tables import TEXT_SOURCE_ASR
+from transforms.embed import batched_inference, batch_by_cost
 from transforms.extract_sample import encode_table
 from transforms.text import TextTokenizer
 
@@ -48,35 +49,20 @@ SPEECH_TEXT = "_speech_text"
 n_tokens}``; the finalize step moves it onto the ``samples`` row and drops it."""
 
 
+def speech_seconds(item: Item) -> float:
+    """A speech item's length in seconds (its ``audio`` is at ``ASR_SAMPLE_RATE``): its cost in a batch."""
+    return len(item["audio"]) / ASR_SAMPLE_RATE
+
+
 def form_speech_batches(items: Iterable[Item], *, max_batch_size: int, max_batch_s: float) -> Iterator[list[Item]]:
     """Cut ``items`` into batches, shortest first: at most ``max_batch_size`` recordings and ``max_batch_s``
     seconds of audio (a longer recording is a batch of its own)."""
-    ordered = sorted(items, key=lambda item: (len(item["audio"]), item["sample_id"], item["source"]))
-    batch: list[Item] = []
-    seconds = 0.0
-    for item in ordered:
-        length = len(item["audio"]) / ASR_SAMPLE_RATE
-        if batch and (len(batch) >= max_batch_size or seconds + length > max_batch_s):
-            yield batch
-            batch, seconds = [], 0.0
-        batch.append(item)
-        seconds += length
-    if batch:
-        yield batch
-
-
-class _FormSpeechBatchesFn(beam.DoFn):
-    def __init__(self, max_batch_size: int, max_batch_s: float) -> None:
-        self._max_batch_size = max_batch_size
-        self._max_batch_s = max_batch_s
-
-    def process(self, element: tuple[int, Iterable[Item]]) -> Iterator[list[Item]]:
-        _, items = element
-        yield from form_speech_batches(items, max_batch_size=self._max_batch_size, max_batch_s=self._max_batch_s)
+    return batch_by_cost(items, cost=speech_seconds, max_batch_size=max_batch_size, budget=max_batch_s)
 
 
 class TranscribeItems(beam.PTransform):
-    """``PCollection[Item]`` (speech items) -> ``PCollection[(table, row)]``: ``WhisperModelHandler`` results.
+    """``PCollection[Item]`` (speech items) -> ``PCollection[(table, row)]``: ``WhisperModelHandler`` results, batched
+    as the encoders' items are (``transforms.embed.batched_inference``).
 
     Args:
         handler: the speech model's handler.
@@ -89,16 +75,8 @@ class TranscribeItems(beam.PTransform):
         self._num_buckets = num_buckets
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
-        from apache_beam.ml.inference.base import RunInference  # imports torch: only once a graph transcribes
-
-        buckets = max(1, self._num_buckets)
-        return (
-            items
-            | "KeyByBucket" >> beam.Map(lambda item: (zlib.crc32(item["sample_id"].encode("utf-8")) % buckets, item))
-            | "GroupByBucket" >> beam.GroupByKey()
-            | "FormBatches" >> beam.ParDo(_FormSpeechBatchesFn(self._handler.max_batch_size, self._handler.max_batch_s))
-            | "RunInference" >> RunInference(self._handler.with_no_batching())
-        )
+        form = functools.partial(form_speech_batches, max_batch_size=self._handler.max_batch_size, max_batch_s=self._handler.max_batch_s)
+        return batched_inference(items, self._handler, form, num_buckets=self._num_buckets)
 
 
 class TranscriptRowsFn(beam.DoFn):

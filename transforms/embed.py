@@ -25,9 +25,10 @@ and importing this module must not (a run with every encoder off never does).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import zlib
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -110,35 +111,60 @@ class _PoolWindowsFn(beam.DoFn):
             yield table, row
 
 
-def form_batches(items: Iterable[Item], *, encoder: Encoder, max_batch_size: int, budget: float) -> Iterator[list[Item]]:
-    """Cut ``items`` into batches, smallest first: at most ``max_batch_size`` items and at most ``budget`` cost.
+def batch_by_cost(items: Iterable[Item], *, cost: Callable[[Item], float], max_batch_size: int, budget: float,
+                  padded: bool = False) -> Iterator[list[Item]]:
+    """Cut ``items`` into batches, cheapest first: at most ``max_batch_size`` items and at most ``budget`` cost.
 
-    With a padding encoder a batch costs ``len(batch) * max(cost)`` (what the
-    padded tensor holds); otherwise the sum of costs. An item larger than the
-    budget forms a batch of its own. Each item's cost is computed once.
+    With ``padded`` a batch costs ``len(batch) * max(cost)`` (what a padded tensor holds); otherwise the sum of
+    costs. An item costlier than the budget forms a batch of its own. Each item's ``cost`` is computed once.
     """
-    costed = sorted(((encoder.cost(item["payload"]), item["sample_id"], index, item) for index, item in enumerate(items)),
-                    key=lambda entry: entry[:3])
+    costed = sorted(((cost(item), item["sample_id"], index, item) for index, item in enumerate(items)), key=lambda entry: entry[:3])
     batch: list[Item] = []
     largest = total = 0.0
-    for cost, _, _, item in costed:
-        new_cost = (len(batch) + 1) * max(largest, cost) if encoder.padded else total + cost
+    for item_cost, _, _, item in costed:
+        new_cost = (len(batch) + 1) * max(largest, item_cost) if padded else total + item_cost
         if batch and (len(batch) >= max_batch_size or new_cost > budget):
             yield batch
             batch, largest, total = [], 0.0, 0.0
         batch.append(item)
-        largest, total = max(largest, cost), total + cost
+        largest, total = max(largest, item_cost), total + item_cost
     if batch:
         yield batch
 
 
+def form_batches(items: Iterable[Item], *, encoder: Encoder, max_batch_size: int, budget: float) -> Iterator[list[Item]]:
+    """``batch_by_cost`` of encoder items: their cost is ``encoder.cost`` of their payload (tokens, frames or
+    seconds), padded when the encoder pads."""
+    return batch_by_cost(items, cost=lambda item: encoder.cost(item["payload"]), max_batch_size=max_batch_size, budget=budget,
+                         padded=encoder.padded)
+
+
 class _FormBatchesFn(beam.DoFn):
-    def __init__(self, handler: "EncoderModelHandler") -> None:
-        self._handler = handler
+    """A bucket's items -> their batches, cut by ``form`` (a picklable ``items -> batches`` function)."""
+
+    def __init__(self, form: Callable[[Iterable[Item]], Iterator[list[Item]]]) -> None:
+        self._form = form
 
     def process(self, element: tuple[int, Iterable[Item]]) -> Iterator[list[Item]]:
         _, items = element
-        yield from form_batches(items, encoder=self._handler.encoder, max_batch_size=self._handler.max_batch_size, budget=self._handler.budget)
+        yield from self._form(items)
+
+
+def batched_inference(items: beam.PCollection, handler: Any, form: Callable[[Iterable[Item]], Iterator[list[Item]]], *,
+                      num_buckets: int) -> beam.PCollection:
+    """``items`` -> ``handler``'s ``RunInference`` results: keyed by a bucket of their ``sample_id``, grouped, cut into
+    batches by ``form``, then ``RunInference`` with its own batching off (see the module docstring). Shared by the
+    encoders (``EmbedItems``) and the speech recogniser (``transforms.asr``)."""
+    from apache_beam.ml.inference.base import RunInference  # imports torch: only once a graph runs a model
+
+    buckets = max(1, num_buckets)
+    return (
+        items
+        | "KeyByBucket" >> beam.Map(lambda item: (zlib.crc32(item["sample_id"].encode("utf-8")) % buckets, item))
+        | "GroupByBucket" >> beam.GroupByKey()
+        | "FormBatches" >> beam.ParDo(_FormBatchesFn(form))
+        | "RunInference" >> RunInference(handler.with_no_batching())
+    )
 
 
 class EmbedItems(beam.PTransform):
@@ -155,16 +181,9 @@ class EmbedItems(beam.PTransform):
         self._num_buckets = num_buckets
 
     def expand(self, items: beam.PCollection) -> beam.PCollection:
-        from apache_beam.ml.inference.base import RunInference  # imports torch: only once a graph embeds something
-
-        buckets = self._num_buckets
-        results = (
-            items
-            | "KeyByBucket" >> beam.Map(lambda item: (zlib.crc32(item["sample_id"].encode("utf-8")) % buckets, item))
-            | "GroupByBucket" >> beam.GroupByKey()
-            | "FormBatches" >> beam.ParDo(_FormBatchesFn(self._handler))
-            | "RunInference" >> RunInference(self._handler.with_no_batching())
-        )
+        handler = self._handler
+        form = functools.partial(form_batches, encoder=handler.encoder, max_batch_size=handler.max_batch_size, budget=handler.budget)
+        results = batched_inference(items, handler, form, num_buckets=self._num_buckets)
         if not self._handler.encoder.windowed:
             return results
         return (

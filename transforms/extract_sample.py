@@ -363,7 +363,7 @@ class SampleExtractor:
         chunks = decoder.chunks()
         speech = state.speech_track(source, audio_config.sample_rate)
         if speech is not None:
-            chunks = _failures_noted(speech, speech.tap(chunks))
+            chunks = speech.tap(chunks)
         try:
             first = next(chunks, None)
             if first is None and not require_stream:
@@ -401,15 +401,6 @@ class SampleExtractor:
             "text",
             {"text": text, "token_ids": tokens.ids, "n_tokens_full": tokens.n_full, "truncated": tokens.truncated or raw.truncated},
         )
-
-
-def _failures_noted(track: SpeechTrack, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """``chunks``; a decoding failure raised by them is also noted on ``track`` (no transcript), then re-raised."""
-    try:
-        yield from chunks
-    except SampleFailure as failure:
-        track.failure = failure.message
-        raise
 
 
 def _prepend(first: Optional[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

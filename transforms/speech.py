@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from schemas.config import ASR_SAMPLE_RATE, SpeechConfig
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, SampleFailure
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,15 @@ class SpeechTrack:
         self.chunks.append(np.asarray(chunk, dtype=np.float32))
 
     def tap(self, chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """``chunks`` unchanged, each also kept here."""
-        for chunk in chunks:
-            self.add(chunk)
-            yield chunk
+        """``chunks`` unchanged, each also kept here; a decoding failure they raise is also noted as this track's
+        ``failure`` (it has no transcript), then re-raised."""
+        try:
+            for chunk in chunks:
+                self.add(chunk)
+                yield chunk
+        except SampleFailure as failure:
+            self.failure = failure.message
+            raise
 
     def audio(self) -> np.ndarray:
         """The track as one float32 array at 16 kHz, shape ``(n,)`` (resampled when decoded at another rate)."""
