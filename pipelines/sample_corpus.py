@@ -28,6 +28,15 @@ so the audio cue is in the words (``extract --transcribe`` turns it into
 carry ``spoken``, the polarity of the spoken keyword (``positive``/``negative``):
 the label a transcript alone decides, where ``label`` agrees with it 75% of the
 time, so that listening to the words can be measured against the sound alone.
+
+Every row also has ``caption``: a sentence that describes what is seen (the
+disc's colour family and size) and heard (the tone's pitch, or the voice's
+mood), for captioning (``mmfeat train --task generate --target caption``).
+Each cue has several phrasings and the sentence one of several templates, drawn
+at random with unequal odds (``caption``), so a caption is not a lookup of the
+cues: a model that sees and hears the clip can get the cue words right, one that
+does not can only guess them. Captions are drawn from their own random stream:
+the media, texts and labels of a seed are the same with or without them.
 """
 from __future__ import annotations
 
@@ -117,11 +126,31 @@ _SPOKEN_SUBJECTS = ["The song", "That song", "This song", "The music"]
 _SPOKEN_VOICES = ("en-us", "en-us+m3", "en-us+f2")  # en-us+f3 and en-gb: "sad" misheard
 
 
+# Phrasings per cue, most likely first (odds _PHRASING_ODDS), and templates (odds _TEMPLATE_ODDS).
+_COLOURS = {True: ("red", "orange", "warm"), False: ("blue", "cyan", "cool")}
+_SIZES = {True: ("large", "big", "wide"), False: ("small", "little", "narrow")}
+_PITCHES = {True: ("high tone", "shrill whistle", "bright note"), False: ("low tone", "deep hum", "bass note")}
+_MOODS = {True: ("cheerful voice", "happy voice", "pleased speaker"), False: ("gloomy voice", "unhappy voice", "upset speaker")}
+_TEMPLATES = ("a {size} {colour} disc with a {sound}", "a {sound} over a {size} {colour} disc",
+              "{size} {colour} disc , {sound}")
+_PHRASING_ODDS, _TEMPLATE_ODDS = (0.6, 0.25, 0.15), (0.5, 0.3, 0.2)
+LARGE_DISC = 0.5  # the shared latent above which the disc is described as large
+
+
+def caption(rng: np.random.Generator, *, warm: bool, large: bool, high: bool, speech: bool) -> str:
+    """A description of a clip's visible disc (colour family, size) and its sound (pitch, or a voice's mood for speech)."""
+    def pick(options: tuple[str, ...], odds: tuple[float, ...] = _PHRASING_ODDS) -> str:
+        return options[int(rng.choice(len(options), p=odds))]
+
+    sound = pick((_MOODS if speech else _PITCHES)[high])
+    return pick(_TEMPLATES, _TEMPLATE_ODDS).format(size=pick(_SIZES[large]), colour=pick(_COLOURS[warm]), sound=sound)
+
+
 def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0, speech: bool = False) -> str:
     """Write ``n`` samples and ``manifest.jsonl`` into ``directory``; returns the manifest path.
 
     Manifest rows: ``id``, ``video``, ``text``, ``audio`` (for silent clips),
-    ``label`` and ``score``, with paths relative to the manifest. ``speech``: sound tracks are spoken sentences
+    ``label``, ``score`` and ``caption``, with paths relative to the manifest. ``speech``: sound tracks are spoken sentences
     and rows have ``spoken`` too (see the module docstring).
 
     Raises:
@@ -138,6 +167,7 @@ def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0, speech: bo
             raise ConfigError("--speech synthesises speech with espeak-ng, which is not installed: apt-get install espeak-ng")
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
+    caption_rng = np.random.default_rng([seed, 1])  # its own stream: captions do not move any other draw
     combos = list(itertools.product([False, True], repeat=3))
     order = [combos[i % len(combos)] for i in rng.permutation(max(n, len(combos)))[:n]]
     rows: list[dict[str, Any]] = []
@@ -167,6 +197,7 @@ def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0, speech: bo
         row["score"] = round(float(np.clip(2 * votes - 3 + rng.normal(0, 0.2), -3.0, 3.0)), 3)
         if speech:
             row["spoken"] = "positive" if high else "negative"
+        row["caption"] = caption(caption_rng, warm=warm, large=shared > LARGE_DISC, high=high, speech=speech)
         rows.append(row)
     manifest = os.path.join(directory, "manifest.jsonl")
     with open(manifest, "w", encoding="utf-8") as handle:

@@ -1,4 +1,4 @@
-"""The trainer's subcommands: ``train``, ``evaluate``, ``compare``, ``pretrain`` and ``retrieval-eval``.
+"""The trainer's subcommands: ``train``, ``evaluate``, ``predict``, ``compare``, ``pretrain`` and ``retrieval-eval``.
 
 The trainer (and torch) is imported inside each command function, so importing this module or building the
 parsers (``mmfeat --help``) imports neither; choices come from ``trainer.names``, which imports nothing heavy.
@@ -246,15 +246,63 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_predict(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser("predict", parents=[common], help="write a trained model's predictions on a cache (labels not needed)")
+    parser.add_argument("--model", required=True, help="the --output folder of mmfeat train")
+    _add_cache_options(parser)
+    parser.add_argument("--output", required=True, metavar="FILE.parquet",
+                        help="Parquet file for the predictions: sample_id, modalities_present and per label the prediction "
+                             "(for classification also <label>_probability and <label>_probabilities); a path or a gs:// or s3:// URI")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output when it exists")
+    parser.add_argument("--encoder", action="append", default=[],
+                        help="MODALITY=SET to pick an embedding set (default: the one the model was trained on, when the cache has it)")
+    reading = parser.add_argument_group("reading the cache")
+    reading.add_argument("--reader", default="auto", choices=READERS,
+                         help="memory, disk (memory-mapped, chunked: caches larger than memory) or auto (disk above an eighth of RAM)")
+    reading.add_argument("--scratch", help="folder for the memory-mapped features (default: the system temp folder)")
+
+
+def _check_predict_output(output: str, overwrite: bool) -> None:
+    """Fail before any work on an ``--output`` that is not a ``.parquet`` file name, or that exists without ``--overwrite``."""
+    if not output.lower().endswith(".parquet"):
+        raise ConfigError(f"--output {output}: name a Parquet file ending in .parquet, e.g. predictions.parquet")
+    from pyarrow import fs as pafs
+
+    from schemas.cache.layout import filesystem
+
+    system, path = filesystem(output)
+    found = system.get_file_info(path).type
+    if found == pafs.FileType.Directory:
+        raise ConfigError(f"--output {output}: a folder; name a file in it, e.g. {output.rstrip('/')}/predictions.parquet")
+    if found != pafs.FileType.NotFound and not overwrite:
+        raise ConfigError(f"--output {output}: exists; add --overwrite to replace it, or choose another file")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    _check_predict_output(args.output, args.overwrite)
+    encoders = _encoder_choices(args.encoder)
+    from trainer.predict import checkpoint_kind, class_counts, predict_checkpoint, write_predictions
+
+    checkpoint_kind(args.model)  # no model there fails before the cache is read
+    table = predict_checkpoint(args.model, args.cache, as_of=args.as_of, encoders=encoders, reader=args.reader, scratch=args.scratch)
+    write_predictions(table, args.output)
+    print(f"mmfeat predict: {table.num_rows} rows -> {args.output}")
+    classes = json.loads((table.schema.metadata or {}).get(b"mmfeat.classes", b"{}"))
+    for label in classes:
+        print(f"  {label:<24} " + ", ".join(f"{c} {n}" for c, n in class_counts(table, label).items()))
+    return EXIT_OK
+
+
 def add_training_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register the trainer's subcommands."""
     _add_train(subparsers, common)
     _add_evaluate(subparsers, common)
+    _add_predict(subparsers, common)
     _add_compare(subparsers, common)
     _add_pretrain(subparsers, common)
     _add_retrieval(subparsers, common)
 
 
 TRAINING_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "train": _train, "evaluate": _evaluate, "compare": _compare, "pretrain": _pretrain, "retrieval-eval": _retrieval,
+    "train": _train, "evaluate": _evaluate, "predict": _predict, "compare": _compare, "pretrain": _pretrain, "retrieval-eval": _retrieval,
 }

@@ -141,6 +141,13 @@ class ExtractConfig:
         """A JSON-ready dict of every field."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ExtractConfig":
+        """The config ``to_dict`` wrote (as a run records it); keys it does not know (the run's own) are ignored."""
+        parts = {"video": VideoConfig, "audio": AudioConfig, "text": TextConfig}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: parts[key](**value) if key in parts else value for key, value in values.items() if key in known})
+
 
 ASR_SAMPLE_RATE = 16000
 """Whisper models take 16 kHz mono audio: a sound track decoded at another ``--sample-rate`` is resampled."""

@@ -30,6 +30,8 @@ from trainer.feature_set import FeatureSet
 from trainer.names import ALIGNED_SEQUENCES
 from trainer.sequences import allocate, embedding_sequences, mfcc_sequences
 
+UNLABELLED_HINT = "to get a trained model's predictions on a cache without labels, use mmfeat predict"
+
 
 def open_view(cache: Union[str, CacheView], as_of: Optional[str] = None) -> CacheView:
     """``cache`` itself when it is a view, else its latest state or the one run ``as_of`` left.
@@ -120,7 +122,7 @@ def load_features(
     view = open_view(cache, as_of)
     samples = _labelled_samples(view, labels, labels_file)
     if not samples.num_rows:
-        raise ConfigError(f"{view.cache}: no usable sample has all of {labels}")
+        raise ConfigError(f"{view.cache}: no usable sample has all of {labels}" + (f"; {UNLABELLED_HINT}" if labels else ""))
     ids = samples.column("sample_id").to_pylist()
     index = {sample_id: i for i, sample_id in enumerate(ids)}
     if len(index) != len(ids):
@@ -196,7 +198,7 @@ def _labelled_samples(view: CacheView, labels: list[str], labels_file: Optional[
         missing = [label for label in labels if label not in samples_table.schema.names]
         if missing:
             raise ConfigError(f"--label {missing}: not a column of the samples table (columns: {samples_table.schema.names}); "
-                              "or give the labels with --labels-file")
+                              f"or give the labels with --labels-file; {UNLABELLED_HINT}")
         samples = samples_table.to_table(columns=["sample_id", *labels], filter=usable)
     for label in labels:
         samples = samples.filter(pc.is_valid(samples.column(label)))

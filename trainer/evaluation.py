@@ -1,6 +1,7 @@
 """Predictions, metrics and modality weights of a fitted model on the rows of a ``FeatureSet``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -14,22 +15,50 @@ from trainer.tensors import Fitted, model_chunks
 PREDICT_ROWS = 8192  # rows predicted at once (predictions do not depend on how rows are grouped)
 
 
-def predict(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-    """Per task, on the rows ``index`` (default: all): class indices ``(n,)`` or real values ``(n,)``."""
+@dataclass
+class Predictions:
+    """What a fitted model predicts on some rows, per task.
+
+    Attributes:
+        values: per task, class indices int64 ``(n,)`` (classification) or real values float32 ``(n,)`` (regression).
+        probabilities: per classification task, float32 ``(n, n_classes)``: the softmax of the logits, columns in the
+            order of ``Task.classes`` (each row sums to 1); regression tasks have none.
+    """
+
+    values: dict[str, np.ndarray]
+    probabilities: dict[str, np.ndarray]
+
+
+def predict_with_probabilities(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> Predictions:
+    """Per task, on the rows ``index`` (default: all, in that order): the predicted values and the class probabilities."""
     index = np.arange(len(data)) if index is None else np.asarray(index)
     order = np.argsort(index, kind="stable")  # chunks come in row order; predictions are put back in the order of index
-    parts: dict[str, list[np.ndarray]] = {t.label: [] for t in fitted.tasks}
+    values: dict[str, list[np.ndarray]] = {t.label: [] for t in fitted.tasks}
+    probabilities: dict[str, list[np.ndarray]] = {t.label: [] for t in fitted.tasks if t.kind == "classification"}
     with torch.no_grad():
         for tensors in model_chunks(data, index[order], fitted.standardiser, [], chunk_rows=fitted.chunk_rows or PREDICT_ROWS):
             outputs = fitted.model(tensors.inputs, tensors.present, tensors.lengths)
             for t in fitted.tasks:
-                parts[t.label].append((outputs[t.label].argmax(dim=-1) if t.kind == "classification" else outputs[t.label].squeeze(-1)).numpy())
-    predictions = {}
-    for label, values in parts.items():
-        in_row_order = np.concatenate(values)
-        predictions[label] = np.empty_like(in_row_order)
-        predictions[label][order] = in_row_order
-    return predictions
+                if t.kind == "classification":
+                    values[t.label].append(outputs[t.label].argmax(dim=-1).numpy())
+                    probabilities[t.label].append(torch.softmax(outputs[t.label].float(), dim=-1).numpy())
+                else:
+                    values[t.label].append(outputs[t.label].squeeze(-1).numpy())
+    return Predictions({label: _in_index_order(parts, order) for label, parts in values.items()},
+                       {label: _in_index_order(parts, order) for label, parts in probabilities.items()})
+
+
+def _in_index_order(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """Chunks predicted in row order (rows ``index[order]``), put back in the order of ``index`` (first axis)."""
+    in_row_order = np.concatenate(parts)
+    result = np.empty_like(in_row_order)
+    result[order] = in_row_order
+    return result
+
+
+def predict(fitted: Fitted, data: FeatureSet, index: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """Per task, on the rows ``index`` (default: all): class indices ``(n,)`` or real values ``(n,)``."""
+    return predict_with_probabilities(fitted, data, index).values
 
 
 def modality_weights(fitted: Fitted, data: FeatureSet) -> Optional[dict[str, float]]:

@@ -1,4 +1,5 @@
-"""``mmfeat train`` and ``mmfeat evaluate`` as library functions: cache in, metrics.json and checkpoint out.
+"""``mmfeat train`` and ``mmfeat evaluate`` as library functions: cache in, metrics.json and checkpoint out; and
+``checkpoint_features``, a saved model with the features it takes (shared with ``trainer.predict``).
 
 ``reader`` chooses where the feature arrays live: ``memory``, ``disk``
 (memory-mapped files in a scratch folder, deleted afterwards, trained in
@@ -28,7 +29,7 @@ from trainer.crossval import cross_validate
 from trainer.evaluation import evaluate, modality_weights
 from trainer.progress import Progress
 from trainer.tasks import infer_task
-from trainer.train import TrainConfig, fit
+from trainer.train import Fitted, TrainConfig, fit
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +117,19 @@ def train(
     return report
 
 
-def evaluate_checkpoint(model_dir: str, cache: str, *, as_of: Optional[str] = None, encoders: Optional[dict[str, str]] = None,
-                        reader: str = "auto", scratch: Optional[str] = None, labels_file: Optional[str] = None) -> dict[str, Any]:
-    """Metrics of a saved model on (another state of) a cache, per task.
+@contextlib.contextmanager
+def checkpoint_features(model_dir: str, cache: str, *, labels: Optional[list[str]] = None, as_of: Optional[str] = None,
+                        encoders: Optional[dict[str, str]] = None, reader: str = "auto", scratch: Optional[str] = None,
+                        labels_file: Optional[str] = None) -> Iterator[tuple[Fitted, FeatureSet]]:
+    """A saved fusion model and the features of ``cache`` it takes (memory-mapped ones removed on exit).
 
     Each modality is read from the embedding set the model was trained on when the cache has it (else as ``train`` chooses;
-    ``encoders`` overrides both).
+    ``encoders`` overrides both); a model trained on an aligned set reads that set while the cache has it. The model's
+    modalities, sequences and ``max_steps`` decide the arrays. ``labels``: the label columns to read with them (default: the
+    model's tasks'; ``[]`` reads every usable sample, labelled or not).
 
     Raises:
-        ConfigError: the features read have other sizes than the model's inputs.
+        ConfigError: the features read have other sizes than the model's inputs (or whatever ``load_features`` refuses).
     """
     fitted, config = checkpoint.load(model_dir)
     view = open_view(cache, as_of)
@@ -133,11 +138,25 @@ def evaluate_checkpoint(model_dir: str, cache: str, *, as_of: Optional[str] = No
     if aligned and config.aligned_set is None and view.has(aligned[0]):  # the aligned set it was trained on, while the cache has it
         config = replace(config, aligned_set=aligned[0])
     encoders = {**{m: table for m, table in trained.items() if table in embedding_sets(view, m)}, **(encoders or {})}
-    with _features(view, config, labels=[t.label for t in fitted.tasks], modalities=fitted.model.modalities, encoders=encoders,
+    labels = [t.label for t in fitted.tasks] if labels is None else labels
+    with _features(view, config, labels=labels, modalities=fitted.model.modalities, encoders=encoders,
                    reader=reader, scratch=scratch, labels_file=labels_file) as (data, config):
         expected = {m: int(fitted.standardiser.mean[m].shape[0]) for m in fitted.model.modalities}
         if data.dims() != expected:
             raise ConfigError(f"{model_dir} takes inputs of sizes {expected}, {view.cache} gives {data.dims()} "
                               f"(from {data.source['tables']}); choose the sets it was trained on with --encoder MODALITY=SET")
         fitted.chunk_rows = config.chunk_rows
+        yield fitted, data
+
+
+def evaluate_checkpoint(model_dir: str, cache: str, *, as_of: Optional[str] = None, encoders: Optional[dict[str, str]] = None,
+                        reader: str = "auto", scratch: Optional[str] = None, labels_file: Optional[str] = None) -> dict[str, Any]:
+    """Metrics of a saved model on (another state of) a cache, per task; features read as ``checkpoint_features`` reads them.
+
+    Raises:
+        ConfigError: the features read have other sizes than the model's inputs, or the cache lacks the labels
+            (``trainer.predict`` scores unlabelled caches).
+    """
+    with checkpoint_features(model_dir, cache, as_of=as_of, encoders=encoders, reader=reader, scratch=scratch,
+                             labels_file=labels_file) as (fitted, data):
         return evaluate(fitted, data)

@@ -70,3 +70,17 @@ def test_same_seed_same_corpus(corpus, tmp_path):
     again = make_sample_corpus(str(tmp_path / "again"), n=24, seed=3)
     with open(again, encoding="utf-8") as a, open(os.path.join(directory, "manifest.jsonl"), encoding="utf-8") as b:
         assert a.read() == b.read()
+
+
+def test_captions_describe_what_is_seen_and_heard_in_varied_words(corpus):
+    directory, rows = corpus
+    warm_words, high_words = {"red", "orange", "warm"}, {"high", "shrill", "bright"}
+    phrasings = set()
+    for row in rows:
+        words = set(row["caption"].split())
+        sound = row.get("audio", row["video"])
+        assert bool(words & warm_words) == _warm(os.path.join(directory, row["video"])), row["caption"]
+        assert bool(words & high_words) == _high_pitch(os.path.join(directory, sound)), row["caption"]
+        phrasings |= words
+    assert len({row["caption"] for row in rows}) >= len(rows) // 2  # not one sentence per cue combination
+    assert len(phrasings & (warm_words | {"blue", "cyan", "cool"})) >= 4

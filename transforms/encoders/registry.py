@@ -114,6 +114,7 @@ def resolve_encoder(modality: str, value: str, *, encode: EncodeConfig, extract:
             raise ConfigError(f"--sequences {modality}: the {modality} encoder {encoder.name!r} has no per-frame, per-token "
                               "or per-window vectors")
         encoder.keep_sequences = True
+    encoder.source = value
     encoder.probe()
     return encoder
 
