@@ -281,9 +281,8 @@ def _check_predict_output(output: str, overwrite: bool) -> None:
 def _predict(args: argparse.Namespace) -> int:
     _check_predict_output(args.output, args.overwrite)
     encoders = _encoder_choices(args.encoder)
-    from trainer.predict import checkpoint_kind, class_counts, predict_checkpoint, write_predictions
+    from trainer.predict import class_counts, predict_checkpoint, write_predictions
 
-    checkpoint_kind(args.model)  # no model there fails before the cache is read
     table = predict_checkpoint(args.model, args.cache, as_of=args.as_of, encoders=encoders, reader=args.reader, scratch=args.scratch)
     write_predictions(table, args.output)
     print(f"mmfeat predict: {table.num_rows} rows -> {args.output}")
