@@ -29,14 +29,17 @@ carry ``spoken``, the polarity of the spoken keyword (``positive``/``negative``)
 the label a transcript alone decides, where ``label`` agrees with it 75% of the
 time, so that listening to the words can be measured against the sound alone.
 
-Every row also has ``caption``: a sentence that describes what is seen (the
-disc's colour family and size) and heard (the tone's pitch, or the voice's
-mood), for captioning (``mmfeat train --task generate --target caption``).
-Each cue has several phrasings and the sentence one of several templates, drawn
-at random with unequal odds (``caption``), so a caption is not a lookup of the
-cues: a model that sees and hears the clip can get the cue words right, one that
-does not can only guess them. Captions are drawn from their own random stream:
-the media, texts and labels of a seed are the same with or without them.
+Every row also has ``caption``: a sentence that describes what is seen and
+heard, for captioning (``mmfeat train --task generate --target caption``). Its
+words follow what the clip shows, not only its binary cues: the colour is named
+from the disc's hue (red or orange when warm, azure or blue when cool), the
+size from the disc's radius (small, medium, large), the sound from the tone's
+pitch within its range (deep hum or low tone, high tone or shrill whistle; for
+speech, a voice's mood in one of two words), and the two phrases come in one of
+two orders drawn at random (``caption``), as in "large red disc, deep hum". So a
+caption is not a lookup of the binary cues: a model that sees and hears the clip
+can get most words right, one that does not can only guess them. Captions are drawn from their own random stream: the media, texts
+and labels of a seed are the same with or without them.
 """
 from __future__ import annotations
 
@@ -59,7 +62,8 @@ _NEGATIVE = ["terrible", "awful", "horrible", "dreadful"]
 _SUBJECTS = ["This clip", "The scene", "This moment"]
 
 
-def _frames(rng: np.random.Generator, warm: bool, shared: float) -> list[np.ndarray]:
+def _frames(rng: np.random.Generator, warm: bool, shared: float) -> tuple[list[np.ndarray], float]:
+    """The clip's frames and its disc's hue in degrees."""
     hue = rng.uniform(0, 30) if warm else rng.uniform(190, 220)  # degrees
     colour = _hsv_to_rgb(hue, rng.uniform(0.8, 1.0), rng.uniform(0.85, 1.0))
     background = np.full(3, rng.uniform(100, 120))  # neutral grey: the disc's colour is the only colour
@@ -77,7 +81,7 @@ def _frames(rng: np.random.Generator, warm: bool, shared: float) -> list[np.ndar
         inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
         image[inside] = colour
         frames.append(np.clip(image, 0, 255).astype(np.uint8))
-    return frames
+    return frames, hue
 
 
 def _hsv_to_rgb(hue_deg: float, saturation: float, value: float) -> np.ndarray:
@@ -126,24 +130,31 @@ _SPOKEN_SUBJECTS = ["The song", "That song", "This song", "The music"]
 _SPOKEN_VOICES = ("en-us", "en-us+m3", "en-us+f2")  # en-us+f3 and en-gb: "sad" misheard
 
 
-# Phrasings per cue, most likely first (odds _PHRASING_ODDS), and templates (odds _TEMPLATE_ODDS).
-_COLOURS = {True: ("red", "orange", "warm"), False: ("blue", "cyan", "cool")}
-_SIZES = {True: ("large", "big", "wide"), False: ("small", "little", "narrow")}
-_PITCHES = {True: ("high tone", "shrill whistle", "bright note"), False: ("low tone", "deep hum", "bass note")}
-_MOODS = {True: ("cheerful voice", "happy voice", "pleased speaker"), False: ("gloomy voice", "unhappy voice", "upset speaker")}
-_TEMPLATES = ("a {size} {colour} disc with a {sound}", "a {sound} over a {size} {colour} disc",
-              "{size} {colour} disc , {sound}")
-_PHRASING_ODDS, _TEMPLATE_ODDS = (0.6, 0.25, 0.15), (0.5, 0.3, 0.2)
-LARGE_DISC = 0.5  # the shared latent above which the disc is described as large
+# Caption words. What is seen and heard decides them: the hue within the disc's colour family, the disc's size, and
+# the tone's pitch within its range (the shared latent sets both); only the order of the two phrases is drawn.
+_SIZES = ("small", "medium", "large")  # the shared latent in thirds
+_SOUNDS = {True: ("high tone", "shrill whistle"), False: ("deep hum", "low tone")}  # the lower, then the higher half of the range
+_MOODS = {True: ("cheerful voice", "happy voice"), False: ("gloomy voice", "sad voice")}
+_TEMPLATES = ("{size} {colour} disc, {sound}", "{sound}, {size} {colour} disc")
+_TEMPLATE_ODDS = (0.7, 0.3)
 
 
-def caption(rng: np.random.Generator, *, warm: bool, large: bool, high: bool, speech: bool) -> str:
-    """A description of a clip's visible disc (colour family, size) and its sound (pitch, or a voice's mood for speech)."""
-    def pick(options: tuple[str, ...], odds: tuple[float, ...] = _PHRASING_ODDS) -> str:
-        return options[int(rng.choice(len(options), p=odds))]
+def colour_word(hue_deg: float) -> str:
+    """The colour a person would name: red below 15 degrees, orange up to 30; azure below 205, blue up to 220."""
+    if hue_deg < 100:
+        return "red" if hue_deg < 15 else "orange"
+    return "azure" if hue_deg < 205 else "blue"
 
-    sound = pick((_MOODS if speech else _PITCHES)[high])
-    return pick(_TEMPLATES, _TEMPLATE_ODDS).format(size=pick(_SIZES[large]), colour=pick(_COLOURS[warm]), sound=sound)
+
+def caption(rng: np.random.Generator, *, hue_deg: float, shared: float, high: bool, speech: bool) -> str:
+    """An alt-text style description of a clip: its disc (size, colour) and its sound (the tone's pitch within its range,
+    or, for speech, a voice's mood in one of two words drawn at random), in one of two orders drawn at random."""
+    if speech:
+        sound = _MOODS[high][int(rng.integers(2))]
+    else:
+        sound = _SOUNDS[high][int(shared >= 0.5)]
+    template = _TEMPLATES[int(rng.choice(len(_TEMPLATES), p=_TEMPLATE_ODDS))]
+    return template.format(size=_SIZES[min(int(shared * 3), 2)], colour=colour_word(hue_deg), sound=sound)
 
 
 def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0, speech: bool = False) -> str:
@@ -176,9 +187,10 @@ def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0, speech: bo
         shared = float(rng.uniform(0, 1))  # one latent behind the disc's size, the pitch within its range and the subject
         sound = _speech(rng, high, shared) if speech else _tone(rng, high, shared)
         separate_audio = index % 3 == 2
+        frames, hue = _frames(rng, warm, shared)
         write_mp4(
             os.path.join(directory, f"{sample_id}.mp4"),
-            _frames(rng, warm, shared),
+            frames,
             width=WIDTH,
             height=HEIGHT,
             fps=FPS,
@@ -197,7 +209,7 @@ def make_sample_corpus(directory: str, *, n: int = 64, seed: int = 0, speech: bo
         row["score"] = round(float(np.clip(2 * votes - 3 + rng.normal(0, 0.2), -3.0, 3.0)), 3)
         if speech:
             row["spoken"] = "positive" if high else "negative"
-        row["caption"] = caption(caption_rng, warm=warm, large=shared > LARGE_DISC, high=high, speech=speech)
+        row["caption"] = caption(caption_rng, hue_deg=hue, shared=shared, high=high, speech=speech)
         rows.append(row)
     manifest = os.path.join(directory, "manifest.jsonl")
     with open(manifest, "w", encoding="utf-8") as handle:

@@ -1,4 +1,5 @@
-"""The trainer's subcommands: ``train``, ``evaluate``, ``predict``, ``compare``, ``pretrain`` and ``retrieval-eval``.
+"""The trainer's subcommands: ``train``, ``evaluate``, ``predict``, ``generate``, ``compare``, ``pretrain`` and ``retrieval-eval``
+(caption heads' parts in ``runners.generation_commands``).
 
 The trainer (and torch) is imported inside each command function, so importing this module or building the
 parsers (``mmfeat --help``) imports neither; choices come from ``trainer.names``, which imports nothing heavy.
@@ -9,6 +10,8 @@ import argparse
 import json
 from typing import Any, Callable, Optional
 
+from runners.generation_commands import (GENERATE, add_evaluate_generation_options, add_generate_command, add_generation_options,
+                                         check_train_generate, evaluate_generate, generate, train_generate)
 from schemas.errors import ConfigError
 from schemas.config import MODALITIES
 from trainer.machine import usable_cores
@@ -29,9 +32,11 @@ def _add_jobs_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser("train", parents=[common], help="fit a fusion head on a cache, with cross-validation")
+    parser = subparsers.add_parser("train", parents=[common], help="fit a fusion head (or, --task generate, a caption head) on a cache, "
+                                   "with cross-validation")
     _add_cache_options(parser)
-    parser.add_argument("--label", action="append", required=True, help="label column of the samples table (repeat for multi-task)")
+    parser.add_argument("--label", action="append", help="label column of the samples table (repeat for multi-task); required "
+                        "unless --task generate")
     parser.add_argument("--fusion", default="attention", choices=FUSIONS, help="fusion head (default attention)")
     parser.add_argument("--modalities", help="comma-separated subset of video,audio,text (default: every embedded modality)")
     parser.add_argument("--encoder", action="append", default=[], help="MODALITY=SET to pick an embedding set (default: the latest run's)")
@@ -43,6 +48,7 @@ def _add_train(subparsers: argparse._SubParsersAction, common: argparse.Argument
     parser.add_argument("--init", help="a mmfeat pretrain folder: start the modality projections from it")
     _add_sequence_options(parser)
     _add_reader_options(parser)
+    add_generation_options(parser)
     hyper = parser.add_argument_group("training")
     for name, kind, default, meaning in _HYPER_PARAMETERS:
         hyper.add_argument(f"--{name}", type=kind, default=default, help=f"{meaning} (default {default})")
@@ -168,6 +174,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction, common: argparse.Argum
     parser.add_argument("--encoder", action="append", default=[],
                         help="MODALITY=SET to pick an embedding set (default: the one the model was trained on, when the cache has it)")
     _add_reader_options(parser)
+    add_evaluate_generation_options(parser)
 
 
 def _encoder_choices(values: list[str]) -> dict[str, str]:
@@ -202,14 +209,17 @@ def _train(args: argparse.Namespace) -> int:
 
     _check_at_least("epochs", args.epochs, 1)
     _check_at_least("jobs", args.jobs, 1)
+    check_train_generate(args)
     single_threaded_process()
+    modalities = list(_modality_list(args.modalities)) or None
+    if args.task == GENERATE:
+        return train_generate(args, modalities, _encoder_choices(args.encoder), _sequence_list(args.sequence))
 
     config = TrainConfig(fusion=args.fusion, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, weight_decay=args.weight_decay, patience=args.patience,
                          modality_dropout=args.modality_dropout, seed=args.seed, sequences=_sequence_list(args.sequence),
                          aligned_set=args.aligned_set, sequence_encoder=args.sequence_encoder, max_steps=args.max_steps,
                          audio_step_s=args.audio_step_s, chunk_rows=args.chunk_rows)
-    modalities = list(_modality_list(args.modalities)) or None
     report = train(args.cache, labels=args.label, config=config, output=args.output, as_of=args.as_of, folds=args.folds,
                    modalities=modalities, encoders=_encoder_choices(args.encoder), task_type=args.task_type, init=args.init,
                    reader=args.reader, scratch=args.scratch, labels_file=args.labels_file, jobs=args.jobs)
@@ -238,7 +248,11 @@ def _print_metrics(report: dict[str, Any]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from trainer.predict import checkpoint_kind
     from trainer.run import evaluate_checkpoint
+
+    if checkpoint_kind(args.model) == GENERATE:
+        return evaluate_generate(args, _encoder_choices(args.encoder))
 
     result = evaluate_checkpoint(args.model, args.cache, as_of=args.as_of, encoders=_encoder_choices(args.encoder), reader=args.reader,
                                  scratch=args.scratch, labels_file=args.labels_file)
@@ -292,16 +306,22 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _generate(args: argparse.Namespace) -> int:
+    return generate(args, _encoder_choices(args.encoder))
+
+
 def add_training_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register the trainer's subcommands."""
     _add_train(subparsers, common)
     _add_evaluate(subparsers, common)
     _add_predict(subparsers, common)
+    add_generate_command(subparsers, common)
     _add_compare(subparsers, common)
     _add_pretrain(subparsers, common)
     _add_retrieval(subparsers, common)
 
 
 TRAINING_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "train": _train, "evaluate": _evaluate, "predict": _predict, "compare": _compare, "pretrain": _pretrain, "retrieval-eval": _retrieval,
+    "train": _train, "evaluate": _evaluate, "predict": _predict, "generate": _generate,
+    "compare": _compare, "pretrain": _pretrain, "retrieval-eval": _retrieval,
 }

@@ -94,7 +94,27 @@ def _predict_fusion(model_dir: str, cache: str, *, as_of: Optional[str], encoder
         return predictions_table(fitted.tasks, data, predictions, model_dir=model_dir)
 
 
-PREDICTORS: dict[str, Callable[..., pa.Table]] = {FUSION: _predict_fusion}
+def _predict_generate(model_dir: str, cache: str, *, as_of: Optional[str], encoders: Optional[dict[str, str]], reader: str,
+                      scratch: Optional[str]) -> pa.Table:
+    """``predict_checkpoint`` for caption heads (``mmfeat train --task generate``): ``text`` and its ``score`` (mean
+    log-probability per token) by beam search (4 beams), in memory (``reader``/``scratch`` do not apply)."""
+    from trainer.generate_run import caption_records, checkpoint_data
+
+    fitted, data, tokenizer, _ = checkpoint_data(model_dir, cache, as_of=as_of, encoders=encoders)
+    records = caption_records(fitted, data, tokenizer)
+    schema = pa.schema([pa.field("sample_id", pa.string(), nullable=False), pa.field("modalities_present", pa.list_(pa.string()), nullable=False),
+                        pa.field("text", pa.string()), pa.field("score", pa.float32())],
+                       metadata={SOURCE_KEY: json.dumps({"model": model_dir, **{k: data.source.get(k) for k in ("cache", "run_id", "samples_version")}}).encode()})
+    return pa.table({"sample_id": data.sample_ids, "modalities_present": _modalities_present(data),
+                     "text": [r["text"] for r in records], "score": [r["score"] for r in records]}, schema=schema)
+
+
+def _modalities_present(data: FeatureSet) -> list[list[str]]:
+    names = np.asarray(data.modalities, dtype=object)
+    return [names[row].tolist() for row in np.asarray(data.present, dtype=bool)]
+
+
+PREDICTORS: dict[str, Callable[..., pa.Table]] = {FUSION: _predict_fusion, "generate": _predict_generate}
 """Checkpoint kind -> ``predict_checkpoint`` for it (same keyword arguments)."""
 
 
@@ -131,11 +151,9 @@ def predictions_table(tasks: list[Task], data: FeatureSet, predictions: Predicti
     classes = {t.label: t.classes for t in tasks if t.kind == "classification"}
     source: dict[str, Any] = {"model": model_dir, **{k: data.source.get(k) for k in ("cache", "run_id", "samples_version")}}
     schema = predictions_schema(tasks, {CLASSES_KEY: json.dumps(classes).encode(), SOURCE_KEY: json.dumps(source).encode()})
-    names = np.asarray(data.modalities, dtype=object)
-    present = np.asarray(data.present, dtype=bool)
     columns: dict[str, pa.Array] = {
         "sample_id": pa.array(data.sample_ids, pa.string()),
-        "modalities_present": pa.array([names[row].tolist() for row in present], pa.list_(pa.string())),
+        "modalities_present": pa.array(_modalities_present(data), pa.list_(pa.string())),
     }
     for task in tasks:
         values = predictions.values[task.label]

@@ -168,10 +168,10 @@ def test_bad_command_lines_fail_before_any_work_and_say_what_to_fix(vector_model
     assert "no such folder" in fails("--model", str(tmp_path / "nothing"), "--cache", missing_cache, "--output", output)
     assert "--encoder must look like" in fails("--model", vector_model, "--cache", missing_cache, "--output", output, "--encoder", "vid")
 
-    generator = tmp_path / "generator"
-    generator.mkdir()
-    (generator / "model.json").write_text(json.dumps({"task": "generate"}))
-    assert "a 'generate' checkpoint; mmfeat predict handles fusion checkpoints" in fails("--model", str(generator), "--cache", cache,
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "model.json").write_text(json.dumps({"task": "segment"}))
+    assert "a 'segment' checkpoint; mmfeat predict handles fusion, generate checkpoints" in fails("--model", str(unknown), "--cache", cache,
                                                                                           "--output", output)
     assert "takes inputs of sizes {'video': 8}" in fails("--model", vector_model, "--cache", cache, "--output", output)
     assert not os.path.exists(output)
