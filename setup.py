@@ -45,6 +45,10 @@ INSTALL_REQUIRES = [
     "regex==2026.11.19",
     "absl-py==2.5.1",
     "nltk==3.10.4",
+    # Search indexes (trainer/search_index.py): faiss IVF-Flat removes by id, memory-maps saved indexes, and built 100k 384-d
+    # vectors 4x faster than hnswlib, 12x faster than usearch at recall@10 1.0 on 2 cores (bench/search.py); what it pulls.
+    "faiss-cpu==1.15.1",
+    "packaging==26.4",
 ]
 
 TEST_REQUIRES = [

@@ -198,9 +198,11 @@ def build_parser(command: Optional[str] = None) -> tuple[argparse.ArgumentParser
     _add_maintenance(subparsers, common)
     _add_align(subparsers, common)
     if command not in OWN_COMMANDS:
+        from runners.search_commands import add_search_commands
         from runners.training_commands import add_training_commands
 
         add_training_commands(subparsers, common)
+        add_search_commands(subparsers, common)
     return parser, extract
 
 
@@ -360,10 +362,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             manifest = make_sample_corpus(args.directory, n=args.n, seed=args.seed, speech=args.speech)
             print(f"mmfeat make-sample-corpus: {args.n} samples, manifest {manifest}")
             return EXIT_OK
+        from runners.search_commands import SEARCH_COMMANDS
         from runners.training_commands import TRAINING_COMMANDS
 
-        if args.command in TRAINING_COMMANDS:
-            return TRAINING_COMMANDS[args.command](args)
+        commands = TRAINING_COMMANDS | SEARCH_COMMANDS
+        if args.command in commands:
+            return commands[args.command](args)
     except ConfigError as error:
         print(f"mmfeat {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

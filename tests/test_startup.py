@@ -51,7 +51,7 @@ def test_importing_the_cli_imports_no_heavy_module():
 
 
 @pytest.mark.parametrize("command", ["extract", "make-sample-corpus", "status", "repair", "vacuum", "compact",
-                                     "train", "evaluate", "compare", "pretrain", "retrieval-eval", "predict"])
+                                     "train", "evaluate", "compare", "pretrain", "retrieval-eval", "predict", "generate", "index", "search"])
 def test_subcommand_help_imports_no_heavy_module(command):
     status, stdout, _, loaded = _mmfeat(command, "--help")
     assert status == 0 and f"usage: mmfeat {command}" in stdout

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from schemas.cache.layout import filesystem, normalise, table_uri
+from schemas.cache.layout import filesystem, is_local, normalise, table_uri
 from schemas.errors import ConfigError
 from schemas.tables import EMBEDDINGS_DIR, SCHEMA_VERSION
 
@@ -194,8 +194,14 @@ class CacheView:
         return list(self.table(name).file_uris())
 
     def dataset(self, name: str) -> ds.Dataset:
-        """A pyarrow dataset over ``name`` in this state."""
-        return self.table(name).to_pyarrow_dataset()
+        """A pyarrow dataset over ``name`` in this state: its data files (with the table's schema: files written before a
+        column was added read it as nulls). Local caches are read with pyarrow's own file system: deltalake's file system
+        handler left a thread running at exit that aborted short processes (``terminate called``, exit 134)."""
+        table = self.table(name)
+        if not is_local(self.cache):
+            return table.to_pyarrow_dataset()
+        schema = pa.schema(table.schema().to_arrow())
+        return ds.dataset([normalise(uri) for uri in table.file_uris()], schema=schema, format="parquet", filesystem=pafs.LocalFileSystem())
 
     def read(self, name: str, columns: Optional[list[str]] = None, filter: Optional[Any] = None) -> pa.Table:
         """``columns`` of ``name`` (rows matching ``filter``, a pyarrow expression)."""
