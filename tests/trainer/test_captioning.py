@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from sklearn.model_selection import KFold
 
 from runners.cli import main
@@ -77,6 +78,20 @@ def test_train_generate_evaluate_and_predict_through_the_cli(cache, tmp_path, ca
     assert main(["predict", "--model", model, "--cache", cache, "--output", str(tmp_path / "p.parquet")]) == 0
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.column_names == ["sample_id", "modalities_present", "text", "score"] and table.num_rows == 96
+
+
+def test_a_caption_head_starts_from_pretrained_projections(cache, tmp_path):
+    space, model = str(tmp_path / "space"), str(tmp_path / "captioner")
+    assert main(["pretrain", "--cache", cache, "--modalities", "video,audio", "--epochs", "20", "--output", space]) == 0
+    assert main(["train", "--cache", cache, "--task", "generate", "--target", "caption", "--modalities", "video,audio", "--folds", "0",
+                 "--epochs", "1", "--learning-rate", "1e-9", "--init", space, "--output", model]) == 0
+    pretrained = torch.load(f"{space}/pretrain.pt", weights_only=True)
+    started = torch.load(f"{model}/model.pt", weights_only=True)
+    for modality in ("video", "audio"):
+        key = f"projections.{modality}.1.weight"
+        torch.testing.assert_close(started[key], pretrained[key], atol=1e-6, rtol=0)
+    assert main(["train", "--cache", cache, "--task", "generate", "--target", "caption", "--modalities", "video,audio", "--folds", "0",
+                 "--hidden", "16", "--init", space, "--output", str(tmp_path / "bad")]) == 2
 
 
 @pytest.mark.parametrize("flags, message", [
