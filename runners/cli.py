@@ -329,6 +329,9 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
             speech=speech,
         )
     print(format_summary(report))
+    from runners.search_commands import refresh_indexes
+
+    refresh_indexes(args.output)
     ratio = report.n_failed / max(1, report.n_inputs)
     if ratio > config.max_failure_ratio:
         print(

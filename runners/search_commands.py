@@ -1,6 +1,7 @@
 """``mmfeat index`` and ``mmfeat search``: nearest-neighbour indexes over a cache's embedding sets, and queries against them.
 
-An index lives in ``<cache>/indexes/<name>/`` (``trainer.search_index``). A query is a sample of the cache (``--like``),
+An index lives in ``<cache>/indexes/<name>/`` (``trainer.search_index``); ``mmfeat extract`` refreshes a cache's indexes
+after its run (``refresh_indexes``). A query is a sample of the cache (``--like``),
 a text (``--text``) or a file (``--file``); texts and files go through the cache's own extraction and encoder
 (``pipelines.query``) and, for an index in a ``pretrain`` space, through that space's projection of their modality.
 Nothing heavy is imported by building the parsers.
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from typing import Any, Callable, Optional
 
 from schemas.config import MODALITIES
 from schemas.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 PATH_COLUMNS = ("video", "audio", "text")
 """Samples columns shown beside each hit (with ``--columns``' others): where the sample's media are."""
@@ -152,6 +157,27 @@ def _print_table(results: list[dict[str, Any]]) -> None:
     for result in results:
         print("  " + "  ".join(str(result.get(k, "")).ljust(widths[k]) for k in keys))
     sys.stdout.flush()
+
+
+def refresh_indexes(cache: str) -> None:
+    """After a run: bring the cache's indexes up to it (incrementally where they can be), each in turn. A failure is
+    logged, not raised (the run is committed; ``search`` refuses that index until ``mmfeat index --refresh``)."""
+    from schemas.cache.layout import is_local, normalise
+
+    if not is_local(cache) or not os.path.isdir(os.path.join(normalise(cache), "indexes")):
+        return
+    from trainer import search_index
+
+    for info in search_index.list_indexes(cache):
+        if info.as_of:
+            continue
+        try:
+            info = search_index.refresh_index(cache, info.name)
+        except Exception as error:  # the run is committed whatever happens to an index
+            logger.warning("index %s not refreshed (%s); mmfeat search refuses it until mmfeat index --cache %s --name %s --refresh",
+                           info.name, error, cache, info.name)
+            continue
+        print(f"  index     {info.name}: {info.count} vectors ({info.action}, +{info.added} -{info.removed})")
 
 
 def add_search_commands(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

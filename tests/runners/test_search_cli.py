@@ -6,8 +6,14 @@ import os
 
 import pytest
 
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from pipelines.extract import run_extract
+from pipelines.manifest import open_manifest
 from runners.cli import main
 from schemas.cache import CacheView
+from schemas.config import EncodeConfig, ExtractConfig
+from transforms.encoders.registry import resolve_encoders
 from tests.trainer.caches import extract_sample_cache
 
 QUERIES = {  # written for this test: none is a sentence of the corpus ("<subject> is <keyword>.")
@@ -73,11 +79,11 @@ def test_a_file_query_goes_through_the_same_extraction(cache, capsys):
     assert hits[0]["sample_id"] == "clip007" and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_a_stale_index_is_refused_then_refreshed_incrementally(tmp_path, capsys):
+def test_extract_refreshes_indexes_and_a_stale_index_is_refused_then_refreshed(tmp_path, capsys, tokenizer_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     rows = []
-    for i, sentence in enumerate(["The river is calm.", "A loud engine starts.", "Snow falls on the hills."]):
+    for i, sentence in enumerate(["The river is calm.", "A loud engine starts.", "Snow falls on the hills.", "Bread is baking."]):
         (corpus / f"t{i}.txt").write_text(sentence, encoding="utf-8")
         rows.append({"id": f"t{i}", "text": f"t{i}.txt"})
     manifest = corpus / "manifest.jsonl"
@@ -86,14 +92,22 @@ def test_a_stale_index_is_refused_then_refreshed_incrementally(tmp_path, capsys)
     flags = ["--image-encoder", "none", "--audio-encoder", "none", "--log-level", "WARNING"]
     assert main(["extract", "--manifest", str(manifest), "--output", cache, *flags]) == 0
     assert main(["index", "--cache", cache, "--encoder", "text"]) == 0
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["extract", "--manifest", str(manifest), "--output", cache, *flags]) == 0  # the CLI's run refreshes the index
+    assert "index     text: 3 vectors (incremental, +1 -0)" in capsys.readouterr().out
+    assert _search(capsys, cache, "--index", "text", "--text", "snowy hills", "-k", "1")[0]["sample_id"] == "t2"
+
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    assert main(["extract", "--manifest", str(manifest), "--output", cache, *flags]) == 0
+    encode = EncodeConfig(image_encoder="none", audio_encoder="none", device="cpu")
+    run_extract(open_manifest(str(manifest)), output=cache, config=ExtractConfig(), tokenizer_path=tokenizer_path, runner=FnApiRunner(),
+                encoders=resolve_encoders(encode, ExtractConfig()), encode=encode)  # a run that does not refresh indexes
     capsys.readouterr()
     assert main(["search", "--cache", cache, "--index", "text", "--like", "t2"]) == 2
     assert f"mmfeat index --cache {cache} --name text --refresh" in capsys.readouterr().err
     assert main(["index", "--cache", cache, "--name", "text", "--refresh"]) == 0
-    assert "3 vectors (incremental, +1 -0)" in capsys.readouterr().out
-    assert _search(capsys, cache, "--index", "text", "--text", "snowy hills", "-k", "1")[0]["sample_id"] == "t2"
+    assert "4 vectors (incremental, +1 -0)" in capsys.readouterr().out
+    assert _search(capsys, cache, "--index", "text", "--text", "fresh bread", "-k", "1")[0]["sample_id"] == "t3"
 
 
 def test_across_modalities_through_a_pretrained_space(cache, tmp_path, capsys):
