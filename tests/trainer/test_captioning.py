@@ -104,3 +104,16 @@ def test_a_caption_head_starts_from_pretrained_projections(cache, tmp_path):
 def test_bad_generation_command_lines_fail_before_work(flags, message, tmp_path, capsys):
     assert main(["train", "--cache", str(tmp_path / "no-cache"), "--output", str(tmp_path / "out"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_text_modalitys_own_tokens_as_the_target(cache, tmp_path, capsys):
+    """--target tokens: the cache's token ids (special tokens dropped) are the captions; the texts say one of eight
+    keywords, which video and audio do not carry, so only the sentence frame is learnt."""
+    model = str(tmp_path / "echo")
+    assert main(["train", "--cache", cache, "--task", "generate", "--target", "tokens", "--modalities", "video,audio", "--folds", "0",
+                 "--epochs", "15", "--output", model]) == 0
+    captions = str(tmp_path / "echo.jsonl")
+    assert main(["generate", "--model", model, "--cache", cache, "--output", captions, "--beams", "1"]) == 0
+    with open(captions, encoding="utf-8") as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    assert len(texts) == 96 and all(text.startswith(("this clip is", "the scene is", "this moment is")) for text in texts), texts[:5]
