@@ -21,7 +21,8 @@ import torch
 
 from schemas.errors import ConfigError
 from trainer.feature_set import FeatureSet
-from trainer.generation import BOS, EOS, PAD, UNK, CaptionModel, FittedGenerator, Rows, check_inputs
+from trainer.caption_model import BOS, EOS, PAD, UNK, CaptionModel
+from trainer.generation import FittedGenerator, Rows, check_inputs
 from trainer.threads import threads_for, torch_threads
 
 

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import torch
 
 from schemas.errors import ConfigError
-from trainer.generation import CONFIG, TASK, WEIGHTS, FittedGenerator, GenerateConfig, Vocabulary, build_model
+from trainer.caption_model import Vocabulary
+from trainer.generation import CONFIG, TASK, WEIGHTS, FittedGenerator, GenerateConfig, build_model
 from trainer.standardise import Standardiser
 
 

@@ -89,7 +89,8 @@ def held_out_metrics(mask_inputs: bool, seed: int = 0, **options) -> tuple[dict,
 def teacher_forced_score(fitted, data: FeatureSet, row: int, ids: list[int]) -> float:
     """The mean log-probability per token of ``ids`` followed by EOS, scored by one teacher-forced pass (PAD, BOS and
     UNK excluded from the softmax, as decoding does)."""
-    from trainer.generation import BOS, EOS, PAD, UNK, Rows
+    from trainer.caption_model import BOS, EOS, PAD, UNK
+    from trainer.generation import Rows
 
     compact = fitted.vocab.encode(ids)
     rows = Rows.of(data.subset(np.array([row])), fitted.standardiser)
@@ -269,7 +270,8 @@ def test_bad_arguments_raise_config_errors(tmp_path) -> None:
 
 
 def test_start_from_pretrained_projections(tmp_path) -> None:
-    from trainer.generation import CaptionModel, start_from_pretrained
+    from trainer.caption_model import CaptionModel
+    from trainer.generation import start_from_pretrained
     from trainer.pretrain import PretrainConfig, random_projections
     from trainer.pretrain import save as save_pretrained
 
