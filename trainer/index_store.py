@@ -1,18 +1,22 @@
 """Where a search index lives beside its cache, what it records, and reading the vectors it indexes.
 
 An index named ``NAME`` is the folder ``<cache>/indexes/NAME/``: ``index.json``
-(an ``IndexInfo``), ``index-<generation>.<library>`` (the ANN index) and
-``rows-<generation>.parquet`` (one row per row of every data file it covers:
-``key`` uint64, ``sample_id``, ``file`` (the data file, relative to the
+(an ``IndexInfo``), ``index-<generation>-<token>.<library>`` (the ANN index)
+and ``rows-<generation>-<token>.parquet`` (one row per row of every data file it
+covers: ``key`` uint64, ``sample_id``, ``file`` (the data file, relative to the
 table), ``indexed`` (False for rows of unusable samples)). A refresh writes a
-new generation and then replaces ``index.json``, so readers never see a half-written index.
+new generation under a random token and then replaces ``index.json``, so readers
+never see a half-written index, and two refreshes at once never share a file:
+the last to replace ``index.json`` wins, whole.
 Nothing under ``indexes/`` is a Delta table: the cache's own commands never read it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -28,6 +32,8 @@ from schemas.tables import STATUS_FAILED
 
 INDEXES_DIR = "indexes"
 INFO_FILE = "index.json"
+KEEP_S = 600
+"""Files of generations before the previous one are deleted once they are this old (seconds)."""
 ROWS_SCHEMA = pa.schema([("key", pa.uint64()), ("sample_id", pa.string()), ("file", pa.string()), ("indexed", pa.bool_())])
 
 
@@ -45,6 +51,8 @@ class IndexInfo:
         dim, count: vector width and vectors indexed.
         library, params: the ANN library and its parameters.
         generation, next_key: file generation and the next unused key.
+        token: a random part of this generation's file names, so that two refreshes writing the same generation at
+            once never write the same files (the last to replace ``index.json`` wins, whole).
         action: what the last build or refresh did (``built``, ``incremental``, ``unchanged``, ``rebuilt: REASON``),
             with ``added`` and ``removed`` vectors.
     """
@@ -67,6 +75,7 @@ class IndexInfo:
     library: str
     params: dict[str, Any]
     generation: int = 0
+    token: str = ""
     next_key: int = 0
     action: str = "built"
     added: int = 0
@@ -79,11 +88,15 @@ class IndexInfo:
 
     @property
     def index_path(self) -> str:
-        return os.path.join(self.folder, f"index-{self.generation}.{self.library}")
+        return os.path.join(self.folder, f"index-{self._stem}.{self.library}")
 
     @property
     def rows_path(self) -> str:
-        return os.path.join(self.folder, f"rows-{self.generation}.parquet")
+        return os.path.join(self.folder, f"rows-{self._stem}.parquet")
+
+    @property
+    def _stem(self) -> str:
+        return f"{self.generation}-{self.token}" if self.token else str(self.generation)
 
 
 def index_folder(cache: str, name: str) -> str:
@@ -114,15 +127,28 @@ def names(cache: str) -> list[str]:
 
 
 def write_info(info: IndexInfo) -> None:
-    """Replace ``index.json`` atomically (after the generation's files are written), then drop older generations."""
+    """Replace ``index.json`` atomically (after the generation's files are written), then delete the files of
+    generations before the previous one that are older than ``KEEP_S``: a reader that read the previous ``index.json``
+    can still open its files, and a concurrent refresh's files (being written) are never touched."""
     path = os.path.join(info.folder, INFO_FILE)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
+    temporary = f"{path}.{info.token or os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(asdict(info), handle, indent=2, sort_keys=True)
-    os.replace(f"{path}.tmp", path)
-    keep = {os.path.basename(info.index_path), os.path.basename(info.rows_path), INFO_FILE}
+    os.replace(temporary, path)
+    now = time.time()
     for name in os.listdir(info.folder):
-        if name not in keep and (name.startswith("index-") or name.startswith("rows-")):
-            os.remove(os.path.join(info.folder, name))
+        generation = _generation_of(name)
+        if generation is not None and generation < info.generation - 1:
+            with contextlib.suppress(FileNotFoundError):
+                if now - os.path.getmtime(os.path.join(info.folder, name)) > KEEP_S:
+                    os.remove(os.path.join(info.folder, name))
+
+
+def _generation_of(name: str) -> Optional[int]:
+    """The generation of an index or rows file name (``index-7-ab12.faiss-ivf``, ``rows-7.parquet``), else ``None``."""
+    prefix, _, rest = name.partition("-")
+    number = rest.split("-", 1)[0].split(".", 1)[0]
+    return int(number) if prefix in ("index", "rows") and number.isdigit() else None
 
 
 def file_hash(*paths: str) -> str:

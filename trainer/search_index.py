@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from dataclasses import replace
 from typing import Any, Optional
 
@@ -95,7 +96,7 @@ def _train(view: CacheView, info: IndexInfo, index: AnnIndex, encoder: Encoder, 
 
 def _save(info: IndexInfo, index: AnnIndex, rows: pa.Table) -> IndexInfo:
     os.makedirs(info.folder, exist_ok=True)
-    info = replace(info, generation=info.generation + 1, count=len(index))
+    info = replace(info, generation=info.generation + 1, token=secrets.token_hex(4), count=len(index))
     index.save(info.index_path)
     pq.write_table(rows, info.rows_path)
     write_info(info)

@@ -1,6 +1,7 @@
 """Search indexes over a cache's embedding sets: exact on small caches, incremental refresh, spaces, refusals."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 import numpy as np
@@ -113,6 +114,28 @@ def test_refresh_adds_and_removes_incrementally_and_matches_a_fresh_build(first)
     assert fresh.count == 239 and refresh_index(cache, "v").action == "unchanged"
     recomputed = open_index(cache, "v").vector_of("s0000")
     np.testing.assert_allclose(recomputed, new_values[0] / np.linalg.norm(new_values[0]), atol=1e-6)
+
+
+def test_two_refreshes_at_once_leave_one_whole_index(first):
+    """Two runs finishing together both refresh (mmfeat extract does after its run): each writes its own files, the
+    last to replace index.json wins whole, and the index answers as a fresh build does."""
+    cache, ids, values = first
+    build_index(cache, table=TABLE, name="v")
+    rng = np.random.default_rng(3)
+    new_ids = [f"n{i:04d}" for i in range(60)]
+    new_values = rng.standard_normal((60, DIM)).astype(np.float32)
+    commit(cache, "run-2", new_ids, new_values, rows_per_file=20)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        infos = list(pool.map(lambda _: refresh_index(cache, "v"), range(2)))
+    assert {info.generation for info in infos} == {2} and len({info.token for info in infos}) == 2
+    index = open_index(cache, "v")
+    assert index.info.token in {info.token for info in infos} and len(index) == 258
+    usable = [i for i in ids if i not in ("s0003", "s0100")] + new_ids
+    every = dict(zip(ids + new_ids, np.concatenate([values, new_values])))
+    queries = rng.standard_normal((20, DIM)).astype(np.float32)
+    assert found_ids(index.search(queries, 5)) == exact(usable, np.stack([every[i] for i in usable]), queries, 5)
+    files = os.listdir(os.path.join(cache, "indexes", "v"))
+    assert sum(name.startswith("index-1") for name in files) == 1  # the previous generation stays for readers that opened it
 
 
 def test_a_sample_that_becomes_usable_is_added_without_touching_the_table(tmp_path):
