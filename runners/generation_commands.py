@@ -71,6 +71,7 @@ def check_train_generate(args: argparse.Namespace) -> None:
     if not args.target:
         raise ConfigError("--task generate needs --target: a text column of the samples table (e.g. caption) or tokens")
     misplaced = [flag for flag, used in (("--label", args.label), ("--labels-file", args.labels_file), ("--modality-dropout", args.modality_dropout),
+                                         ("--fusion", args.fusion != "attention"), ("--jobs", args.jobs is not None),
                                          ("--sequence-encoder", args.sequence_encoder != "gru"), ("--task-type", args.task_type != "auto"),
                                          ("--reader", args.reader not in ("auto", "memory"))) if used]
     if misplaced:
