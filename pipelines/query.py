@@ -72,7 +72,9 @@ def embed_query(cache: str, table: str, *, modality: str, text: Optional[str] = 
     from transforms.text import resolve_tokenizer_path
 
     config = ExtractConfig.from_dict({**record["config"], "num_shards": 1})
-    encode = EncodeConfig(**{_ENCODE_FIELD[m]: (source if m == modality else "none") for m in FLAGS}, device=device)
+    keeps_sequences = "sequence" in CacheView.open(cache).dataset(record["table"]).schema.names  # part of the fingerprint
+    encode = EncodeConfig(**{_ENCODE_FIELD[m]: (source if m == modality else "none") for m in FLAGS}, device=device,
+                          sequences=(modality,) if keeps_sequences else ())
     resolved = resolve_encoder(modality, source, encode=encode, extract=config)
     with tempfile.TemporaryDirectory(prefix="mmfeat-query-") as scratch:
         if text is not None:

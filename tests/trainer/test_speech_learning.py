@@ -100,3 +100,24 @@ def test_mult_trains_on_the_aligned_set_and_compare_reports_it(speech_cache, tmp
                  "--jobs", "2"]) == 0
     models = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
     assert models == ["attention", "concat", "weighted", "mult", "audio", "text"]
+
+
+@needs_espeak
+def test_search_finds_clips_by_what_they_say(speech_cache, capsys):
+    """Issue 13 on spoken content: the transcripts are the text embedding set, so a text query naming a spoken word
+    ranks a clip whose recording says it in the top 3 (queries written here, not corpus sentences; 11 of 12 here)."""
+    from pipelines.sample_corpus import SPOKEN_NEGATIVE, SPOKEN_POSITIVE
+
+    assert main(["index", "--cache", speech_cache, "--encoder", "text", "--name", "spoken"]) == 0
+    said = {row["sample_id"]: row["text"].lower() for row in CacheView.open(speech_cache).read("text", ["sample_id", "text"]).to_pylist()}
+    words = [w for w in SPOKEN_POSITIVE + SPOKEN_NEGATIVE if any(f" {w}" in text for text in said.values())]
+    assert len(words) >= 8
+    phrasings = ["sounds {} to me", "something {}", "a {} tune", "music that is {}"]
+    found = {}
+    for number, word in enumerate(words):
+        capsys.readouterr()
+        query = phrasings[number % len(phrasings)].format(word)
+        assert main(["search", "--cache", speech_cache, "--index", "spoken", "--text", query, "-k", "3", "--json"]) == 0
+        hits = [json.loads(line)["sample_id"] for line in capsys.readouterr().out.splitlines()]
+        found[query] = any(f" {word}" in said[hit] for hit in hits)
+    assert sum(found.values()) >= 0.8 * len(found), found
