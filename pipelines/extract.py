@@ -42,7 +42,7 @@ from schemas.cache.layout import is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig, SpeechConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, SPEECH_TABLES, TABLE_NAMES, embeddings_schema, table_schemas
-from transforms.extract_sample import RunContext
+from transforms.sample_state import RunContext
 from transforms.media_io import sha256_of
 
 if TYPE_CHECKING:  # torch and Beam's ml modules are imported only when an encoder is on (pipelines.extract_graph)

@@ -35,7 +35,7 @@ from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import WARNING_KINDS, Stage
 from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_table_name
 from transforms.asr import SPEECH_ITEMS, SPEECH_TEXT, speech_text_updates
-from transforms.extract_sample import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
+from transforms.sample_state import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.cache_join import CachedFile, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows

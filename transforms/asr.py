@@ -33,7 +33,7 @@ import apache_beam as beam
 from schemas.config import ASR_SAMPLE_RATE
 from schemas.tables import TEXT_SOURCE_ASR
 from transforms.embed import batched_inference, batch_by_cost
-from transforms.extract_sample import encode_table
+from transforms.sample_state import encode_table
 from transforms.text import TextTokenizer
 
 if TYPE_CHECKING:

@@ -25,155 +25,25 @@ here: the join with the cache counts those its files' metadata tells about.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from schemas.config import ExtractConfig
-from schemas.errors import WARNING_KINDS, ErrorKind, SampleFailure, Stage
+from schemas.errors import ErrorKind, SampleFailure, Stage
 from schemas.records import ManifestRecord
-from schemas.tables import SKIPPED_TABLE, STATUS_FAILED, STATUS_OK, STATUS_PARTIAL, TEXT_SOURCE_FILE
+from schemas.tables import SKIPPED_TABLE
 from transforms import media_io
 from transforms.audio_decode import MonoDecoder
 from transforms.mfcc import AudioEncoderInput, MfccStream
-from transforms.speech import SpeechTrack
+from transforms.sample_state import ENCODE_PREFIX, RunContext, SampleState, TableRow, encode_table
 from transforms.text import TextTokenizer, decode_utf8, read_prefix
-from transforms.unchanged import UNCHANGED_BY_CONTENT, UNCHANGED_BY_METADATA, KnownSample, identities_json, same_row_and_config
+from transforms.unchanged import UNCHANGED_BY_CONTENT, UNCHANGED_BY_METADATA, KnownSample, same_row_and_config
 from transforms.video_rows import audio_row, video_file_rows
 
 logger = logging.getLogger(__name__)
-
-TableRow = tuple[str, dict[str, Any]]
-ENCODE_PREFIX = "_encode/"
-
-
-def encode_table(modality: str) -> str:
-    """Pseudo-table name under which encoder items of ``modality`` travel."""
-    return ENCODE_PREFIX + modality
-
-
-@dataclass(frozen=True)
-class EncodeRequest:
-    """What the extraction must hand to the encoder of one modality: payload fields and the encoder's fingerprint."""
-
-    modality: str
-    needs: frozenset[str]
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What one run brings to every sample: values to record, the encoders to feed, and what the cache holds.
-
-    Attributes:
-        features_fingerprint: hash of everything that determines the features (recorded per sample).
-        run_id: recorded per sample.
-        requests: the encoders to feed, by modality.
-        verify_content: compare content hashes even of files whose identity is unchanged.
-        transcribe: gather each sound track for speech recognition (``_encode/speech`` items; the samples row
-            gets ``text_source``).
-    """
-
-    features_fingerprint: str = ""
-    run_id: str = ""
-    requests: dict[str, EncodeRequest] = field(default_factory=dict)
-    verify_content: bool = False
-    transcribe: bool = False
-
-
-@dataclass
-class _SampleState:
-    """What has been produced for one sample so far (counts, durations, errors, encoder payloads)."""
-
-    record: ManifestRecord
-    n_frames: int = 0
-    n_audio_windows: int = 0
-    n_tokens: int = 0
-    n_errors: int = 0
-    feature_rows: int = 0
-    video_duration_s: Optional[float] = None
-    audio_duration_s: Optional[float] = None
-    file_hashes: dict[str, str] = field(default_factory=dict)
-    identities: dict[str, str] = field(default_factory=dict)
-    n_skipped_packets: int = 0
-    known_content_hash: Optional[str] = None  # the cached hash, when the files' identities are the cached ones
-    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    audio_payloads: dict[str, dict[str, Any]] = field(default_factory=dict)  # by source: "audio" file or "video" track
-    speech_tracks: Optional[dict[str, SpeechTrack]] = None  # by source, when transcribing (else None: nothing gathered)
-    text_from_file: bool = False
-
-    def speech_track(self, source: str, sample_rate: int) -> Optional[SpeechTrack]:
-        """The track of ``source`` to gather samples into (made on first call), or ``None`` when not transcribing."""
-        if self.speech_tracks is None:
-            return None
-        return self.speech_tracks.setdefault(source, SpeechTrack(sample_rate))
-
-    def content_hash(self) -> Optional[str]:
-        """SHA-256 over the content hashes of every readable file, when all of them were hashed (else the cached one)."""
-        if not self.file_hashes or set(self.file_hashes) != set(self.identities):
-            return self.known_content_hash
-        return hashlib.sha256(json.dumps(self.file_hashes, sort_keys=True).encode()).hexdigest()
-
-    def file_identity(self) -> str:
-        """The identities of the readable files as JSON (``{}`` when none is readable)."""
-        return identities_json(self.identities)
-
-    def feature_row(self, table: str, columns: dict[str, Any]) -> TableRow:
-        """A row of a feature table for this sample (counted, so the status can tell partial from failed)."""
-        self.feature_rows += 1
-        return table, {"sample_id": self.record.sample_id, **columns}
-
-    def error_row(self, stage: str, kind: str, message: str, uri: Optional[str]) -> TableRow:
-        """An ``errors`` row; a failure counts in ``n_errors`` (and so the status), a warning kind does not."""
-        if kind not in WARNING_KINDS:
-            self.n_errors += 1
-        return "errors", {
-            "sample_id": self.record.sample_id,
-            "manifest_row": self.record.manifest_row,
-            "uri": uri,
-            "stage": stage,
-            "error_kind": kind,
-            "message": message,
-        }
-
-    def status(self) -> str:
-        """``ok`` without failures (warnings do not count), else ``partial`` when some feature rows were produced, else ``failed``."""
-        if self.n_errors == 0:
-            return STATUS_OK
-        return STATUS_PARTIAL if self.feature_rows else STATUS_FAILED
-
-    def samples_row(self, *, features_fingerprint: str, run_id: str) -> TableRow:
-        record = self.record
-        return "samples", {
-            **record.extra,
-            "sample_id": record.sample_id,
-            "manifest_row": record.manifest_row,
-            "status": self.status(),
-            "content_hash": self.content_hash(),
-            "file_identity": self.file_identity(),
-            "video": record.video,
-            "audio": record.audio,
-            "text": record.text,
-            "video_duration_s": self.video_duration_s,
-            "audio_duration_s": self.audio_duration_s,
-            "n_frames": self.n_frames,
-            "n_audio_windows": self.n_audio_windows,
-            "n_tokens": self.n_tokens,
-            "n_errors": self.n_errors,
-            "n_skipped_packets": self.n_skipped_packets,
-            "manifest_ok": record.error is None,
-            "features_fingerprint": features_fingerprint,
-            "manifest_hash": record.fingerprint(),
-            "run_id": run_id,
-            **({} if self.speech_tracks is None else {"text_source": TEXT_SOURCE_FILE if self.text_from_file else None}),
-        }
-
-
-Step = Callable[[str, str, "_SampleState"], Iterator[TableRow]]
+Step = Callable[[str, str, SampleState], Iterator[TableRow]]
 
 
 class SampleExtractor:
@@ -205,7 +75,7 @@ class SampleExtractor:
         An unchanged sample whose text came from its transcript and lacks the text encoder's embedding is
         recomputed whole (re-transcribed): only the transcript can give its text again.
         """
-        state = _SampleState(record, speech_tracks={} if self.transcribe else None)
+        state = SampleState(record, speech_tracks={} if self.transcribe else None)
         if record.error is not None:
             yield state.error_row(Stage.MANIFEST, record.error.kind, record.error.message, None)
             yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
@@ -228,14 +98,14 @@ class SampleExtractor:
         yield from self._encoder_items(state)
         yield from self._speech_items(state)
 
-    def _speech_failures(self, state: _SampleState) -> Iterator[TableRow]:
+    def _speech_failures(self, state: SampleState) -> Iterator[TableRow]:
         """An ``errors`` row (stage ``asr``) per sound track that could not be decoded, so has no transcript."""
         for source, track in sorted((state.speech_tracks or {}).items()):
             if track.failure is not None:
                 yield state.error_row(Stage.ASR, ErrorKind.DECODE_ERROR, f"no transcript of the {source} track: {track.failure}",
                                       state.record.uris().get(source))
 
-    def _speech_items(self, state: _SampleState) -> Iterator[TableRow]:
+    def _speech_items(self, state: SampleState) -> Iterator[TableRow]:
         """One ``_encode/speech`` item per decoded sound track (its samples at 16 kHz), handed over as made; the
         audio file's track, else the video's, is ``as_text`` when the sample has no text file."""
         tracks = state.speech_tracks or {}
@@ -248,7 +118,7 @@ class SampleExtractor:
                 "uri": state.record.uris().get(source), "as_text": source == text_track, "audio": track.audio(),
             }
 
-    def _unchanged_by(self, state: _SampleState, known: Optional[KnownSample]) -> Optional[str]:
+    def _unchanged_by(self, state: SampleState, known: Optional[KnownSample]) -> Optional[str]:
         """``metadata`` or ``content`` when the cache holds this sample as it is now (what told), else ``None``.
 
         Files are read to hash their content only when their identities differ from the cached ones (new
@@ -266,7 +136,7 @@ class SampleExtractor:
             return UNCHANGED_BY_METADATA
         return UNCHANGED_BY_CONTENT if known.content_hash and known.content_hash == state.content_hash() else None
 
-    def _hash_all(self, state: _SampleState) -> None:
+    def _hash_all(self, state: SampleState) -> None:
         """Hash every file of the sample not hashed yet (a file that cannot be read stays unhashed)."""
         for modality, uri in state.record.uris().items():
             if modality in state.file_hashes or modality not in state.identities:
@@ -279,7 +149,7 @@ class SampleExtractor:
             self.hashed_files += 1
             self.hashed_bytes += media_io.identity_size(state.identities[modality])
 
-    def _check_files(self, state: _SampleState) -> tuple[dict[str, str], list[TableRow]]:
+    def _check_files(self, state: SampleState) -> tuple[dict[str, str], list[TableRow]]:
         """Check each file and take its identity; returns the readable ``{modality: uri}`` and error rows for the others."""
         readable, failures = {}, []
         for modality, uri in state.record.uris().items():
@@ -296,7 +166,7 @@ class SampleExtractor:
     def _steps(self) -> dict[str, Step]:
         return {"video": self._video, "audio": self._audio_file, "text": self._text}
 
-    def _run_step(self, step: Step, uri: str, state: _SampleState, *, stage: str) -> Iterator[TableRow]:
+    def _run_step(self, step: Step, uri: str, state: SampleState, *, stage: str) -> Iterator[TableRow]:
         try:
             with media_io.local_copy(uri) as path:
                 yield from step(uri, path, state)
@@ -306,7 +176,7 @@ class SampleExtractor:
             logger.exception("unexpected failure on %s (%s)", state.record.sample_id, uri)
             yield state.error_row(stage, ErrorKind.INTERNAL, f"{type(error).__name__}: {error}", uri)
 
-    def _reembed(self, state: _SampleState, readable: dict[str, str], missing: set[str]) -> Iterator[TableRow]:
+    def _reembed(self, state: SampleState, readable: dict[str, str], missing: set[str]) -> Iterator[TableRow]:
         """Decode only what the missing encoders need; rows of this pass are not cached again (they are already)."""
         for modality in sorted(missing):
             if modality == "audio" and "audio" not in readable:
@@ -320,7 +190,7 @@ class SampleExtractor:
                     logger.warning("re-embedding %s: %s", state.record.sample_id, row["message"])
         yield from (item for item in self._encoder_items(state) if item[0][len(ENCODE_PREFIX):] in missing)
 
-    def _encoder_items(self, state: _SampleState) -> Iterator[TableRow]:
+    def _encoder_items(self, state: SampleState) -> Iterator[TableRow]:
         """One item per modality an encoder embeds; audio: one per window (``AudioEncoderInput``), each carrying
         a ``window`` dict, or one per stream. Audio items are handed over as they are yielded (not kept)."""
         audio = state.audio_payloads.get("audio") or state.audio_payloads.get("video")
@@ -339,17 +209,17 @@ class SampleExtractor:
                     item["window"] = window
                 yield encode_table(modality), item
 
-    def _video(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
+    def _video(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         # One decode pass: frames rows and the sound track's audio rows (each stream's failure is its own error row).
         yield from video_file_rows(self.config, self.requests, uri, path, state)
 
-    def _video_sound_track(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
+    def _video_sound_track(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         yield from self._audio_stream(path, state, source="video", require_stream=False, feed_encoder=True)
 
-    def _audio_file(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
+    def _audio_file(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         yield from self._audio_stream(path, state, source="audio", require_stream=True)
 
-    def _audio_stream(self, path: str, state: _SampleState, *, source: str, require_stream: bool,
+    def _audio_stream(self, path: str, state: SampleState, *, source: str, require_stream: bool,
                       feed_encoder: Optional[bool] = None) -> Iterator[TableRow]:
         """MFCC rows of one audio stream, decoded and analysed window by window (memory does not grow with its
         length); its corrupt packets are skipped and counted in ``n_skipped_packets``.
@@ -383,7 +253,7 @@ class SampleExtractor:
         if needs:
             state.audio_payloads[source] = {"items": inputs.items()}
 
-    def _text(self, uri: str, path: str, state: _SampleState) -> Iterator[TableRow]:
+    def _text(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         """The text row of the file's first ``max_text_bytes`` bytes (a warning row when there were more)."""
         limit = self.config.text.max_text_bytes
         raw = read_prefix(path, max_bytes=limit)

@@ -12,7 +12,9 @@ from schemas.config import ExtractConfig
 from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
-from transforms.extract_sample import KnownSample, RunContext, SampleExtractor, TableRow
+from transforms.extract_sample import SampleExtractor
+from transforms.sample_state import RunContext, TableRow
+from transforms.unchanged import KnownSample
 from transforms.text import TextTokenizer
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from schemas.config import SpeechConfig
 from schemas.errors import ConfigError, ErrorKind, Stage
 from tests.speech_media import SENTENCES, needs_espeak
 from transforms.asr import SPEECH_TEXT, TranscriptRowsFn, form_speech_batches
-from transforms.extract_sample import encode_table
+from transforms.sample_state import encode_table
 from transforms.speech import Transcript, asr_model_fingerprint, default_asr_model, resolve_asr_model, resolve_speech_config
 from transforms.speech_scoring import Score, score
 

@@ -19,7 +19,8 @@ _SETUP = """
     import numpy as np
     from schemas.config import ExtractConfig
     from schemas.records import ManifestRecord
-    from transforms.extract_sample import EncodeRequest, RunContext, SampleExtractor
+    from transforms.extract_sample import SampleExtractor
+    from transforms.sample_state import EncodeRequest, RunContext
     from transforms.text import TextTokenizer, resolve_tokenizer_path
 
     def extractor(requests):

@@ -234,7 +234,8 @@ def test_mfcc_stats_from_extracted_moments(tmp_path, tokenizer):
     """The default audio encoder, fed by the extraction, gives mean/std of the sample's MFCCs and their deltas."""
     from schemas.records import ManifestRecord
     from tests import media
-    from transforms.extract_sample import EncodeRequest, RunContext, SampleExtractor
+    from transforms.extract_sample import SampleExtractor
+    from transforms.sample_state import EncodeRequest, RunContext
 
     encoder = MfccStatsEncoder(40)
     record = ManifestRecord(sample_id="m", manifest_row=0, audio=media.wav(str(tmp_path / "a.wav"), seconds=70.0))

@@ -6,7 +6,8 @@ from schemas.config import AudioConfig, ExtractConfig, TextConfig
 from schemas.records import ManifestRecord
 from tests import media
 from tests.transforms.corrupt_media import corrupt_audio_packets
-from transforms.extract_sample import EncodeRequest, RunContext, SampleExtractor
+from transforms.extract_sample import SampleExtractor
+from transforms.sample_state import EncodeRequest, RunContext
 from transforms.media_writers import write_media
 from transforms.text import TextTokenizer
 
