@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -93,7 +94,15 @@ def test_mult_trains_on_the_aligned_set_and_compare_reports_it(speech_cache, tmp
     assert {t["table"] for t in report["cache"]["tables"].values()} == {report["cache"]["tables"]["text"]["table"]}
     assert report["cache"]["tables"]["text"]["table"].startswith("aligned/words-")
     assert report["mean"]["f1_macro"] >= 0.7  # the spoken word is one step of the text sequence
+    capsys.readouterr()
     assert main(["evaluate", "--model", output, "--cache", speech_cache]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    predictions = str(tmp_path / "mult.parquet")
+    assert main(["predict", "--model", output, "--cache", speech_cache, "--output", predictions]) == 0
+    rows = pq.read_table(predictions).to_pylist()
+    spoken = {r["sample_id"]: r["spoken"] for r in CacheView.open(speech_cache).read("samples", ["sample_id", "spoken"]).to_pylist()}
+    accuracy = sum(r["spoken"] == spoken[r["sample_id"]] for r in rows) / len(rows)
+    assert len(rows) == N_CLIPS and accuracy == pytest.approx(evaluated["spoken"]["accuracy"])  # the aligned set, read as evaluate reads it
     capsys.readouterr()
 
     assert main(["compare", "--cache", speech_cache, "--label", "spoken", "--sequence", "aligned", "--folds", "2", "--epochs", "20",
