@@ -27,9 +27,10 @@ def test_captions_from_video_and_audio_beat_the_prior_only_decoder_on_held_out_c
     """4-fold: every clip is captioned once by a model that did not train on it; corpus scores over all 96.
 
     Measured here (split seeds 0-2): BLEU 58-59 against 21-22 for the prior-only decoder (2.7x), ROUGE-L 0.73 against
-    0.38-0.41 (1.8x). Beam search (4) finds captions at least as likely as greedy decoding's, and scores within a BLEU
-    point of it (58.8 vs 59.3, 57.6 vs 59.3, 57.9 vs 58.1): the one choice a caption leaves open is which of its two
-    phrases comes first, a coin the reference drew, which no search can call."""
+    0.38-0.41 (1.8x). Beam search (4) finds captions at least as likely as greedy decoding's, and scores within two BLEU
+    points of it (58.8 vs 59.3, 57.6 vs 59.3, 57.9 vs 58.1 over split seeds; 59.3 vs 58.3, 57.3 vs 57.1, 59.1 vs 59.5 over
+    three extractions): the one choice a caption leaves open is which of its two phrases comes first, a coin the
+    reference drew, which no search can call."""
     view = open_view(cache)
     tokenizer = TargetTokenizer(cache_tokenizer_path(view))
     data, ids, references = read_generation_data(view, "caption", tokenizer, modalities=["video", "audio"])
@@ -46,7 +47,7 @@ def test_captions_from_video_and_audio_beat_the_prior_only_decoder_on_held_out_c
     assert metrics["greedy"]["bleu"] >= 2 * metrics["prior"]["bleu"], metrics
     assert metrics["greedy"]["rouge_l"] >= 1.5 * metrics["prior"]["rouge_l"], metrics
     assert np.all(np.array(scores["beam"]) >= np.array(scores["greedy"]) - 1e-6)
-    assert metrics["beam"]["bleu"] >= metrics["greedy"]["bleu"] - 2.0, metrics
+    assert metrics["beam"]["bleu"] >= metrics["greedy"]["bleu"] - 3.0, metrics  # measured -1.7 to +1.0 over splits and extractions
     assert len(set(captions["prior"])) <= 4  # the prior writes (nearly) one caption whatever the clip
 
 
