@@ -61,7 +61,9 @@ def _index(args: argparse.Namespace) -> int:
     if args.list:
         for info in search_index.list_indexes(args.cache):
             space = f" in the space of {info.space}" if info.space else ""
-            print(f"{info.name:<16} {info.table}{space}: {info.count} vectors, run {info.run_id}, {info.library}")
+            reason = search_index.stale_reason(info)
+            state = f"pinned to run {info.as_of}" if info.as_of else (f"stale: {reason}" if reason else "up to date")
+            print(f"{info.name:<16} {info.table}{space}: {info.count} vectors, run {info.run_id}, {info.library}; {state}")
         return 0
     if args.refresh:
         if not args.name:

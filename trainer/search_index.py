@@ -35,7 +35,7 @@ from trainer.index_store import (
     write_info,
 )
 
-__all__ = ["IndexInfo", "SearchIndex", "build_index", "encode_queries", "list_indexes", "open_index", "refresh_index"]
+__all__ = ["IndexInfo", "SearchIndex", "build_index", "encode_queries", "list_indexes", "open_index", "refresh_index", "stale_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,11 @@ def open_index(cache: str, name: str, *, refresh: bool = False) -> SearchIndex:
     rows = pq.read_table(info.rows_path, filters=[("indexed", "=", True)], columns=["key", "sample_id"])
     index = load_index(info.library, info.index_path, info.dim, info.params, view=True)
     return SearchIndex(info, index, rows.column("key").to_numpy(), np.asarray(rows.column("sample_id").to_pylist(), dtype=object))
+
+
+def stale_reason(info: IndexInfo) -> Optional[str]:
+    """Why index ``info`` no longer reflects its cache's latest run, or ``None`` when it does (or is pinned ``as_of``)."""
+    return None if info.as_of else _stale(info, CacheView.open(info.cache))
 
 
 def list_indexes(cache: str) -> list[IndexInfo]:

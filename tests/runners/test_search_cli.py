@@ -103,6 +103,8 @@ def test_extract_refreshes_indexes_and_a_stale_index_is_refused_then_refreshed(t
     run_extract(open_manifest(str(manifest)), output=cache, config=ExtractConfig(), tokenizer_path=tokenizer_path, runner=FnApiRunner(),
                 encoders=resolve_encoders(encode, ExtractConfig()), encode=encode)  # a run that does not refresh indexes
     capsys.readouterr()
+    assert main(["index", "--cache", cache, "--list"]) == 0
+    assert "3 vectors" in (listed := capsys.readouterr().out) and "; stale: run " in listed
     assert main(["search", "--cache", cache, "--index", "text", "--like", "t2"]) == 2
     assert f"mmfeat index --cache {cache} --name text --refresh" in capsys.readouterr().err
     assert main(["index", "--cache", cache, "--name", "text", "--refresh"]) == 0
