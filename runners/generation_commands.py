@@ -72,6 +72,7 @@ def check_train_generate(args: argparse.Namespace) -> None:
         raise ConfigError("--task generate needs --target: a text column of the samples table (e.g. caption) or tokens")
     misplaced = [flag for flag, used in (("--label", args.label), ("--labels-file", args.labels_file), ("--modality-dropout", args.modality_dropout),
                                          ("--fusion", args.fusion != "attention"), ("--jobs", args.jobs is not None),
+                                         ("--aligned-set", args.aligned_set), ("--chunk-rows", args.chunk_rows), ("--scratch", args.scratch),
                                          ("--sequence-encoder", args.sequence_encoder != "gru"), ("--task-type", args.task_type != "auto"),
                                          ("--reader", args.reader not in ("auto", "memory"))) if used]
     if misplaced:
@@ -112,6 +113,11 @@ def generate(args: argparse.Namespace, encoders: dict[str, str]) -> int:
 
 def evaluate_generate(args: argparse.Namespace, encoders: dict[str, str]) -> int:
     _check_decoding(args)
+    misplaced = [flag for flag, used in (("--labels-file", args.labels_file), ("--reader", args.reader not in ("auto", "memory")),
+                                         ("--scratch", args.scratch)) if used]
+    if misplaced:
+        raise ConfigError(f"{', '.join(misplaced)}: not options of a caption head's evaluation (it reads its target from the "
+                          "samples table, in memory)")
     from trainer.generate_run import evaluate_generator
 
     result = evaluate_generator(args.model, args.cache, predictions=args.predictions, as_of=args.as_of, encoders=encoders,

@@ -68,6 +68,10 @@ def _index(args: argparse.Namespace) -> int:
     if args.refresh:
         if not args.name:
             raise ConfigError("--refresh needs --name: the index to refresh (mmfeat index --cache C --list lists them)")
+        ignored = [flag for flag, value in (("--encoder", args.encoder), ("--space", args.space), ("--as-of", args.as_of)) if value]
+        if ignored:
+            raise ConfigError(f"{', '.join(ignored)}: --refresh keeps what index {args.name} was built with; to change it, "
+                              "build it again without --refresh")
         info = search_index.refresh_index(args.cache, args.name)
     else:
         if not args.encoder:
@@ -169,15 +173,16 @@ def refresh_indexes(cache: str) -> None:
     if not is_local(cache) or not os.path.isdir(os.path.join(normalise(cache), "indexes")):
         return
     from trainer import search_index
+    from trainer.index_store import names, read_info
 
-    for info in search_index.list_indexes(cache):
-        if info.as_of:
-            continue
-        try:
-            info = search_index.refresh_index(cache, info.name)
-        except Exception as error:  # the run is committed whatever happens to an index
+    for name in names(cache):
+        try:  # the run is committed whatever happens to an index
+            if read_info(cache, name).as_of:
+                continue
+            info = search_index.refresh_index(cache, name)
+        except Exception as error:
             logger.warning("index %s not refreshed (%s); mmfeat search refuses it until mmfeat index --cache %s --name %s --refresh",
-                           info.name, error, cache, info.name)
+                           name, error, cache, name)
             continue
         print(f"  index     {info.name}: {info.count} vectors ({info.action}, +{info.added} -{info.removed})")
 

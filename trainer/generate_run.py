@@ -190,6 +190,7 @@ def _mean_and_std(per_fold: list[dict[str, dict[str, float]]]) -> dict[str, Any]
 
 
 def _write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")

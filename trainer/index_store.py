@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -115,7 +115,8 @@ def read_info(cache: str, name: str) -> IndexInfo:
         known = ", ".join(sorted(names(cache))) or "none"
         raise ConfigError(f"{cache} has no index {name!r} (indexes: {known}); build it with mmfeat index")
     with open(path, encoding="utf-8") as handle:
-        return IndexInfo(**json.load(handle))
+        info = IndexInfo(**json.load(handle))
+    return replace(info, cache=normalise(cache))  # the cache as named now: a copied or moved cache keeps its indexes
 
 
 def names(cache: str) -> list[str]:

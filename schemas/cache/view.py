@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -190,8 +191,12 @@ class CacheView:
         return self._tables[name]
 
     def files(self, name: str) -> list[str]:
-        """The data files of ``name`` in this state (URIs), for readers without Delta support."""
-        return list(self.table(name).file_uris())
+        """The data files of ``name`` in this state (paths of a local cache, else URIs), for readers without Delta support.
+
+        deltalake percent-encodes the URIs (a space is ``%20``); local paths are decoded, so that a cache folder whose
+        name has spaces or non-ASCII letters reads as any other."""
+        uris = list(self.table(name).file_uris())
+        return [normalise(urllib.parse.unquote(uri)) for uri in uris] if is_local(self.cache) else uris
 
     def dataset(self, name: str) -> ds.Dataset:
         """A pyarrow dataset over ``name`` in this state: its data files (with the table's schema: files written before a
@@ -201,7 +206,7 @@ class CacheView:
         if not is_local(self.cache):
             return table.to_pyarrow_dataset()
         schema = pa.schema(table.schema().to_arrow())
-        return ds.dataset([normalise(uri) for uri in table.file_uris()], schema=schema, format="parquet", filesystem=pafs.LocalFileSystem())
+        return ds.dataset(self.files(name), schema=schema, format="parquet", filesystem=pafs.LocalFileSystem())
 
     def read(self, name: str, columns: Optional[list[str]] = None, filter: Optional[Any] = None) -> pa.Table:
         """``columns`` of ``name`` (rows matching ``filter``, a pyarrow expression)."""

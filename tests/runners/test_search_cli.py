@@ -129,6 +129,7 @@ def test_across_modalities_through_a_pretrained_space(cache, tmp_path, capsys):
     (["search", "--index", "missing", "--like", "clip000"], "missing"),
     (["index", "--name", "x"], "--encoder MODALITY[=SET] is required"),
     (["index", "--encoder", "smell"], "the modality must be one of"),
+    (["index", "--name", "text", "--refresh", "--encoder", "text"], "--encoder: --refresh keeps what index text was built with"),
 ])
 def test_bad_search_command_lines_fail_saying_what_to_fix(cache, capsys, flags, message):
     capsys.readouterr()

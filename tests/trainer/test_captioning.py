@@ -102,6 +102,7 @@ def test_a_caption_head_starts_from_pretrained_projections(cache, tmp_path):
     (["--task", "generate", "--target", "caption", "--beams", "0"], "--beams"),
     (["--task", "generate", "--target", "caption", "--sequence", "aligned"], "aligned"),
     (["--task", "generate", "--target", "caption", "--fusion", "concat"], "--fusion: not options of --task generate"),
+    (["--task", "generate", "--target", "caption", "--aligned-set", "words"], "--aligned-set: not options of --task generate"),
 ])
 def test_bad_generation_command_lines_fail_before_work(flags, message, tmp_path, capsys):
     assert main(["train", "--cache", str(tmp_path / "no-cache"), "--output", str(tmp_path / "out"), *flags]) == 2

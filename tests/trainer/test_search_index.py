@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -136,6 +137,18 @@ def test_two_refreshes_at_once_leave_one_whole_index(first):
     assert found_ids(index.search(queries, 5)) == exact(usable, np.stack([every[i] for i in usable]), queries, 5)
     files = os.listdir(os.path.join(cache, "indexes", "v"))
     assert sum(name.startswith("index-1") for name in files) == 1  # the previous generation stays for readers that opened it
+
+
+def test_a_copied_cache_keeps_working_indexes_of_its_own(first, tmp_path):
+    cache, ids, values = first
+    build_index(cache, table=TABLE, name="v")
+    copy = str(tmp_path / "copy")
+    shutil.copytree(cache, copy)
+    original = open(os.path.join(cache, "indexes", "v", "index.json"), encoding="utf-8").read()
+    commit(copy, "run-2", ["n0000"], np.ones((1, DIM), np.float32))
+    assert refresh_index(copy, "v").count == 199 and open_index(copy, "v").search(np.ones(DIM, np.float32), 1)[0][0][0] == "n0000"
+    assert open(os.path.join(cache, "indexes", "v", "index.json"), encoding="utf-8").read() == original  # the original untouched
+    assert open_index(cache, "v").info.cache == os.path.abspath(cache) and len(open_index(cache, "v")) == 198
 
 
 def test_a_sample_that_becomes_usable_is_added_without_touching_the_table(tmp_path):

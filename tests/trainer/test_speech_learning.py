@@ -130,3 +130,11 @@ def test_search_finds_clips_by_what_they_say(speech_cache, capsys):
         hits = [json.loads(line)["sample_id"] for line in capsys.readouterr().out.splitlines()]
         found[query] = any(f" {word}" in said[hit] for hit in hits)
     assert sum(found.values()) >= 0.8 * len(found), found
+
+
+@needs_espeak
+def test_a_caption_head_trains_after_align_runs(speech_cache, tmp_path):
+    """The cache's latest run is mmfeat align's, which records no tokenizer: the caption head finds the extraction's."""
+    assert CacheView.open(speech_cache).run.run_id == "aligned-words"
+    assert main(["train", "--cache", speech_cache, "--task", "generate", "--target", "tokens", "--modalities", "audio", "--folds", "0",
+                 "--epochs", "2", "--output", str(tmp_path / "captions")]) == 0
