@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -27,18 +27,24 @@ logger = logging.getLogger(__name__)
 QUERY_ID = "query"
 
 
+def _encoder_records(cache: str) -> Iterator[dict[str, Any]]:
+    """Every run's record of each encoder it ran (``name``, ``fingerprint``, ``dim``, ``table``, ``source``, ``modality``)
+    with that run's feature ``config``, newest run first."""
+    for run in reversed(runs(cache)):
+        for modality, spec in run.summary.get("encoders", {}).items():
+            yield {**spec, "modality": modality, "config": run.summary.get("config", {})}
+
+
 def recorded_encoder(cache: str, table: str) -> dict[str, Any]:
-    """The newest run's record of the encoder that wrote ``table`` (``name``, ``fingerprint``, ``dim``, ``source``,
-    ``modality``) and that run's feature ``config``.
+    """The newest run's record of the encoder that wrote ``table`` (see ``_encoder_records``).
 
     Raises:
         ConfigError: no run of ``cache`` embedded into ``table``.
     """
-    for run in reversed(runs(cache)):
-        for modality, spec in run.summary.get("encoders", {}).items():
-            if spec.get("table") == table:
-                return {**spec, "modality": modality, "config": run.summary.get("config", {})}
-    raise ConfigError(f"{cache}: no run wrote {table}; mmfeat status lists the runs and their encoders")
+    record = next((r for r in _encoder_records(cache) if r.get("table") == table), None)
+    if record is None:
+        raise ConfigError(f"{cache}: no run wrote {table}; mmfeat status lists the runs and their encoders")
+    return record
 
 
 def embed_query(cache: str, table: str, *, modality: str, text: Optional[str] = None, file: Optional[str] = None,
@@ -101,12 +107,12 @@ def _modality_of(table: str) -> str:
 
 
 def _newest_encoder(cache: str, modality: str) -> dict[str, Any]:
+    """The newest run's record of a ``modality`` encoder whose set the cache still holds."""
     view = CacheView.open(cache)
-    for run in reversed(runs(cache)):
-        spec = run.summary.get("encoders", {}).get(modality)
-        if spec and view.has(spec["table"]):
-            return {**spec, "modality": modality, "config": run.summary.get("config", {})}
-    raise ConfigError(f"{cache} has no {modality} embeddings to encode a {modality} query with")
+    record = next((r for r in _encoder_records(cache) if r["modality"] == modality and view.has(r["table"])), None)
+    if record is None:
+        raise ConfigError(f"{cache} has no {modality} embeddings to encode a {modality} query with")
+    return record
 
 
 def _query_vector(output: str, summary: dict[str, Any], modality: str, record: dict[str, Any]) -> np.ndarray:

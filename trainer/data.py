@@ -63,6 +63,13 @@ def _latest_set(view: CacheView, modality: str) -> Optional[str]:
     return None
 
 
+def sets_as_trained(view: CacheView, tables: dict[str, dict[str, Any]], overrides: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The embedding set per modality to read for a saved model: the one it was trained on (``tables``, its
+    ``FeatureSet.source["tables"]``) where ``view`` holds rows of it, then ``overrides`` (``--encoder``)."""
+    trained = {m: t["table"] for m, t in tables.items() if t["table"] != "audio"}  # "audio": MFCC sequences, not a set
+    return {**{m: table for m, table in trained.items() if table in embedding_sets(view, m)}, **(overrides or {})}
+
+
 def choose_set(view: CacheView, modality: str, wanted: Optional[str] = None) -> str:
     """The embedding table to train on: ``wanted`` (a set name, or an encoder name prefix), the latest run's, or the only one.
 

@@ -124,7 +124,17 @@ def _beam(model: CaptionModel, memory: torch.Tensor, memory_mask: torch.Tensor, 
 
 def generate(fitted: FittedGenerator, data: FeatureSet, index: Optional[np.ndarray] = None, *, beams: int = 1,
              max_length: Optional[int] = None, no_repeat_ngram: int = 0, batch_rows: int = 256) -> list[Generated]:
-    """Captions of the rows ``index`` of ``data`` (default: all), in that order.
+    """Captions of the rows ``index`` of ``data`` (default: all), in that order (see ``generate_with_greedy``)."""
+    return generate_with_greedy(fitted, data, index, beams=beams, max_length=max_length, no_repeat_ngram=no_repeat_ngram,
+                                batch_rows=batch_rows)[1]
+
+
+def generate_with_greedy(fitted: FittedGenerator, data: FeatureSet, index: Optional[np.ndarray] = None, *, beams: int = 1,
+                         max_length: Optional[int] = None, no_repeat_ngram: int = 0,
+                         batch_rows: int = 256) -> tuple[list[Generated], list[Generated]]:
+    """Greedy captions of the rows ``index`` of ``data`` (default: all) and the captions ``beams`` gives, in that order:
+    with ``beams`` > 1 the beam search's, or the greedy one where that is likelier (the greedy pass is decoded once for
+    both). With ``beams`` 1 both lists are the greedy captions.
 
     Args:
         fitted: a trained caption head (``fit_generator`` or ``load_generator``).
@@ -150,8 +160,9 @@ def generate(fitted: FittedGenerator, data: FeatureSet, index: Optional[np.ndarr
     check_inputs(fitted.model, fitted.standardiser, data)
     index = np.arange(len(data)) if index is None else np.asarray(index, dtype=np.int64)
     if len(index) == 0:
-        return []
+        return [], []
     model = fitted.model.eval()
+    greedy: list[Generated] = []
     results: list[Generated] = []
     threads = threads_for(model, min(batch_rows, len(index)) * beams)
     with torch.no_grad(), torch_threads(threads):
@@ -159,8 +170,9 @@ def generate(fitted: FittedGenerator, data: FeatureSet, index: Optional[np.ndarr
             rows = Rows.of(data.subset(index[start : start + batch_rows]), fitted.standardiser)
             memory, memory_mask = model.encode(rows.inputs, rows.present, rows.lengths)
             decoded = _greedy(model, memory, memory_mask, max_length, no_repeat_ngram)
+            greedy.extend(Generated(fitted.vocab.decode(ids), float(score)) for ids, score in decoded)
             if beams > 1:
                 searched = _beam(model, memory, memory_mask, beams, max_length, no_repeat_ngram)
                 decoded = [b if b[1] >= g[1] else g for b, g in zip(searched, decoded)]
             results.extend(Generated(fitted.vocab.decode(ids), float(score)) for ids, score in decoded)
-    return results
+    return greedy, results

@@ -20,8 +20,8 @@ from sklearn.model_selection import KFold
 from schemas.cache import CacheView
 from schemas.errors import ConfigError
 from trainer.captions import TOKENS, TargetTokenizer, cache_tokenizer_path, read_targets
-from trainer.data import embedding_sets, load_features, open_view
-from trainer.decoding import Generated, generate
+from trainer.data import load_features, open_view, sets_as_trained
+from trainer.decoding import Generated, generate, generate_with_greedy
 from trainer.feature_set import FeatureSet
 from trainer.generation import FittedGenerator, GenerateConfig, check_inputs, fit_generator
 from trainer.generation_checkpoint import load_generator, save_generator
@@ -62,8 +62,7 @@ def score_captions(fitted: FittedGenerator, data: FeatureSet, references: list[s
     of ``data``), and one prediction record per row (``sample_id``, ``text``, ``score``, ``greedy``, ``reference``)."""
     index = np.arange(len(data)) if index is None else np.asarray(index)
     options = dict(max_length=max_length, no_repeat_ngram=no_repeat_ngram)
-    greedy = _texts(generate(fitted, data, index, beams=1, **options), tokenizer)
-    beam = _texts(generate(fitted, data, index, beams=beams, **options), tokenizer) if beams > 1 else greedy
+    greedy, beam = (_texts(captions, tokenizer) for captions in generate_with_greedy(fitted, data, index, beams=beams, **options))
     truth = [references[i] for i in index]
     metrics = {"greedy": generation_metrics([text for text, _ in greedy], truth)}
     if beams > 1:
@@ -138,8 +137,7 @@ def checkpoint_data(model_dir: str, cache: str, *, as_of: Optional[str] = None, 
     fitted = load_generator(model_dir)
     source = fitted.metadata.get("cache", {})
     view = open_view(cache, as_of)
-    trained = {m: t["table"] for m, t in source.get("tables", {}).items() if t["table"] != "audio"}
-    encoders = {**{m: table for m, table in trained.items() if table in embedding_sets(view, m)}, **(encoders or {})}
+    encoders = sets_as_trained(view, source.get("tables", {}), encoders)
     reading = source.get("reading", {})
     options = dict(modalities=fitted.model.modalities, encoders=encoders, sequences=tuple(reading.get("sequences", ())),
                    max_steps=reading.get("max_steps", 64), audio_step_s=reading.get("audio_step_s", 0.1))

@@ -34,6 +34,7 @@ from torch import nn
 from schemas.errors import ConfigError
 from trainer.caption_model import BOS, EOS, PAD, CaptionModel, Vocabulary
 from trainer.feature_set import FeatureSet
+from trainer.pretrain import start_from_pretrained
 from trainer.progress import EpochCallback, Progress
 from trainer.standardise import Standardiser
 from trainer.threads import threads_for, torch_threads
@@ -179,24 +180,6 @@ def _validation_loss(model: CaptionModel, rows: Rows, inputs: torch.Tensor, outp
     return total / max(count, 1)
 
 
-def start_from_pretrained(model: CaptionModel, directory: str) -> None:
-    """Load a pretrain folder's projections (``trainer.pretrain``) into ``model.projections``.
-
-    Raises ``ConfigError`` when the folder lacks a modality, its ``hidden`` differs from the model's, or the model
-    reads a modality as a sequence (pretraining aligns pooled vectors only).
-    """
-    from trainer.pretrain import load
-
-    pretrained, _, pretrain_config = load(directory)
-    missing = [m for m in model.modalities if m not in pretrained.projections]
-    if missing or pretrain_config.hidden != model.hidden or model.sequences:
-        raise ConfigError(f"--init {directory}: pretrained vectors of {list(pretrained.projections)} with hidden {pretrain_config.hidden}; "
-                          f"the caption model needs vectors of {model.modalities} with hidden {model.hidden}"
-                          + (f" (sequence inputs {list(model.sequences)} cannot start from pretraining)" if model.sequences else ""))
-    for modality in model.modalities:
-        model.projections[modality].load_state_dict(pretrained.projections[modality].state_dict())
-
-
 def build_model(config: GenerateConfig, dims: dict[str, int], vocab_size: int, sequences: tuple[str, ...], max_steps: int) -> CaptionModel:
     """The caption model ``config`` describes."""
     return CaptionModel(dims, vocab_size, hidden=config.hidden, layers=config.layers, heads=config.heads, dropout=config.dropout,
@@ -232,7 +215,7 @@ def fit_generator(data: FeatureSet, targets: Sequence[Sequence[int]], config: Ge
     max_steps = max((int(data.features[m].shape[1]) for m in sequences), default=1)
     model = build_model(config, data.dims(), len(vocab), sequences, max_steps)
     if config.init:
-        start_from_pretrained(model, config.init)
+        start_from_pretrained(model, config.init, config.hidden)
     train_rows, val_rows = Rows.of(data.subset(train_index), standardiser), Rows.of(data.subset(val_index), standardiser)
     train_targets = target_tensors([targets[i] for i in train_index], vocab, config.max_length)
     val_targets = target_tensors([targets[i] for i in val_index], vocab, config.max_length)

@@ -104,9 +104,14 @@ def _predict_generate(model_dir: str, cache: str, *, as_of: Optional[str], encod
     records = caption_records(fitted, data, tokenizer)
     schema = pa.schema([pa.field("sample_id", pa.string(), nullable=False), pa.field("modalities_present", pa.list_(pa.string()), nullable=False),
                         pa.field("text", pa.string()), pa.field("score", pa.float32())],
-                       metadata={SOURCE_KEY: json.dumps({"model": model_dir, **{k: data.source.get(k) for k in ("cache", "run_id", "samples_version")}}).encode()})
+                       metadata={SOURCE_KEY: _source_metadata(model_dir, data)})
     return pa.table({"sample_id": data.sample_ids, "modalities_present": _modalities_present(data),
                      "text": [r["text"] for r in records], "score": [r["score"] for r in records]}, schema=schema)
+
+
+def _source_metadata(model_dir: Optional[str], data: FeatureSet) -> bytes:
+    """What predictions came from, for the file's schema metadata: the model folder and the cache state read."""
+    return json.dumps({"model": model_dir, **{k: data.source.get(k) for k in ("cache", "run_id", "samples_version")}}).encode()
 
 
 def _modalities_present(data: FeatureSet) -> list[list[str]]:
@@ -149,8 +154,7 @@ def predictions_schema(tasks: list[Task], metadata: Optional[dict[bytes, bytes]]
 def predictions_table(tasks: list[Task], data: FeatureSet, predictions: Predictions, *, model_dir: Optional[str] = None) -> pa.Table:
     """The predictions of ``tasks`` on the rows of ``data`` as an arrow table (see the module docstring for its columns)."""
     classes = {t.label: t.classes for t in tasks if t.kind == "classification"}
-    source: dict[str, Any] = {"model": model_dir, **{k: data.source.get(k) for k in ("cache", "run_id", "samples_version")}}
-    schema = predictions_schema(tasks, {CLASSES_KEY: json.dumps(classes).encode(), SOURCE_KEY: json.dumps(source).encode()})
+    schema = predictions_schema(tasks, {CLASSES_KEY: json.dumps(classes).encode(), SOURCE_KEY: _source_metadata(model_dir, data)})
     columns: dict[str, pa.Array] = {
         "sample_id": pa.array(data.sample_ids, pa.string()),
         "modalities_present": pa.array(_modalities_present(data), pa.list_(pa.string())),

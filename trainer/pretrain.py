@@ -112,6 +112,24 @@ def retrieval_recall(model: Projections, standardiser: Standardiser, data: Featu
     return {f"recall@{k}": float(np.mean(ranks < k)) for k in ks} | {"candidates": int(len(ranks))}
 
 
+def start_from_pretrained(model: nn.Module, directory: str, hidden: int) -> None:
+    """Load the pretrain folder ``directory``'s projections into ``model.projections`` (a fusion or caption model: one
+    ``projection`` per modality of ``model.modalities``; ``hidden``, the model's projection size).
+
+    Raises:
+        ConfigError: the folder lacks one of the model's modalities, its ``hidden`` differs, or the model reads a modality
+            as a sequence (pretraining aligns pooled vectors only).
+    """
+    pretrained, _, pretrain_config = load(directory)
+    missing = [m for m in model.modalities if m not in pretrained.projections]
+    if missing or pretrain_config.hidden != hidden or model.sequences:
+        raise ConfigError(f"--init {directory}: pretrained vectors of {list(pretrained.projections)} with hidden {pretrain_config.hidden}; "
+                          f"the model needs vectors of {model.modalities} with hidden {hidden}"
+                          + (f" (sequence inputs {list(model.sequences)} cannot start from pretraining)" if model.sequences else ""))
+    for modality in model.modalities:
+        model.projections[modality].load_state_dict(pretrained.projections[modality].state_dict())
+
+
 def save(model: Projections, standardiser: Standardiser, config: PretrainConfig, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(directory, WEIGHTS))

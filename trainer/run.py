@@ -22,7 +22,7 @@ from schemas.cache import CacheView
 from schemas.errors import ConfigError
 from schemas.tables import ALIGNED_DIR
 from trainer import checkpoint
-from trainer.data import FeatureSet, embedding_sets, estimated_bytes, load_features, open_view
+from trainer.data import FeatureSet, estimated_bytes, load_features, open_view, sets_as_trained
 from trainer.names import READERS
 from trainer.plots import write_report_plots
 from trainer.crossval import cross_validate
@@ -133,11 +133,11 @@ def checkpoint_features(model_dir: str, cache: str, *, labels: Optional[list[str
     """
     fitted, config = checkpoint.load(model_dir)
     view = open_view(cache, as_of)
-    trained = {m: t["table"] for m, t in checkpoint.trained_on(model_dir).get("tables", {}).items() if t["table"] != "audio"}
-    aligned = sorted({table for table in trained.values() if table.startswith(f"{ALIGNED_DIR}/")})
+    tables = checkpoint.trained_on(model_dir).get("tables", {})
+    aligned = sorted({t["table"] for t in tables.values() if t["table"].startswith(f"{ALIGNED_DIR}/")})
     if aligned and config.aligned_set is None and view.has(aligned[0]):  # the aligned set it was trained on, while the cache has it
         config = replace(config, aligned_set=aligned[0])
-    encoders = {**{m: table for m, table in trained.items() if table in embedding_sets(view, m)}, **(encoders or {})}
+    encoders = sets_as_trained(view, tables, encoders)
     labels = [t.label for t in fitted.tasks] if labels is None else labels
     with _features(view, config, labels=labels, modalities=fitted.model.modalities, encoders=encoders,
                    reader=reader, scratch=scratch, labels_file=labels_file) as (data, config):

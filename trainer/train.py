@@ -25,6 +25,7 @@ from trainer.evaluation import PREDICT_ROWS, evaluate, modality_weights, predict
 from trainer.feature_set import FeatureSet
 from trainer.heads import FusionModel
 from trainer.names import ALIGNED_SEQUENCES, FUSIONS, SEQUENCE_ENCODERS, SEQUENCE_FUSIONS
+from trainer.pretrain import start_from_pretrained
 from trainer.progress import EpochCallback, Progress
 from trainer.standardise import Standardiser
 from trainer.tasks import Task, infer_task
@@ -162,7 +163,7 @@ def fit(data: FeatureSet, tasks: list[Task], config: TrainConfig, index: Optiona
     standardiser = Standardiser.fit(data, train_index, chunk_rows=config.chunk_rows)
     model = config.build_model(data.dims(), {t.label: t.outputs for t in tasks})
     if config.init:
-        _start_from_pretrained(model, config.init, config.hidden)
+        start_from_pretrained(model, config.init, config.hidden)
     progress = None
     if on_epoch is None:
         progress = Progress([config.fusion], config.epochs, title="training", bar=False)
@@ -215,16 +216,3 @@ def _epochs(model: FusionModel, data: FeatureSet, tasks: list[Task], config: Tra
     model.load_state_dict(best_state)
     model.eval()
     return history
-
-
-def _start_from_pretrained(model: FusionModel, directory: str, hidden: int) -> None:
-    from trainer.pretrain import load
-
-    pretrained, _, pretrain_config = load(directory)
-    missing = [m for m in model.modalities if m not in pretrained.projections]
-    if missing or pretrain_config.hidden != hidden or model.sequences:
-        raise ConfigError(f"--init {directory}: pretrained vectors of {list(pretrained.projections)} with hidden {pretrain_config.hidden}; "
-                          f"the model needs vectors of {model.modalities} with hidden {hidden}"
-                          + (f" (sequence inputs {list(model.sequences)} cannot start from pretraining)" if model.sequences else ""))
-    for modality in model.modalities:
-        model.projections[modality].load_state_dict(pretrained.projections[modality].state_dict())

@@ -271,7 +271,7 @@ def test_bad_arguments_raise_config_errors(tmp_path) -> None:
 
 def test_start_from_pretrained_projections(tmp_path) -> None:
     from trainer.caption_model import CaptionModel
-    from trainer.generation import start_from_pretrained
+    from trainer.pretrain import start_from_pretrained
     from trainer.pretrain import PretrainConfig, random_projections
     from trainer.pretrain import save as save_pretrained
 
@@ -279,7 +279,7 @@ def test_start_from_pretrained_projections(tmp_path) -> None:
     projections, standardiser = random_projections(data, PretrainConfig(hidden=16, seed=3))
     save_pretrained(projections, standardiser, PretrainConfig(hidden=16, seed=3), str(tmp_path))
     model = CaptionModel(data.dims(), 10, hidden=16, heads=2)
-    start_from_pretrained(model, str(tmp_path))
+    start_from_pretrained(model, str(tmp_path), 16)
     for m in data.modalities:
         for key, value in projections.projections[m].state_dict().items():
             assert torch.equal(model.projections[m].state_dict()[key], value)
