@@ -39,8 +39,8 @@ from transforms.sample_state import ENCODE_PREFIX, EncodeRequest, RunContext, en
 from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.cache_join import CachedFile, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
-from transforms.manifest_rows import InferBatchExtraFields, ReadFolderRows, ReadManifestRows
-from transforms.record_batches import CountBatchedRecords, bucket_of, num_buckets
+from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
+from transforms.record_batches import CountBatchedRecords, InferBatchExtraFields, batch_records, num_buckets
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on
@@ -208,7 +208,7 @@ class ExtractCorpus(beam.PTransform):
         buckets = num_buckets(sum(shard.size for shard in corpus.shards))
         if corpus.folder:
             batches = (begin | "ReadCorpus" >> ReadFolderRows(corpus.folder)
-                       | "Batches" >> beam.Map(lambda record: (bucket_of(record.sample_id, buckets), [record.as_tuple()])))
+                       | "Batches" >> beam.FlatMap(lambda record: batch_records([record], buckets)))
         else:
             batches = begin | "ReadCorpus" >> ReadManifestRows(corpus.shards, buckets=buckets)
         inputs = batches | "CountInputs" >> CountBatchedRecords() | "InputCount" >> beam.Map(lambda n: RunCount(INPUTS_COUNT, n))

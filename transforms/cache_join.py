@@ -17,7 +17,8 @@ an id (all in the bucket of "") pass through with ``None``, never as duplicates.
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterable, Iterator, Optional
+import pickle
+from typing import Any, Collection, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -27,8 +28,9 @@ from schemas.cache.layout import UNCHANGED_COUNT_PREFIX, RunCount, filesystem
 from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
 from transforms.extract_sample_fn import counter
-from transforms.record_batches import bucket_of, records_of
-from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, unchanged_by_metadata
+from transforms.manifest_rows import record_of
+from transforms.record_batches import BatchRow, bucket_of, gc_paused, pickled, rows_of
+from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, missing_embeddings, unchanged_by_metadata
 
 CachedFile = tuple[str, str]
 """A table name and the path of one of its committed files (relative to the table folder)."""
@@ -52,16 +54,18 @@ def _read_columns(cache: str, table: str, path: str, wanted: Iterable[str]) -> d
 
 
 class _CachedRowsFn(beam.DoFn):
-    """A committed file -> ``(bucket, (kind, rows))`` per bucket of its ids: for a ``samples`` file (kind ``samples``)
-    ``[(sample_id, KnownSample.as_tuple()), ...]`` of its valid rows, for an embedding file (kind ``embedded``)
-    ``[(sample_id, modality, encoder_fingerprint), ...]``."""
+    """A committed file -> ``(bucket, (kind, rows))`` per bucket of its ids, ``rows`` pickled (``record_batches.pickled``):
+    for a ``samples`` file (kind ``samples``) ``[(sample_id, KnownSample.as_tuple()), ...]`` of its valid rows, for an
+    embedding file (kind ``embedded``) ``[(sample_id, modality, encoder_fingerprint), ...]``."""
 
     def __init__(self, cache: str, buckets: int) -> None:
         self._cache = cache
         self._buckets = buckets
 
-    def process(self, element: CachedFile) -> Iterator[tuple[int, tuple[str, list[tuple]]]]:
-        table, path = element
+    def process(self, element: CachedFile) -> Iterator[tuple[int, tuple[str, bytes]]]:
+        return gc_paused(self._buckets_of(*element))
+
+    def _buckets_of(self, table: str, path: str) -> Iterator[tuple[int, tuple[str, bytes]]]:
         by_bucket = collections.defaultdict(list)
         if table == "samples":
             columns = _read_columns(self._cache, table, path, SAMPLE_COLUMNS)
@@ -76,7 +80,7 @@ class _CachedRowsFn(beam.DoFn):
                 by_bucket[bucket_of(row[0], self._buckets)].append(row)
         kind = _SAMPLES if table == "samples" else _EMBEDDED
         for bucket, rows in by_bucket.items():
-            yield bucket, (kind, rows)
+            yield bucket, (kind, pickled(rows))
 
 
 def decide(records: list[ManifestRecord], known: Optional[KnownSample]) -> Iterator[tuple[ManifestRecord, Optional[KnownSample]]]:
@@ -108,40 +112,44 @@ class _DecideBucketFn(beam.DoFn):
         self._verify_content = verify_content
 
     def process(self, element: tuple[int, dict[str, list]]) -> Iterator[Any]:
-        bucket, group = element
-        by_id: dict[str, list[ManifestRecord]] = collections.defaultdict(list)
+        return gc_paused(self._decide_bucket(*element))
+
+    def _decide_bucket(self, bucket: int, group: dict[str, list]) -> Iterator[Any]:
+        by_id: dict[str, list[tuple[Any, BatchRow]]] = collections.defaultdict(list)
         for batch in group["manifest"]:
-            for record in records_of((bucket, batch)):
-                if record.sample_id:
-                    by_id[record.sample_id].append(record)
+            source, rows = rows_of(batch)
+            for row in rows:
+                if row[0]:
+                    by_id[row[0]].append((source, row))
                 else:
-                    yield record, None  # failed before it had an id: nothing to join
+                    yield record_of(source, row), None  # failed before it had an id: nothing to join
         cached: dict[str, tuple] = {}
         embedded: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
         for kind, rows in group["cache"]:
             if kind == _SAMPLES:
-                cached.update((sample_id, values) for sample_id, values in rows if sample_id in by_id)
+                cached.update(pickle.loads(rows))
             else:
-                for sample_id, modality, fingerprint in rows:
+                for sample_id, modality, fingerprint in pickle.loads(rows):
                     if sample_id in by_id:
                         embedded[sample_id].add((modality, fingerprint))
         unchanged = 0
-        for sample_id, records in by_id.items():
-            known = None
-            if sample_id in cached:
-                known = KnownSample.from_tuple(cached[sample_id], frozenset(embedded.get(sample_id, ())))
-            if len(records) == 1 and self._unchanged(records[0], known):
+        for sample_id, rows in by_id.items():
+            known = cached.get(sample_id)
+            if len(rows) == 1 and self._unchanged(rows[0][1], known, embedded.get(sample_id, ())):
                 unchanged += 1
                 continue
-            yield from decide(records, known)
+            if known is not None:
+                known = KnownSample.from_tuple(known, frozenset(embedded.get(sample_id, ())))
+            yield from decide([record_of(source, row) for source, row in rows], known)
         if unchanged:
             counter("mmfeat", "samples_unchanged").inc(unchanged)
             counter("mmfeat", f"samples_unchanged_by_{UNCHANGED_BY_METADATA}").inc(unchanged)
             yield RunCount(f"{UNCHANGED_COUNT_PREFIX}{UNCHANGED_BY_METADATA}", unchanged)
 
-    def _unchanged(self, record: ManifestRecord, known: Optional[KnownSample]) -> bool:
-        return (not self._verify_content and known is not None and not known.missing_embeddings(self._requests)
-                and unchanged_by_metadata(record, known, self._features_fingerprint))
+    def _unchanged(self, row: BatchRow, known: Optional[tuple], embedded: Collection[tuple[str, str]]) -> bool:
+        _, manifest_hash, identity, _, _ = row
+        return (not self._verify_content and unchanged_by_metadata(manifest_hash, identity, known, self._features_fingerprint)
+                and not missing_embeddings(known[3], embedded, self._requests))
 
 
 class JoinWithCache(beam.PTransform):

@@ -20,20 +20,19 @@ import json
 import logging
 import os
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.errors import ErrorKind
-from schemas.records import ManifestError, ManifestRecord
+from schemas.records import ManifestError, ManifestRecord, row_fingerprint
 from schemas.tables import MODALITIES, SAMPLES_WITH_SPEECH
-from transforms.record_batches import EXTRA_INDEX, RecordBatch, batch_by_bucket
+from transforms.record_batches import BatchRow, batch_by_bucket, batch_records, gc_paused, record_row
+from transforms.unchanged import files_identity
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +71,8 @@ def _dirname(uri: str) -> str:
     return posixpath.dirname(uri) if "://" in uri else os.path.dirname(os.path.abspath(uri))
 
 
-_CLEAN_RELATIVE = re.compile(r"(?!\.\.?(?:/|$))[^/]+(?:/(?!\.\.?(?:/|$))[^/]+)*")
-"""A relative path that ``os.path.normpath`` leaves as it is: no empty, ``.`` or ``..`` component, no trailing ``/``."""
+_NORMALISED_AWAY = frozenset({"", ".", ".."})
+"""Path components ``os.path.normpath`` removes or resolves (an empty one: ``a//b`` or a trailing ``/``)."""
 
 
 def _resolve(value: str, base: str) -> str:
@@ -82,7 +81,7 @@ def _resolve(value: str, base: str) -> str:
         return value
     if "://" in base:
         return posixpath.join(base, value)
-    if _CLEAN_RELATIVE.fullmatch(value) and base.startswith("/"):  # what normpath would give, without its work
+    if base.startswith("/") and _NORMALISED_AWAY.isdisjoint(value.split("/")):  # what normpath would give, without its work
         return f"{base.rstrip('/')}/{value}"
     return os.path.normpath(os.path.join(base, value))
 
@@ -102,8 +101,31 @@ def _where(shard: Shard, position: int, is_csv: bool) -> str:
     return f"{'data row' if is_csv else 'line at byte'} {position} of {shard.uri}"
 
 
+_NOT_EXTRA = ("id", *MODALITIES)
 _RESERVED = frozenset(SAMPLES_WITH_SPEECH.names)
 """Column names a manifest may not use: the ``samples`` columns (``text_source`` too, whether or not the run transcribes)."""
+
+
+def _row_fields(row: dict[str, Any], base: str, is_csv: bool) -> tuple[str, dict[str, str], dict[str, Any], list[str]]:
+    """A parsed row's id, resolved URIs by modality, extra columns (reserved ones left out) and reserved column names."""
+    raw_id = row.get("id")
+    sample_id = "" if raw_id is None else str(raw_id).strip()
+    uris = {}
+    for modality in MODALITIES:
+        value = row.get(modality)
+        if value is not None and not isinstance(value, str):
+            value = str(value)
+        if value and value.strip():
+            uris[modality] = _resolve(value.strip(), base)
+    extra = dict(row)  # every column but the id and the modalities (a copy and four pops: every row of a rerun comes here)
+    for name in _NOT_EXTRA:
+        extra.pop(name, None)
+    if is_csv:
+        extra = {name: _infer_csv_value(value) for name, value in extra.items()}
+    reserved = sorted(_RESERVED.intersection(extra))
+    if reserved:
+        extra = {name: value for name, value in extra.items() if name not in reserved}
+    return sample_id, uris, extra, reserved
 
 
 def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, base: Optional[str] = None) -> ManifestRecord:
@@ -115,23 +137,11 @@ def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, b
     if not isinstance(row, dict):
         return ManifestRecord(sample_id="", manifest_row=key, error=ManifestError(
             ErrorKind.INVALID_ROW, f"{_where(shard, position, is_csv)} is a JSON {type(row).__name__}, not an object"))
-    raw_id = row.get("id")
-    sample_id = "" if raw_id is None else str(raw_id).strip()
-    base = _dirname(shard.uri) if base is None else base
-    uris = {}
-    for modality in MODALITIES:
-        value = row.get(modality)
-        if value is not None and not isinstance(value, str):
-            value = str(value)
-        if value and value.strip():
-            uris[modality] = _resolve(value.strip(), base)
-    extra = {name: (_infer_csv_value(value) if is_csv else value) for name, value in row.items() if name != "id" and name not in MODALITIES}
-    reserved = sorted(_RESERVED.intersection(extra))
+    sample_id, uris, extra, reserved = _row_fields(row, _dirname(shard.uri) if base is None else base, is_csv)
     error = None
     where = _where(shard, position, is_csv) if reserved or not sample_id or not uris else ""
     if reserved:
         error = ManifestError(ErrorKind.INVALID_ROW, f"{where} has columns {reserved}, reserved in the samples table; rename them")
-        extra = {name: value for name, value in extra.items() if name not in reserved}
     elif not sample_id:
         error = ManifestError(ErrorKind.MISSING_ID, f"{where} has no 'id'")
     elif not uris:
@@ -161,9 +171,8 @@ def _open(uri: str) -> Any:
     return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def read_jsonl_range(shard: Shard, start: int, end: int) -> Iterator[ManifestRecord]:
-    """Records of the lines of ``shard`` that start in bytes ``[start, end)``."""
-    base = _dirname(shard.uri)
+def _jsonl_lines(shard: Shard, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """``(position, line)`` of every line of ``shard`` that starts in bytes ``[start, end)``, line ends removed."""
     with _open(shard.uri) as handle:
         position = start
         if start > 0:  # the line that straddles ``start`` belongs to the range before
@@ -176,10 +185,47 @@ def read_jsonl_range(shard: Shard, start: int, end: int) -> Iterator[ManifestRec
             line = handle.readline()
             if not line:
                 return
-            record = parse_jsonl_line(line.rstrip(b"\r\n"), shard=shard, position=position, base=base)
-            if record is not None:
-                yield record
+            yield position, line.rstrip(b"\r\n")
             position += len(line)
+
+
+def read_jsonl_range(shard: Shard, start: int, end: int) -> Iterator[ManifestRecord]:
+    """Records of the lines of ``shard`` that start in bytes ``[start, end)``."""
+    base = _dirname(shard.uri)
+    for position, line in _jsonl_lines(shard, start, end):
+        record = parse_jsonl_line(line, shard=shard, position=position, base=base)
+        if record is not None:
+            yield record
+
+
+def read_jsonl_rows(shard: Shard, start: int, end: int) -> Iterator[tuple[BatchRow, dict[str, Any]]]:
+    """``read_jsonl_range`` as batch rows (``transforms.record_batches``), each with its extra columns: a valid row
+    travels as its line, with its manifest hash and files' identity (no record is built); a row that fails, as its
+    record."""
+    base = _dirname(shard.uri)
+    for position, line in _jsonl_lines(shard, start, end):
+        try:
+            row = json.loads(line.decode("utf-8-sig" if position == 0 else "utf-8"))
+        except ValueError:  # not UTF-8, not JSON, or blank: as parse_jsonl_line says
+            row = None
+        if isinstance(row, dict):
+            sample_id, uris, extra, reserved = _row_fields(row, base, is_csv=False)
+            if sample_id and uris and not reserved:
+                manifest_hash = row_fingerprint(uris.get("video"), uris.get("audio"), uris.get("text"), extra)
+                yield (sample_id, manifest_hash, files_identity(uris), position, line), extra
+                continue
+        record = parse_jsonl_line(line, shard=shard, position=position, base=base)
+        if record is not None:
+            yield record_row(record), record.extra
+
+
+def record_of(source: Optional[tuple[Shard, str]], row: BatchRow) -> ManifestRecord:
+    """The record of a batch row; ``source``: the batch's ``(shard, base folder)`` when its rows are lines."""
+    payload = row[4]
+    if isinstance(payload, bytes):
+        shard, base = source
+        return parse_jsonl_line(payload, shard=shard, position=row[3], base=base)
+    return ManifestRecord.from_tuple(payload)
 
 
 def read_csv_shard(shard: Shard) -> Iterator[ManifestRecord]:
@@ -217,11 +263,14 @@ class _ReadRangeFn(beam.DoFn):
 
     def process(self, element: tuple[Shard, int, int]) -> Iterator[Any]:
         shard, start, end = element
-        records = read_csv_shard(shard) if shard.uri.lower().endswith(".csv") else read_jsonl_range(shard, start, end)
+        is_csv = shard.uri.lower().endswith(".csv")
         if self._buckets is None:
-            yield from records
+            yield from read_csv_shard(shard) if is_csv else read_jsonl_range(shard, start, end)
+        elif is_csv:
+            yield from gc_paused(batch_records(read_csv_shard(shard), self._buckets))
         else:
-            yield from batch_by_bucket(records, self._buckets)
+            rows = read_jsonl_rows(shard, start, end)
+            yield from gc_paused(batch_by_bucket(rows, self._buckets, source=(shard, _dirname(shard.uri))))
 
 
 class ReadManifestRows(beam.PTransform):
@@ -286,78 +335,3 @@ class ReadFolderRows(beam.PTransform):
             | "GroupByStem" >> beam.GroupByKey()
             | "Records" >> beam.MapTuple(folder_record)
         )
-
-
-class InferExtraFields(beam.CombineFn):
-    """Records -> the arrow fields of their extra manifest columns, sorted by name (a column of mixed types is a string
-    column holding JSON text; one with only nulls a string column).
-
-    Accumulator: column name -> set of arrow type strings seen.
-    """
-
-    def create_accumulator(self) -> dict[str, set[str]]:
-        return {}
-
-    def add_input(self, accumulator: dict[str, set[str]], record: ManifestRecord) -> dict[str, set[str]]:
-        return self.add_extra(accumulator, record.extra)
-
-    @staticmethod
-    def add_extra(accumulator: dict[str, set[str]], extra: dict[str, Any]) -> dict[str, set[str]]:
-        """``accumulator`` with the types of one record's extra columns."""
-        for name, value in extra.items():
-            seen = accumulator.setdefault(name, set())
-            if value is not None:
-                seen.add(_arrow_type_of(value))
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[dict[str, set[str]]]) -> dict[str, set[str]]:
-        merged: dict[str, set[str]] = {}
-        for accumulator in accumulators:
-            for name, seen in accumulator.items():
-                merged.setdefault(name, set()).update(seen)
-        return merged
-
-    def extract_output(self, accumulator: dict[str, set[str]]) -> list[pa.Field]:
-        return [pa.field(name, _common_type(seen)) for name, seen in sorted(accumulator.items())]
-
-
-class InferBatchExtraFields(InferExtraFields):
-    """``InferExtraFields`` over record batches (``transforms.record_batches``)."""
-
-    def add_input(self, accumulator: dict[str, set[str]], batch: RecordBatch) -> dict[str, set[str]]:  # type: ignore[override]
-        for values in batch[1]:
-            self.add_extra(accumulator, values[EXTRA_INDEX])
-        return accumulator
-
-
-_SCALAR_TYPES = {bool: "bool", int: "int64", float: "double", str: "string"}
-
-
-def _arrow_type_of(value: Any) -> str:
-    """The arrow type name pyarrow infers for ``value`` (``json`` where it infers none)."""
-    scalar = _SCALAR_TYPES.get(type(value))
-    if scalar:
-        return scalar
-    try:
-        return str(pa.array([value]).type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return "json"
-
-
-def _common_type(seen: set[str]) -> pa.DataType:
-    if seen == {"int64", "double"}:
-        return pa.float64()
-    if len(seen) != 1 or "json" in seen:
-        return pa.string()
-    found = next(iter(seen))
-    try:
-        return pa.type_for_alias(found)
-    except ValueError:
-        return pa.string()
-
-
-def extra_value(value: Any, field: pa.Field) -> Any:
-    """``value`` of an extra column as its ``field`` stores it: JSON text in a string column that mixes types."""
-    if value is None or not pa.types.is_string(field.type) or isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from schemas.cache.layout import DataFile, PendingEntry, data_folder, pending_uri
 from schemas.tables import samples_schema
-from transforms.manifest_rows import extra_value
+from transforms.extra_columns import extra_value
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class WriteDataFiles(beam.PTransform):
         schemas: pyarrow schema of each table name that may occur.
         num_shards: files per table at most; rows are spread by ``shard_of(sample_id)``.
         extra_fields: a one-element PCollection of the manifest's extra columns, added to ``samples``
-            (``transforms.manifest_rows.InferExtraFields``); ``None``: ``schemas["samples"]`` as it is.
+            (``transforms.extra_columns.InferExtraFields``); ``None``: ``schemas["samples"]`` as it is.
     """
 
     def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int,

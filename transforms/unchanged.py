@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Collection, Optional
 
 from schemas.errors import SampleFailure
 from schemas.records import ManifestRecord
@@ -58,7 +58,13 @@ class KnownSample:
 
     def missing_embeddings(self, requests: dict[str, str]) -> set[str]:
         """The modalities it has features of whose requested encoder (``{modality: fingerprint}``) has not embedded it."""
-        return {m for m, fingerprint in requests.items() if m in self.modalities_with_features and (m, fingerprint) not in self.embedded}
+        return missing_embeddings(self.modalities_with_features, self.embedded, requests)
+
+
+def missing_embeddings(modalities: Collection[str], embedded: Collection[tuple[str, str]], requests: dict[str, str]) -> set[str]:
+    """Of ``modalities`` (those a sample has features of), those whose requested encoder (``{modality: fingerprint}``)
+    is not among ``embedded`` (``(modality, encoder fingerprint)`` of the embeddings the sample has)."""
+    return {m for m, fingerprint in requests.items() if m in modalities and (m, fingerprint) not in embedded}
 
 
 def identities_json(identities: dict[str, str]) -> str:
@@ -66,7 +72,7 @@ def identities_json(identities: dict[str, str]) -> str:
 
     The text ``json.dumps(identities, sort_keys=True)`` gives, built directly (an unchanged rerun compares one per
     sample): modality names and identities (digits, ``:`` and ``.``) hold no character JSON escapes."""
-    return "{" + ", ".join(f'"{modality}": "{identities[modality]}"' for modality in sorted(identities)) + "}"
+    return "{" + ", ".join([f'"{modality}": "{identities[modality]}"' for modality in sorted(identities)]) + "}"
 
 
 def same_row_and_config(record: ManifestRecord, known: Optional[KnownSample], features_fingerprint: str) -> bool:
@@ -74,20 +80,32 @@ def same_row_and_config(record: ManifestRecord, known: Optional[KnownSample], fe
     return known is not None and (known.features_fingerprint, known.manifest_hash) == (features_fingerprint, record.fingerprint())
 
 
-def unchanged_by_metadata(record: ManifestRecord, known: Optional[KnownSample], features_fingerprint: str) -> bool:
-    """The sample is cached as it is now, told by its files' identities alone (reads no content).
-
-    ``False`` whenever this cannot tell (a file whose identity could not be taken for a reason other than being
-    unreadable, an older cache without identities): the extractor then decides with the content hash."""
-    if known is None or known.file_identity is None or not same_row_and_config(record, known, features_fingerprint):
-        return False
+def files_identity(uris: dict[str, str]) -> Optional[str]:
+    """``identities_json`` of the files ``uris`` (``{modality: uri}``) as they are now, or ``None`` when it cannot be
+    told (a file whose identity could not be taken for a reason other than being unreadable: the extractor then
+    decides with the content hash). A file that cannot be read has no identity: that it stays unreadable is part of
+    what is compared."""
     identities = {}
-    for modality, uri in record.uris().items():
+    for modality, uri in uris.items():
         try:
             identities[modality] = media_io.file_identity(uri)
         except SampleFailure:
             continue  # unreadable now: compared with the cached identities, which then lack it too
         except Exception as error:  # an unforeseen failure: let the extractor read it and record it
             logger.debug("cannot take the identity of %s (%s)", uri, error)
-            return False
-    return identities_json(identities) == known.file_identity
+            return None
+    return identities_json(identities)
+
+
+def unchanged_by_metadata(manifest_hash: Optional[str], identity: Optional[str], known: Optional[tuple],
+                          features_fingerprint: str) -> bool:
+    """A row of ``manifest_hash`` (``ManifestRecord.fingerprint``) whose files have ``identity`` (``files_identity``)
+    is cached as it is now, told by its files' identities alone (reads no content); ``known``: what the cache holds
+    for it as ``KnownSample.as_tuple`` gives it (the join compares a million of them: no object is built).
+
+    ``False`` whenever this cannot tell (``identity`` ``None``, an older cache without identities): the extractor
+    then decides with the content hash."""
+    if known is None or identity is None:
+        return False
+    _, cached_features, cached_hash, _, cached_identity = known
+    return cached_identity == identity and cached_hash == manifest_hash and cached_features == features_fingerprint

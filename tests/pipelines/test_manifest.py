@@ -11,9 +11,11 @@ from pipelines.manifest import open_folder, open_manifest
 from schemas.errors import ConfigError
 from tests import media
 from tests.beam_helpers import in_process_pipeline
+from transforms.extra_columns import InferExtraFields, extra_value
 from transforms.manifest_rows import (
-    ROW_KEY_SHARD, InferExtraFields, ReadFolderRows, ReadManifestRows, extra_value, read_csv_shard, read_jsonl_range, shard_ranges,
+    ROW_KEY_SHARD, ReadFolderRows, ReadManifestRows, read_csv_shard, read_jsonl_range, read_jsonl_rows, record_of, shard_ranges,
 )
+from transforms.unchanged import files_identity
 
 
 def _records(pattern: str, split_bytes: int = 1 << 20) -> list:
@@ -160,3 +162,35 @@ def test_a_relative_path_resolves_as_normpath_would(value, base):
     from transforms.manifest_rows import _resolve
 
     assert _resolve(value, base) == os.path.normpath(os.path.join(base, value))
+
+
+def test_rows_read_for_the_join_are_the_records_the_reader_gives_with_their_hash_and_identity(tmp_path):
+    """An unchanged rerun decides from what ``read_jsonl_rows`` takes per line, and parses a line into its record only
+    when the sample needs work: both must be exactly what ``read_jsonl_range`` gives, whatever the line holds."""
+    (tmp_path / "a.txt").write_text("words", encoding="utf-8")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    lines = [
+        "\ufeff" + json.dumps({"id": " a ", "text": "a.txt", "label": 1}),  # a BOM and an id with spaces
+        json.dumps({"id": 7, "text": "./sub/../a.txt", "meta": {"k": [1, 2.5]}, "note": "é"}),
+        json.dumps({"id": "missing", "audio": "nope.wav", "video": 3}),
+        json.dumps({"id": "empty", "text": "empty.txt", "score": None}),
+        json.dumps({"id": "remote", "text": "gs://bucket/x.txt"}),
+        "{not json", "", "   ", json.dumps(["a", "list"]), json.dumps({"text": "a.txt"}), json.dumps({"id": "d"}),
+        json.dumps({"id": "f", "text": "a.txt", "status": "ok"}),
+    ]
+    raw = "\n".join(lines).encode("utf-8") + b"\n" + b'{"id": "\xff", "text": "a.txt"}\n'
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(raw)
+    shard = open_manifest(str(path)).shards[0]
+    for split_bytes in (1 << 20, 40):
+        for _, start, end in shard_ranges(shard, split_bytes):
+            expected = list(read_jsonl_range(shard, start, end))
+            rows = [row for row, _ in read_jsonl_rows(shard, start, end)]
+            records = [record_of((shard, str(tmp_path)), row) for row in rows]
+            assert records == expected
+            for row, record in zip(rows, records):
+                failed = record.error is not None
+                assert row[:3] == (record.sample_id, None if failed else record.fingerprint(),
+                                   None if failed else files_identity(record.uris()))
+    kinds = [r.error.kind if r.error else None for r in read_jsonl_range(shard, 0, shard.size)]
+    assert kinds == [None, None, None, None, None, "invalid_row", "invalid_row", "missing_id", "no_modality", "invalid_row", "invalid_row"]

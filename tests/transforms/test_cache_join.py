@@ -6,16 +6,16 @@ from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
 from transforms import media_io
 from transforms.cache_join import _DecideBucketFn
-from transforms.record_batches import batch_by_bucket, bucket_of, num_buckets
+from transforms.record_batches import batch_records, bucket_of, num_buckets, pickled
 from transforms.unchanged import KnownSample, identities_json
 
 
 def _decide(records, cached=(), embedded=(), requests=None, verify_content=False):
     decide = _DecideBucketFn("features", requests or {}, verify_content)
     out = []
-    for bucket, batch in batch_by_bucket(records, buckets=1, batch_rows=2):  # several batches of one bucket
+    for bucket, batch in batch_records(records, buckets=1, batch_rows=2):  # several batches of one bucket
         out.append(batch)
-    group = {"manifest": out, "cache": [("samples", list(cached)), ("embedded", list(embedded))]}
+    group = {"manifest": out, "cache": [("samples", pickled(list(cached))), ("embedded", pickled(list(embedded)))]}
     return list(decide.process((0, group)))
 
 
