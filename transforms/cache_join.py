@@ -135,7 +135,7 @@ class _DecideBucketFn(beam.DoFn):
         unchanged = 0
         for sample_id, rows in by_id.items():
             known = cached.get(sample_id)
-            if len(rows) == 1 and self._unchanged(rows[0][1], known, embedded.get(sample_id, ())):
+            if len(rows) == 1 and self._unchanged(*rows[0], known, embedded.get(sample_id, ())):
                 unchanged += 1
                 continue
             if known is not None:
@@ -146,9 +146,10 @@ class _DecideBucketFn(beam.DoFn):
             counter("mmfeat", f"samples_unchanged_by_{UNCHANGED_BY_METADATA}").inc(unchanged)
             yield RunCount(f"{UNCHANGED_COUNT_PREFIX}{UNCHANGED_BY_METADATA}", unchanged)
 
-    def _unchanged(self, row: BatchRow, known: Optional[tuple], embedded: Collection[tuple[str, str]]) -> bool:
+    def _unchanged(self, source: Any, row: BatchRow, known: Optional[tuple], embedded: Collection[tuple[str, str]]) -> bool:
         _, manifest_hash, identity, _, _ = row
-        return (not self._verify_content and unchanged_by_metadata(manifest_hash, identity, known, self._features_fingerprint)
+        return (not self._verify_content and unchanged_by_metadata(manifest_hash, identity, known, self._features_fingerprint,
+                                                                    uris=lambda: record_of(source, row).uris())
                 and not missing_embeddings(known[3], embedded, self._requests))
 
 

@@ -32,7 +32,7 @@ from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord, row_fingerprint
 from schemas.tables import MODALITIES, SAMPLES_WITH_SPEECH
 from transforms.record_batches import BatchRow, batch_by_bucket, batch_records, gc_paused, record_row
-from transforms.unchanged import files_identity
+from transforms.unchanged import reader_identity
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def read_jsonl_rows(shard: Shard, start: int, end: int) -> Iterator[tuple[BatchR
             sample_id, uris, extra, reserved = _row_fields(row, base, is_csv=False)
             if sample_id and uris and not reserved:
                 manifest_hash = row_fingerprint(uris.get("video"), uris.get("audio"), uris.get("text"), extra)
-                yield (sample_id, manifest_hash, files_identity(uris), position, line), extra
+                yield (sample_id, manifest_hash, reader_identity(uris), position, line), extra
                 continue
         record = parse_jsonl_line(line, shard=shard, position=position, base=base)
         if record is not None:

@@ -9,8 +9,8 @@ that counting and schema inference never open the blob.
 
 Each row carries what the join decides "unchanged" with, taken where the
 row is read: its id, its manifest hash (``ManifestRecord.fingerprint``) and
-its files' identity (``transforms.unchanged.files_identity``; both ``None``
-for a row that failed). Its record travels as the row's own JSONL line when
+its files' identity (``transforms.unchanged.reader_identity``: deferred for
+files in object stores; both ``None`` for a row that failed). Its record travels as the row's own JSONL line when
 it has one (``transforms.manifest_rows.record_of`` parses it again, for the
 rows that need work only: an unchanged rerun builds no record), else as
 ``ManifestRecord.as_tuple``. A worker reading a manifest range groups its rows
@@ -29,7 +29,7 @@ import apache_beam as beam
 
 from schemas.records import ManifestRecord
 from transforms.extra_columns import InferExtraFields
-from transforms.unchanged import files_identity
+from transforms.unchanged import reader_identity
 
 BatchRow = tuple[str, Optional[str], Optional[str], int, Any]
 """``(sample_id, manifest hash, files identity, position, record)``: ``record`` is the row's JSONL line (``bytes``,
@@ -57,7 +57,7 @@ def record_row(record: ManifestRecord) -> BatchRow:
     """``record`` as a batch row, with its manifest hash and files' identity (one ``stat`` per local file)."""
     if record.error is not None:
         return record.sample_id, None, None, 0, record.as_tuple()
-    return record.sample_id, record.fingerprint(), files_identity(record.uris()), 0, record.as_tuple()
+    return record.sample_id, record.fingerprint(), reader_identity(record.uris()), 0, record.as_tuple()
 
 
 class _Pending:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Collection, Optional
+from typing import Callable, Collection, Optional
 
 from schemas.errors import SampleFailure
 from schemas.records import ManifestRecord
@@ -97,15 +97,33 @@ def files_identity(uris: dict[str, str]) -> Optional[str]:
     return identities_json(identities)
 
 
+DEFERRED_IDENTITY = "deferred"
+"""What a reader records for a row with a file in an object store: its identity costs a request per file, so it is
+taken only for a sample the cache holds from the same row and config (``unchanged_by_metadata``)."""
+
+
+def reader_identity(uris: dict[str, str]) -> Optional[str]:
+    """``files_identity`` of local files (one ``stat`` each), taken as a row is read; ``DEFERRED_IDENTITY`` when a
+    file is in an object store (a first run over a bucket would otherwise pay one more request per file)."""
+    if all(media_io.is_local(uri) for uri in uris.values()):
+        return files_identity(uris)
+    return DEFERRED_IDENTITY
+
+
 def unchanged_by_metadata(manifest_hash: Optional[str], identity: Optional[str], known: Optional[tuple],
-                          features_fingerprint: str) -> bool:
-    """A row of ``manifest_hash`` (``ManifestRecord.fingerprint``) whose files have ``identity`` (``files_identity``)
-    is cached as it is now, told by its files' identities alone (reads no content); ``known``: what the cache holds
-    for it as ``KnownSample.as_tuple`` gives it (the join compares a million of them: no object is built).
+                          features_fingerprint: str, uris: Callable[[], dict[str, str]]) -> bool:
+    """A row of ``manifest_hash`` (``ManifestRecord.fingerprint``) whose files have ``identity`` (``reader_identity``;
+    ``uris`` gives the files when it is ``DEFERRED_IDENTITY``) is cached as it is now, told by its files'
+    identities alone (reads no content); ``known``: what the cache holds for it as ``KnownSample.as_tuple`` gives it
+    (the join compares a million of them: no object is built).
 
     ``False`` whenever this cannot tell (``identity`` ``None``, an older cache without identities): the extractor
     then decides with the content hash."""
-    if known is None or identity is None:
+    if known is None:
         return False
     _, cached_features, cached_hash, _, cached_identity = known
-    return cached_identity == identity and cached_hash == manifest_hash and cached_features == features_fingerprint
+    if cached_identity is None or cached_hash != manifest_hash or cached_features != features_fingerprint:
+        return False
+    if identity == DEFERRED_IDENTITY:
+        identity = files_identity(uris())
+    return identity is not None and identity == cached_identity

@@ -4,6 +4,8 @@ The cache itself is written by delta-rs, which knows real object stores (gs://, 
 Beam-only scheme such as ``fakeremote://``: these tests write it to a local folder, and check that an output
 URI delta-rs cannot write is refused before any work.
 """
+import os
+
 import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -57,6 +59,15 @@ def test_manifest_and_media_on_a_remote_filesystem(remote_root, tokenizer_path):
     uris = {s["sample_id"]: (s["video"], s["audio"]) for s in view.read("samples", ["sample_id", "video", "audio"]).to_pylist()}
     assert uris["a"][0] == "fakeremote://corpus/a.mp4"  # relative paths resolve against the manifest URI
     assert uris["b"][1] == "fakeremote://corpus/b.wav"
+
+    # A rerun tells unchanged remote files by their metadata (taken by the join for the samples cached from the same
+    # row: deferred by the reader), and one whose update time moved is hashed and found unchanged by content.
+    os.utime(remote_root / "corpus" / "a.mp4", (1_000_000, 1_000_000))
+    rerun = run_extract(
+        corpus, output=output, config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path, runner=FnApiRunner(), run_id="r2"
+    )
+    assert rerun.summary["samples"]["unchanged_by"] == {"metadata": 2, "content": 1}  # b, and c's file still missing; a
+    assert rerun.summary["metrics"]["content_files_hashed"] == 1
 
 
 def test_an_output_delta_lake_cannot_write_is_refused_before_any_work(remote_root, tokenizer_path):
