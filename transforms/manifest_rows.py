@@ -149,11 +149,20 @@ def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, b
     return ManifestRecord(sample_id=sample_id, manifest_row=key, extra=extra, error=error, **uris)
 
 
+def _line_text(line: bytes, position: int) -> str:
+    """A JSONL line as text (UTF-8; a byte-order mark is allowed at the start of the shard only).
+
+    Raises:
+        UnicodeDecodeError: the line is not UTF-8.
+    """
+    return line.decode("utf-8-sig" if position == 0 else "utf-8")
+
+
 def parse_jsonl_line(line: bytes, *, shard: Shard, position: int, base: Optional[str] = None) -> Optional[ManifestRecord]:
     """The record of one JSONL line starting at byte ``position`` of ``shard`` (``None`` for a blank line); ``base``:
     as ``row_record``."""
     try:
-        text = line.decode("utf-8-sig" if position == 0 else "utf-8")
+        text = _line_text(line, position)
     except UnicodeDecodeError as error:
         return ManifestRecord(sample_id="", manifest_row=shard.rank * ROW_KEY_SHARD + position, error=ManifestError(
             ErrorKind.INVALID_ROW, f"{_where(shard, position, False)} is not UTF-8 (byte {error.start} of the line)"))
@@ -205,7 +214,7 @@ def read_jsonl_rows(shard: Shard, start: int, end: int) -> Iterator[tuple[BatchR
     base = _dirname(shard.uri)
     for position, line in _jsonl_lines(shard, start, end):
         try:
-            row = json.loads(line.decode("utf-8-sig" if position == 0 else "utf-8"))
+            row = json.loads(_line_text(line, position))
         except ValueError:  # not UTF-8, not JSON, or blank: as parse_jsonl_line says
             row = None
         if isinstance(row, dict):

@@ -10,11 +10,12 @@ that counting and schema inference never open the blob.
 Each row carries what the join decides "unchanged" with, taken where the
 row is read: its id, its manifest hash (``ManifestRecord.fingerprint``) and
 its files' identity (``transforms.unchanged.reader_identity``: deferred for
-files in object stores; both ``None`` for a row that failed). Its record travels as the row's own JSONL line when
-it has one (``transforms.manifest_rows.record_of`` parses it again, for the
-rows that need work only: an unchanged rerun builds no record), else as
-``ManifestRecord.as_tuple``. A worker reading a manifest range groups its rows
-by bucket as it reads them (no ``finish_bundle`` outputs, which Beam's
+files in object stores; both ``None`` for a row that failed). Its record
+travels as the row's own JSONL line when it has one
+(``transforms.manifest_rows.record_of`` parses it again, for the rows that
+need work only: an unchanged rerun builds no record), else as
+``ManifestRecord.as_tuple``. A worker reading a manifest range groups its
+rows by bucket as it reads them (no ``finish_bundle`` outputs, which Beam's
 DaskRunner drops).
 """
 from __future__ import annotations

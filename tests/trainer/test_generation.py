@@ -271,8 +271,7 @@ def test_bad_arguments_raise_config_errors(tmp_path) -> None:
 
 def test_start_from_pretrained_projections(tmp_path) -> None:
     from trainer.caption_model import CaptionModel
-    from trainer.pretrain import start_from_pretrained
-    from trainer.pretrain import PretrainConfig, random_projections
+    from trainer.pretrain import PretrainConfig, random_projections, start_from_pretrained
     from trainer.pretrain import save as save_pretrained
 
     data, _ = synthetic(0, n=20)
