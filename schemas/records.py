@@ -28,6 +28,8 @@ class ManifestRecord:
         video, audio, text: resolved URIs, or ``None``.
         extra: every other column, carried into the ``samples`` table.
         error: set when the row itself is unusable; the sample then fails with this error.
+        line_hash: ``line_hash`` of the JSONL line the row was read from (``None`` for a CSV row or a folder's stem):
+            a rerun finds an unchanged line by it without parsing the line again.
     """
 
     sample_id: str
@@ -37,6 +39,7 @@ class ManifestRecord:
     text: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
     error: Optional[ManifestError] = None
+    line_hash: Optional[str] = None
 
     def fingerprint(self) -> str:
         """SHA-256 of what the row says (URIs and extra columns): a changed label makes the sample recomputed."""
@@ -49,18 +52,23 @@ class ManifestRecord:
     def as_tuple(self) -> tuple:
         """The record as plain values, which Beam encodes without pickling (about 5x faster between stages)."""
         error = None if self.error is None else (self.error.kind, self.error.message)
-        return self.sample_id, self.manifest_row, self.video, self.audio, self.text, self.extra, error
+        return self.sample_id, self.manifest_row, self.video, self.audio, self.text, self.extra, error, self.line_hash
 
     @classmethod
     def from_tuple(cls, values: tuple) -> "ManifestRecord":
         """The record ``as_tuple`` gave."""
-        sample_id, manifest_row, video, audio, text, extra, error = values
-        return cls(sample_id, manifest_row, video, audio, text, extra, None if error is None else ManifestError(*error))
+        sample_id, manifest_row, video, audio, text, extra, error, line_hash = values
+        return cls(sample_id, manifest_row, video, audio, text, extra, None if error is None else ManifestError(*error), line_hash)
 
     def uris(self) -> dict[str, str]:
         """The modalities present, ``{modality: uri}``, in the order video, audio, text."""
-        found = {"video": self.video, "audio": self.audio, "text": self.text}
-        return {name: uri for name, uri in found.items() if uri}
+        return present_uris(self.video, self.audio, self.text)
+
+
+def present_uris(video: Optional[str], audio: Optional[str], text: Optional[str]) -> dict[str, str]:
+    """``{modality: uri}`` of the URIs given, in the order video, audio, text."""
+    found = {"video": video, "audio": audio, "text": text}
+    return {name: uri for name, uri in found.items() if uri}
 
 
 def row_fingerprint(video: Optional[str], audio: Optional[str], text: Optional[str], extra: dict[str, Any]) -> str:
@@ -68,3 +76,10 @@ def row_fingerprint(video: Optional[str], audio: Optional[str], text: Optional[s
     is built)."""
     content = {"video": video, "audio": audio, "text": text, "extra": extra}
     return hashlib.sha256(_ROW_ENCODER.encode(content).encode("utf-8")).hexdigest()
+
+
+def line_hash(line: bytes, base: str) -> str:
+    """What tells a JSONL manifest line unchanged: BLAKE2b (128 bits, hex) of ``line`` (its bytes, line end removed)
+    and of ``base``, the folder its relative paths resolve against. The same hash means the same row, so the same
+    ``ManifestRecord.fingerprint`` (the converse does not hold: reordered keys make another line of the same row)."""
+    return hashlib.blake2b(base.encode("utf-8") + b"\0" + line, digest_size=16).hexdigest()  # no path holds NUL

@@ -39,6 +39,7 @@ SAMPLES_BASE = pa.schema(
         pa.field("manifest_ok", pa.bool_(), nullable=False),
         pa.field("features_fingerprint", pa.string(), nullable=False),
         pa.field("manifest_hash", pa.string(), nullable=False),
+        pa.field("manifest_line_hash", pa.string()),
         pa.field("run_id", pa.string(), nullable=False),
     ]
 )
@@ -48,7 +49,9 @@ and position, in manifest order); ``sample_id`` is unique
 among rows whose ``manifest_ok`` is true (a duplicate id keeps the first row
 and fails the others, with ``manifest_ok`` false). ``features_fingerprint``
 hashes the feature config, ``manifest_hash`` the manifest row (URIs and
-extra columns); ``run_id`` names the run that computed the row.
+extra columns), ``manifest_line_hash`` the JSONL line it was read from (a
+rerun finds an unchanged line without parsing it; null for CSV rows and
+folders); ``run_id`` names the run that computed the row.
 ``file_identity`` is JSON ``{modality: "size:mtime"}`` of the files the row
 was computed from (an incremental run compares it first); ``content_hash``
 hashes their contents where a run read them to compare (identity changed, or

@@ -3,60 +3,79 @@
 The cached ``samples`` rows and embedding rows of the state the run started
 from are read by the workers (one file per element) and joined with the
 manifest rows by ``sample_id``. The join groups *buckets* of ids (a stable
-hash of the id), not single ids: each side sends a bucket's rows as one list
-(``CoGroupByKey`` over buckets), so an unchanged rerun of a million rows moves
-a few hundred elements between stages instead of two million.
+hash of the id), not single ids: each side sends a bucket's rows as one value
+(``CoGroupByKey`` over buckets; the manifest side's rows packed, the cache
+side's an Arrow table), so an unchanged rerun of a million rows moves a few
+hundred elements between stages instead of two million.
 
 Each bucket decides its samples: the first row of an id by ``manifest_row``
 keeps it, later rows fail as duplicates; a sample the cache holds unchanged by
 its files' metadata, with every requested embedding, is only counted (it
 never reaches the extractor); every other row goes on with what the cache
-holds for it (``KnownSample``, or ``None``). Rows that failed before they had
+holds for it (``KnownSample``, or ``None``). A JSONL line whose hash is the
+cached one is the very row the sample was computed from: it is not parsed,
+and its files are those the cache recorded. Rows that failed before they had
 an id (all in the bucket of "") pass through with ``None``, never as duplicates.
 """
 from __future__ import annotations
 
 import collections
-import pickle
 from typing import Any, Collection, Iterable, Iterator, Optional
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.cache import table_uri
 from schemas.cache.layout import UNCHANGED_COUNT_PREFIX, RunCount, filesystem
 from schemas.errors import ErrorKind
-from schemas.records import ManifestError, ManifestRecord
+from schemas.records import ManifestError, ManifestRecord, present_uris
+from schemas.tables import SAMPLES_BASE
 from transforms.extract_sample_fn import counter
 from transforms.manifest_rows import record_of
-from transforms.record_batches import BatchRow, bucket_of, gc_paused, pickled, rows_of
-from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, missing_embeddings, unchanged_by_metadata
+from transforms.record_batches import BatchRow, bucket_of, gc_paused, rows_of
+from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, missing_embeddings, same_files
 
 CachedFile = tuple[str, str]
 """A table name and the path of one of its committed files (relative to the table folder)."""
 
-SAMPLE_COLUMNS = ("sample_id", "manifest_ok", "content_hash", "file_identity", "features_fingerprint", "manifest_hash",
-                  "n_frames", "n_audio_windows", "n_tokens")
-"""The ``samples`` columns an incremental run needs (``file_identity`` is missing from files older than it: read as null)."""
+JOINED_SAMPLES = pa.schema([SAMPLES_BASE.field(name).with_nullable(True) for name in (
+    "sample_id", "content_hash", "file_identity", "features_fingerprint", "manifest_hash", "n_frames", "n_audio_windows",
+    "n_tokens", "manifest_line_hash", "video", "audio", "text")])
+"""The ``samples`` columns an incremental run needs, of its valid rows (``manifest_ok``); ``file_identity`` and
+``manifest_line_hash`` are missing from files older than them: read as null."""
+JOINED_EMBEDDINGS = pa.schema([(name, pa.string()) for name in ("sample_id", "modality", "encoder_fingerprint")])
+"""The columns of an embedding set the join reads."""
 
 _SAMPLES, _EMBEDDED = "samples", "embedded"
 """What a bucket's rows from the cache are: cached samples, or the embeddings they have."""
+_SCHEMAS = {_SAMPLES: JOINED_SAMPLES, _EMBEDDED: JOINED_EMBEDDINGS}
 
 
-def _read_columns(cache: str, table: str, path: str, wanted: Iterable[str]) -> dict[str, list[Any]]:
-    """``wanted`` columns of one committed file (a column the file lacks is all nulls)."""
+def _read_columns(cache: str, table: str, path: str, schema: pa.Schema) -> pa.Table:
+    """The columns of ``schema`` of one committed file, of its valid rows for ``samples`` (a column the file lacks is
+    all nulls)."""
     fs, local = filesystem(f"{table_uri(cache, table)}/{path}")
     parquet = pq.ParquetFile(local, filesystem=fs)
-    present = [c for c in wanted if c in parquet.schema_arrow.names]
-    data = parquet.read(columns=present).to_pydict()
-    n = parquet.metadata.num_rows
-    return {c: data[c] if c in data else [None] * n for c in wanted}
+    names = set(parquet.schema_arrow.names)
+    data = parquet.read(columns=[c for c in (*schema.names, "manifest_ok") if c in names])
+    if table == "samples":
+        data = data.filter(data.column("manifest_ok"))
+    return pa.table([data.column(f.name) if f.name in names else pa.nulls(data.num_rows, f.type) for f in schema], schema=schema)
+
+
+def _unpacked_tables(blobs: Iterable[bytes], schema: pa.Schema) -> Optional[pa.Table]:
+    """The record batches of ``schema`` that ``_CachedRowsFn`` serialized as ``blobs``, as one table (``None``: none)."""
+    batches = [pa.ipc.read_record_batch(pa.py_buffer(blob), schema) for blob in blobs]
+    return pa.Table.from_batches(batches, schema) if batches else None
 
 
 class _CachedRowsFn(beam.DoFn):
-    """A committed file -> ``(bucket, (kind, rows))`` per bucket of its ids, ``rows`` pickled (``record_batches.pickled``):
-    for a ``samples`` file (kind ``samples``) ``[(sample_id, KnownSample.as_tuple()), ...]`` of its valid rows, for an
-    embedding file (kind ``embedded``) ``[(sample_id, modality, encoder_fingerprint), ...]``."""
+    """A committed file -> ``(bucket, (kind, rows))`` per bucket of its ids, ``rows`` an Arrow record batch serialized
+    without its schema: for a ``samples`` file (kind ``samples``) the ``JOINED_SAMPLES`` of its valid rows, for an
+    embedding file (kind ``embedded``) its ``JOINED_EMBEDDINGS``. The rows are sorted by bucket once and cut into
+    slices: an unchanged rerun reads every cached sample, and builds no Python value per row here but its id."""
 
     def __init__(self, cache: str, buckets: int) -> None:
         self._cache = cache
@@ -66,21 +85,48 @@ class _CachedRowsFn(beam.DoFn):
         return gc_paused(self._buckets_of(*element))
 
     def _buckets_of(self, table: str, path: str) -> Iterator[tuple[int, tuple[str, bytes]]]:
-        by_bucket = collections.defaultdict(list)
-        if table == "samples":
-            columns = _read_columns(self._cache, table, path, SAMPLE_COLUMNS)
-            for sample_id, ok, content_hash, identity, features, manifest_hash, frames, windows, tokens in zip(*columns.values()):
-                if ok:  # KnownSample.as_tuple's values, built directly (an unchanged rerun reads every cached sample)
-                    modalities = tuple(m for m, n in (("audio", windows), ("text", tokens), ("video", frames)) if n)
-                    known = (content_hash, features, manifest_hash, modalities, identity)
-                    by_bucket[bucket_of(sample_id, self._buckets)].append((sample_id, known))
-        else:
-            columns = _read_columns(self._cache, table, path, ("sample_id", "modality", "encoder_fingerprint"))
-            for row in zip(*columns.values()):
-                by_bucket[bucket_of(row[0], self._buckets)].append(row)
         kind = _SAMPLES if table == "samples" else _EMBEDDED
-        for bucket, rows in by_bucket.items():
-            yield bucket, (kind, pickled(rows))
+        data = _read_columns(self._cache, table, path, _SCHEMAS[kind])
+        if not data.num_rows:
+            return
+        ids = data.column("sample_id").to_pylist()
+        buckets = np.fromiter((bucket_of(sample_id, self._buckets) for sample_id in ids), np.int64, len(ids))
+        order = np.argsort(buckets, kind="stable")
+        rows = data.take(order).combine_chunks().to_batches()[0]
+        buckets = buckets[order]
+        bounds = [0, *(np.flatnonzero(np.diff(buckets)) + 1), len(ids)]
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            yield int(buckets[start]), (kind, rows.slice(start, end - start).serialize().to_pybytes())
+
+
+class _CachedSamples:
+    """A bucket's cached samples (``JOINED_SAMPLES``) found by id (``index``). The columns every unchanged sample is
+    told by are Python lists from the start; the others become lists when first asked for (``column``)."""
+
+    def __init__(self, data: Optional[pa.Table]) -> None:
+        self._data = JOINED_SAMPLES.empty_table() if data is None else data
+        self._lists: dict[str, list[Any]] = {}
+        self.index: dict[str, int] = dict(zip(self.column("sample_id"), range(self._data.num_rows)))
+        self.line_hash, self.features, self.identity, self.video, self.audio, self.text = (self.column(c) for c in (
+            "manifest_line_hash", "features_fingerprint", "file_identity", "video", "audio", "text"))
+
+    def column(self, name: str) -> list[Any]:
+        if name not in self._lists:
+            self._lists[name] = self._data.column(name).to_pylist()
+        return self._lists[name]
+
+    def modalities(self, i: int) -> tuple[str, ...]:
+        """The modalities row ``i`` has features of (sorted)."""
+        counts = (("audio", "n_audio_windows"), ("text", "n_tokens"), ("video", "n_frames"))
+        return tuple(modality for modality, name in counts if self.column(name)[i])
+
+    def known(self, i: int, embedded: frozenset[tuple[str, str]]) -> KnownSample:
+        """Row ``i`` as a ``KnownSample`` with the embeddings it has."""
+        return KnownSample(self.column("content_hash")[i], self.features[i], self.column("manifest_hash")[i],
+                           frozenset(self.modalities(i)), self.identity[i], embedded)
+
+    def uris(self, i: int) -> dict[str, str]:
+        return present_uris(self.video[i], self.audio[i], self.text[i])
 
 
 def decide(records: list[ManifestRecord], known: Optional[KnownSample]) -> Iterator[tuple[ManifestRecord, Optional[KnownSample]]]:
@@ -123,34 +169,41 @@ class _DecideBucketFn(beam.DoFn):
                     by_id[row[0]].append((source, row))
                 else:
                     yield record_of(source, row), None  # failed before it had an id: nothing to join
-        cached: dict[str, tuple] = {}
+        cached = _CachedSamples(_unpacked_tables((blob for kind, blob in group["cache"] if kind == _SAMPLES), JOINED_SAMPLES))
         embedded: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
-        for kind, rows in group["cache"]:
-            if kind == _SAMPLES:
-                cached.update(pickle.loads(rows))
-            else:
-                for sample_id, modality, fingerprint in pickle.loads(rows):
-                    if sample_id in by_id:
-                        embedded[sample_id].add((modality, fingerprint))
+        embeddings = _unpacked_tables((blob for kind, blob in group["cache"] if kind == _EMBEDDED), JOINED_EMBEDDINGS)
+        if embeddings is not None:
+            for sample_id, modality, fingerprint in zip(*(embeddings.column(c).to_pylist() for c in JOINED_EMBEDDINGS.names)):
+                if sample_id in by_id:
+                    embedded[sample_id].add((modality, fingerprint))
         unchanged = 0
+        index, line_hashes, features = cached.index, cached.line_hash, cached.features
         for sample_id, rows in by_id.items():
-            known = cached.get(sample_id)
-            if len(rows) == 1 and self._unchanged(*rows[0], known, embedded.get(sample_id, ())):
-                unchanged += 1
-                continue
-            if known is not None:
-                known = KnownSample.from_tuple(known, frozenset(embedded.get(sample_id, ())))
-            yield from decide([record_of(source, row) for source, row in rows], known)
+            i = index.get(sample_id)
+            if i is not None and len(rows) == 1 and not self._verify_content and features[i] == self._features_fingerprint:
+                source, row = rows[0]
+                record = None if row[1] is not None and row[1] == line_hashes[i] else record_of(source, row)
+                if self._unchanged(record, cached, i, embedded.get(sample_id, ())):
+                    unchanged += 1
+                    continue
+                records = [record or record_of(source, row)]
+            else:
+                records = [record_of(source, row) for source, row in rows]
+            yield from decide(records, None if i is None else cached.known(i, frozenset(embedded.get(sample_id, ()))))
         if unchanged:
             counter("mmfeat", "samples_unchanged").inc(unchanged)
             counter("mmfeat", f"samples_unchanged_by_{UNCHANGED_BY_METADATA}").inc(unchanged)
             yield RunCount(f"{UNCHANGED_COUNT_PREFIX}{UNCHANGED_BY_METADATA}", unchanged)
 
-    def _unchanged(self, source: Any, row: BatchRow, known: Optional[tuple], embedded: Collection[tuple[str, str]]) -> bool:
-        _, manifest_hash, identity, _, _ = row
-        return (not self._verify_content and unchanged_by_metadata(manifest_hash, identity, known, self._features_fingerprint,
-                                                                    uris=lambda: record_of(source, row).uris())
-                and not missing_embeddings(known[3], embedded, self._requests))
+    def _unchanged(self, record: Optional[ManifestRecord], cached: _CachedSamples, i: int, embedded: Collection[tuple[str, str]]) -> bool:
+        """The sample of ``record`` (``None``: of the very line cached row ``i`` was computed from), cached from the
+        run's feature config, is cached unchanged by its files' metadata, with every requested embedding."""
+        if self._requests and missing_embeddings(cached.modalities(i), embedded, self._requests):
+            return False
+        if record is None:  # the same line: the same row, so the cached URIs are the row's
+            return same_files(cached.identity[i], cached.uris(i))
+        return (record.error is None and record.fingerprint() == cached.column("manifest_hash")[i]
+                and same_files(cached.identity[i], record.uris()))
 
 
 class JoinWithCache(beam.PTransform):

@@ -29,10 +29,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from schemas.errors import ErrorKind
-from schemas.records import ManifestError, ManifestRecord, row_fingerprint
+from schemas.records import ManifestError, ManifestRecord, line_hash
 from schemas.tables import MODALITIES, SAMPLES_WITH_SPEECH
-from transforms.record_batches import BatchRow, batch_by_bucket, batch_records, gc_paused, record_row
-from transforms.unchanged import reader_identity
+from transforms.record_batches import BatchRow, batch_by_bucket, batch_records, gc_paused
 
 logger = logging.getLogger(__name__)
 
@@ -106,18 +105,15 @@ _RESERVED = frozenset(SAMPLES_WITH_SPEECH.names)
 """Column names a manifest may not use: the ``samples`` columns (``text_source`` too, whether or not the run transcribes)."""
 
 
-def _row_fields(row: dict[str, Any], base: str, is_csv: bool) -> tuple[str, dict[str, str], dict[str, Any], list[str]]:
-    """A parsed row's id, resolved URIs by modality, extra columns (reserved ones left out) and reserved column names."""
+def _row_id(row: dict[str, Any]) -> str:
+    """A parsed row's id ("" when it has none)."""
     raw_id = row.get("id")
-    sample_id = "" if raw_id is None else str(raw_id).strip()
-    uris = {}
-    for modality in MODALITIES:
-        value = row.get(modality)
-        if value is not None and not isinstance(value, str):
-            value = str(value)
-        if value and value.strip():
-            uris[modality] = _resolve(value.strip(), base)
-    extra = dict(row)  # every column but the id and the modalities (a copy and four pops: every row of a rerun comes here)
+    return "" if raw_id is None else str(raw_id).strip()
+
+
+def _extra_columns(row: dict[str, Any], is_csv: bool) -> tuple[dict[str, Any], list[str]]:
+    """A parsed row's extra columns (reserved ones left out) and the reserved column names it uses."""
+    extra = dict(row)  # every column but the id and the modalities (a copy and four pops: every row of a run comes here)
     for name in _NOT_EXTRA:
         extra.pop(name, None)
     if is_csv:
@@ -125,13 +121,27 @@ def _row_fields(row: dict[str, Any], base: str, is_csv: bool) -> tuple[str, dict
     reserved = sorted(_RESERVED.intersection(extra))
     if reserved:
         extra = {name: value for name, value in extra.items() if name not in reserved}
-    return sample_id, uris, extra, reserved
+    return extra, reserved
 
 
-def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, base: Optional[str] = None) -> ManifestRecord:
+def _row_fields(row: dict[str, Any], base: str, is_csv: bool) -> tuple[str, dict[str, str], dict[str, Any], list[str]]:
+    """A parsed row's id, resolved URIs by modality, extra columns (reserved ones left out) and reserved column names."""
+    uris = {}
+    for modality in MODALITIES:
+        value = row.get(modality)
+        if value is not None and not isinstance(value, str):
+            value = str(value)
+        if value and value.strip():
+            uris[modality] = _resolve(value.strip(), base)
+    return _row_id(row), uris, *_extra_columns(row, is_csv)
+
+
+def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, base: Optional[str] = None,
+               line_hash: Optional[str] = None) -> ManifestRecord:
     """The record of one parsed manifest row (a dict; anything else is an invalid row).
 
-    ``base``: the folder relative paths are resolved against (default: the shard's; pass it when reading many rows).
+    ``base``: the folder relative paths are resolved against (default: the shard's; pass it when reading many rows);
+    ``line_hash``: the record's (``schemas.records.line_hash`` of its JSONL line).
     """
     key = shard.rank * ROW_KEY_SHARD + position
     if not isinstance(row, dict):
@@ -146,7 +156,7 @@ def row_record(row: Any, *, shard: Shard, position: int, is_csv: bool = False, b
         error = ManifestError(ErrorKind.MISSING_ID, f"{where} has no 'id'")
     elif not uris:
         error = ManifestError(ErrorKind.NO_MODALITY, f"{where} ({sample_id!r}) names none of video, audio, text")
-    return ManifestRecord(sample_id=sample_id, manifest_row=key, extra=extra, error=error, **uris)
+    return ManifestRecord(sample_id=sample_id, manifest_row=key, extra=extra, error=error, line_hash=line_hash, **uris)
 
 
 def _line_text(line: bytes, position: int) -> str:
@@ -173,7 +183,8 @@ def parse_jsonl_line(line: bytes, *, shard: Shard, position: int, base: Optional
     except json.JSONDecodeError as error:
         return ManifestRecord(sample_id="", manifest_row=shard.rank * ROW_KEY_SHARD + position, error=ManifestError(
             ErrorKind.INVALID_ROW, f"{_where(shard, position, False)} is not valid JSON ({error.msg})"))
-    return row_record(row, shard=shard, position=position, base=base)
+    base = _dirname(shard.uri) if base is None else base
+    return row_record(row, shard=shard, position=position, base=base, line_hash=line_hash(line, base))
 
 
 def _open(uri: str) -> Any:
@@ -208,32 +219,36 @@ def read_jsonl_range(shard: Shard, start: int, end: int) -> Iterator[ManifestRec
 
 
 def read_jsonl_rows(shard: Shard, start: int, end: int) -> Iterator[tuple[BatchRow, dict[str, Any]]]:
-    """``read_jsonl_range`` as batch rows (``transforms.record_batches``), each with its extra columns: a valid row
-    travels as its line, with its manifest hash and files' identity (no record is built); a row that fails, as its
-    record."""
+    """``read_jsonl_range`` as batch rows (``transforms.record_batches``), each with its extra columns: every
+    non-blank line travels as itself, with its id and ``line_hash`` ("" and ``None`` for a line that is not a JSON
+    object with an id). No record is built: ``record_of`` parses the line again, for the rows that need work only."""
     base = _dirname(shard.uri)
     for position, line in _jsonl_lines(shard, start, end):
         try:
-            row = json.loads(_line_text(line, position))
-        except ValueError:  # not UTF-8, not JSON, or blank: as parse_jsonl_line says
+            text = _line_text(line, position)
+            row = json.loads(text)
+        except UnicodeDecodeError:
             row = None
-        if isinstance(row, dict):
-            sample_id, uris, extra, reserved = _row_fields(row, base, is_csv=False)
-            if sample_id and uris and not reserved:
-                manifest_hash = row_fingerprint(uris.get("video"), uris.get("audio"), uris.get("text"), extra)
-                yield (sample_id, manifest_hash, reader_identity(uris), position, line), extra
+        except ValueError:  # not JSON, or blank
+            if not text.strip():
                 continue
-        record = parse_jsonl_line(line, shard=shard, position=position, base=base)
-        if record is not None:
-            yield record_row(record), record.extra
+            row = None
+        sample_id, extra = (_row_id(row), _extra_columns(row, is_csv=False)[0]) if isinstance(row, dict) else ("", {})
+        yield (sample_id, line_hash(line, base) if sample_id else None, position, line), extra
 
 
-def record_of(source: Optional[tuple[Shard, str]], row: BatchRow) -> ManifestRecord:
-    """The record of a batch row; ``source``: the batch's ``(shard, base folder)`` when its rows are lines."""
-    payload = row[4]
+def line_source(shard: Shard) -> tuple[str, int, int, str]:
+    """What ``record_of`` needs to parse the lines of ``shard`` again, as plain values: its URI, rank, size and the
+    folder its relative paths resolve against."""
+    return shard.uri, shard.rank, shard.size, _dirname(shard.uri)
+
+
+def record_of(source: Optional[tuple[str, int, int, str]], row: BatchRow) -> ManifestRecord:
+    """The record of a batch row; ``source``: the batch's ``line_source`` when its rows are lines."""
+    _, _, position, payload = row
     if isinstance(payload, bytes):
-        shard, base = source
-        return parse_jsonl_line(payload, shard=shard, position=row[3], base=base)
+        uri, rank, size, base = source
+        return parse_jsonl_line(payload, shard=Shard(uri, rank, size), position=position, base=base)
     return ManifestRecord.from_tuple(payload)
 
 
@@ -279,7 +294,7 @@ class _ReadRangeFn(beam.DoFn):
             yield from gc_paused(batch_records(read_csv_shard(shard), self._buckets))
         else:
             rows = read_jsonl_rows(shard, start, end)
-            yield from gc_paused(batch_by_bucket(rows, self._buckets, source=(shard, _dirname(shard.uri))))
+            yield from gc_paused(batch_by_bucket(rows, self._buckets, source=line_source(shard)))
 
 
 class ReadManifestRows(beam.PTransform):

@@ -128,7 +128,7 @@ def _stat_regular(uri: str) -> os.stat_result:
     Raises:
         SampleFailure: ``missing_file``, ``not_a_file``, ``unreadable`` or ``unsupported_uri`` (``read`` stage).
     """
-    path = _local_path(uri)
+    path = uri if "://" not in uri else _local_path(uri)  # a plain path needs no parsing (every file of every rerun)
     try:
         status = os.stat(path)
     except OSError as error:
@@ -207,21 +207,26 @@ def check_readable(uri: str) -> int:
             fails), ``unsupported_uri`` for a scheme no file system here reads, ``empty_file`` when it has zero bytes.
     """
     if is_local(uri):
-        size = _stat_regular(uri).st_size
-        _check_local_access(uri, size)
-        return size
+        status = _stat_regular(uri)
+        _check_local_access(uri, status)
+        return status.st_size
     size = _remote_size(uri)
     if size == 0:
         raise SampleFailure(Stage.READ, ErrorKind.EMPTY_FILE, f"file is empty (0 bytes): {uri}")
     return size
 
 
-def _check_local_access(uri: str, size: int) -> None:
-    """Raises ``SampleFailure`` (``unreadable``, ``empty_file``) unless the local regular file ``uri`` of ``size``
-    bytes can be read."""
-    if not os.access(_local_path(uri), os.R_OK):
+_UID = os.getuid()
+"""The real user id ``os.access`` checks with (a system call: asked once, not for every file of a rerun)."""
+
+
+def _check_local_access(uri: str, status: os.stat_result) -> None:
+    """Raises ``SampleFailure`` (``unreadable``, ``empty_file``) unless the local regular file ``uri`` (``os.stat``
+    gave ``status``) can be read."""
+    owner_may_read = status.st_uid == _UID and status.st_mode & stat.S_IRUSR  # what os.access would say, unasked
+    if not owner_may_read and not os.access(_local_path(uri), os.R_OK):
         raise SampleFailure(Stage.READ, ErrorKind.UNREADABLE, f"cannot read {uri}: permission denied")
-    if size == 0:
+    if status.st_size == 0:
         raise SampleFailure(Stage.READ, ErrorKind.EMPTY_FILE, f"file is empty (0 bytes): {uri}")
 
 
@@ -276,9 +281,9 @@ def file_identity(uri: str) -> str:
     Raises:
         SampleFailure: as ``check_readable``.
     """
-    if is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
+    if "://" not in uri or is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
         status = _stat_regular(uri)
-        _check_local_access(uri, status.st_size)
+        _check_local_access(uri, status)
         return f"{status.st_size}:{status.st_mtime_ns}"
     size = check_readable(uri)
     metadata = FileSystems.match([uri])[0].metadata_list[0]

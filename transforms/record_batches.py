@@ -1,20 +1,17 @@
 """Manifest rows in batches by bucket of ids, the form in which they meet the cache (``transforms.cache_join``).
 
 A batch is ``(bucket, (blob, rows, extra_types))``: ``blob`` holds the rows
-pickled as one ``bytes`` value (what Beam moves between stages without
-looking inside: its own coder decodes nested tuples at about 7 us a row,
-twice per grouping), ``rows`` their number and ``extra_types`` the arrow
+packed as one ``bytes`` value (``packed``: what Beam moves between stages
+without looking inside; its own coder decodes nested tuples at about 7 us a
+row, twice per grouping), ``rows`` their number and ``extra_types`` the arrow
 types of their extra manifest columns (``transforms.extra_columns``), so
 that counting and schema inference never open the blob.
 
-Each row carries what the join decides "unchanged" with, taken where the
-row is read: its id, its manifest hash (``ManifestRecord.fingerprint``) and
-its files' identity (``transforms.unchanged.reader_identity``: deferred for
-files in object stores; both ``None`` for a row that failed). Its record
-travels as the row's own JSONL line when it has one
-(``transforms.manifest_rows.record_of`` parses it again, for the rows that
-need work only: an unchanged rerun builds no record), else as
-``ManifestRecord.as_tuple``. A worker reading a manifest range groups its
+Each row carries its id and what tells the join an unchanged JSONL line
+(``schemas.records.line_hash``). Its record travels as the row's own JSONL
+line when it has one (``transforms.manifest_rows.record_of`` parses it
+again, for the rows that need work only: an unchanged rerun parses each
+line once, for its id), else as ``ManifestRecord.as_tuple``. A worker reading a manifest range groups its
 rows by bucket as it reads them (no ``finish_bundle`` outputs, which Beam's
 DaskRunner drops).
 """
@@ -22,7 +19,7 @@ from __future__ import annotations
 
 import collections
 import gc
-import pickle
+import marshal
 import zlib
 from typing import Any, Iterable, Iterator, Optional, TypeVar
 
@@ -30,16 +27,16 @@ import apache_beam as beam
 
 from schemas.records import ManifestRecord
 from transforms.extra_columns import InferExtraFields
-from transforms.unchanged import reader_identity
 
-BatchRow = tuple[str, Optional[str], Optional[str], int, Any]
-"""``(sample_id, manifest hash, files identity, position, record)``: ``record`` is the row's JSONL line (``bytes``,
-starting at byte ``position`` of the batch's shard) or its ``ManifestRecord.as_tuple()``."""
+BatchRow = tuple[str, Optional[str], int, Any]
+"""``(sample_id, line hash, position, record)``: ``record`` is the row's JSONL line (``bytes``, starting at byte
+``position`` of the batch's shard) or its ``ManifestRecord.as_tuple()``."""
 RecordBatch = tuple[int, tuple[bytes, int, dict[str, set[str]]]]
 
-MIN_BUCKETS = 64
+MIN_BUCKETS = 16
 BUCKET_BYTES = 1 << 20
-"""Buckets: one per MiB of manifest, at least ``MIN_BUCKETS`` (a bucket of 1 MiB of rows holds ~15,000 samples)."""
+"""Buckets: one per MiB of manifest, at least ``MIN_BUCKETS`` (a bucket of 1 MiB of rows holds ~15,000 samples). Each
+committed file the join reads sends one element per bucket it has ids of: few buckets keep a small rerun cheap."""
 BATCH_ROWS = 250
 """Rows a reader gathers per bucket before sending them on (bounds its memory: at most this many per bucket)."""
 
@@ -54,13 +51,6 @@ def bucket_of(sample_id: str, buckets: int) -> int:
     return zlib.crc32(sample_id.encode("utf-8")) % buckets
 
 
-def record_row(record: ManifestRecord) -> BatchRow:
-    """``record`` as a batch row, with its manifest hash and files' identity (one ``stat`` per local file)."""
-    if record.error is not None:
-        return record.sample_id, None, None, 0, record.as_tuple()
-    return record.sample_id, record.fingerprint(), reader_identity(record.uris()), 0, record.as_tuple()
-
-
 class _Pending:
     """The rows a reader holds for one bucket, and the types of their extra columns."""
 
@@ -71,7 +61,7 @@ class _Pending:
         self.extra_types: dict[str, set[str]] = {}
 
     def batch(self, source: Any) -> tuple[bytes, int, dict[str, set[str]]]:
-        return pickled((source, self.rows)), len(self.rows), self.extra_types
+        return packed((source, self.rows)), len(self.rows), self.extra_types
 
 
 def batch_by_bucket(rows: Iterable[tuple[BatchRow, dict[str, Any]]], buckets: int, source: Any = None,
@@ -92,12 +82,13 @@ def batch_by_bucket(rows: Iterable[tuple[BatchRow, dict[str, Any]]], buckets: in
 
 def batch_records(records: Iterable[ManifestRecord], buckets: int, batch_rows: int = BATCH_ROWS) -> Iterator[RecordBatch]:
     """``batch_by_bucket`` of records (a CSV shard's or a folder's)."""
-    return batch_by_bucket(((record_row(record), record.extra) for record in records), buckets, None, batch_rows)
+    rows = (((record.sample_id, record.line_hash, 0, record.as_tuple()), record.extra) for record in records)
+    return batch_by_bucket(rows, buckets, None, batch_rows)
 
 
 def rows_of(batch: tuple[bytes, int, dict[str, set[str]]]) -> tuple[Any, list[BatchRow]]:
     """The source and the rows of a batch (its value, without the bucket)."""
-    return pickle.loads(batch[0])
+    return unpacked(batch[0])
 
 
 class InferBatchExtraFields(InferExtraFields):
@@ -140,6 +131,13 @@ def gc_paused(items: Iterator[T]) -> Iterator[T]:
         yield item
 
 
-def pickled(value: Any) -> bytes:
-    """``value`` as the ``bytes`` a stage boundary moves untouched (see the module's docstring)."""
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+def packed(value: Any) -> bytes:
+    """``value`` (plain values only: ``None``, numbers, strings, bytes, tuples, lists, dicts, sets) as the ``bytes`` a
+    stage boundary moves untouched (see the module's docstring). ``marshal``: several times faster than pickle for
+    these; the format is that of this Python version, which every worker of a Beam job shares."""
+    return marshal.dumps(value)
+
+
+def unpacked(blob: bytes) -> Any:
+    """The value ``packed`` gave ``blob`` of."""
+    return marshal.loads(blob)

@@ -136,6 +136,7 @@ class SampleState:
             "manifest_ok": record.error is None,
             "features_fingerprint": features_fingerprint,
             "manifest_hash": record.fingerprint(),
+            "manifest_line_hash": record.line_hash,
             "run_id": run_id,
             **({} if self.speech_tracks is None else {"text_source": TEXT_SOURCE_FILE if self.text_from_file else None}),
         }

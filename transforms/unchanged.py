@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Collection, Optional
+from typing import Collection, Optional
 
 from schemas.errors import SampleFailure
 from schemas.records import ManifestRecord
@@ -45,17 +45,6 @@ class KnownSample:
     file_identity: Optional[str] = None
     embedded: frozenset[tuple[str, str]] = frozenset()
 
-    def as_tuple(self) -> tuple:
-        """Plain values, which Beam encodes without pickling (``embedded`` travels apart: the cache's embedding rows)."""
-        return (self.content_hash, self.features_fingerprint, self.manifest_hash, tuple(sorted(self.modalities_with_features)),
-                self.file_identity)
-
-    @classmethod
-    def from_tuple(cls, values: tuple, embedded: frozenset[tuple[str, str]] = frozenset()) -> "KnownSample":
-        """The sample ``as_tuple`` gave, with the embeddings it has."""
-        content_hash, features_fingerprint, manifest_hash, modalities, file_identity = values
-        return cls(content_hash, features_fingerprint, manifest_hash, frozenset(modalities), file_identity, embedded)
-
     def missing_embeddings(self, requests: dict[str, str]) -> set[str]:
         """The modalities it has features of whose requested encoder (``{modality: fingerprint}``) has not embedded it."""
         return missing_embeddings(self.modalities_with_features, self.embedded, requests)
@@ -72,6 +61,9 @@ def identities_json(identities: dict[str, str]) -> str:
 
     The text ``json.dumps(identities, sort_keys=True)`` gives, built directly (an unchanged rerun compares one per
     sample): modality names and identities (digits, ``:`` and ``.``) hold no character JSON escapes."""
+    if len(identities) == 1:  # the common case, without sorting
+        (modality, identity), = identities.items()
+        return f'{{"{modality}": "{identity}"}}'
     return "{" + ", ".join([f'"{modality}": "{identities[modality]}"' for modality in sorted(identities)]) + "}"
 
 
@@ -97,33 +89,11 @@ def files_identity(uris: dict[str, str]) -> Optional[str]:
     return identities_json(identities)
 
 
-DEFERRED_IDENTITY = "deferred"
-"""What a reader records for a row with a file in an object store: its identity costs a request per file, so it is
-taken only for a sample the cache holds from the same row and config (``unchanged_by_metadata``)."""
+def same_files(cached_identity: Optional[str], uris: dict[str, str]) -> bool:
+    """The files ``uris`` (``{modality: uri}``) have the identities the cache holds (``identities_json``; one ``stat``
+    per local file, one metadata request per file in an object store; no content is read). The join asks this only
+    of a sample the cache holds from the same row and config.
 
-
-def reader_identity(uris: dict[str, str]) -> Optional[str]:
-    """``files_identity`` of local files (one ``stat`` each), taken as a row is read; ``DEFERRED_IDENTITY`` when a
-    file is in an object store (a first run over a bucket would otherwise pay one more request per file)."""
-    if all(media_io.is_local(uri) for uri in uris.values()):
-        return files_identity(uris)
-    return DEFERRED_IDENTITY
-
-
-def unchanged_by_metadata(manifest_hash: Optional[str], identity: Optional[str], known: Optional[tuple],
-                          features_fingerprint: str, uris: Callable[[], dict[str, str]]) -> bool:
-    """A row of ``manifest_hash`` (``ManifestRecord.fingerprint``) whose files have ``identity`` (``reader_identity``;
-    ``uris`` gives the files when it is ``DEFERRED_IDENTITY``) is cached as it is now, told by its files'
-    identities alone (reads no content); ``known``: what the cache holds for it as ``KnownSample.as_tuple`` gives it
-    (the join compares a million of them: no object is built).
-
-    ``False`` whenever this cannot tell (``identity`` ``None``, an older cache without identities): the extractor
-    then decides with the content hash."""
-    if known is None:
-        return False
-    _, cached_features, cached_hash, _, cached_identity = known
-    if cached_identity is None or cached_hash != manifest_hash or cached_features != features_fingerprint:
-        return False
-    if identity == DEFERRED_IDENTITY:
-        identity = files_identity(uris())
-    return identity is not None and identity == cached_identity
+    ``False`` whenever this cannot tell (an identity that cannot be taken, an older cache without identities): the
+    extractor then decides with the content hash."""
+    return cached_identity is not None and files_identity(uris) == cached_identity

@@ -13,9 +13,8 @@ from tests import media
 from tests.beam_helpers import in_process_pipeline
 from transforms.extra_columns import InferExtraFields, extra_value
 from transforms.manifest_rows import (
-    ROW_KEY_SHARD, ReadFolderRows, ReadManifestRows, read_csv_shard, read_jsonl_range, read_jsonl_rows, record_of, shard_ranges,
+    ROW_KEY_SHARD, ReadFolderRows, ReadManifestRows, read_csv_shard, read_jsonl_range, read_jsonl_rows, line_source, record_of, shard_ranges,
 )
-from transforms.unchanged import DEFERRED_IDENTITY, files_identity, reader_identity
 
 
 def _records(pattern: str, split_bytes: int = 1 << 20) -> list:
@@ -164,7 +163,7 @@ def test_a_relative_path_resolves_as_normpath_would(value, base):
     assert _resolve(value, base) == os.path.normpath(os.path.join(base, value))
 
 
-def test_rows_read_for_the_join_are_the_records_the_reader_gives_with_their_hash_and_identity(tmp_path):
+def test_rows_read_for_the_join_are_the_records_the_reader_gives_with_their_line_hash(tmp_path):
     """An unchanged rerun decides from what ``read_jsonl_rows`` takes per line, and parses a line into its record only
     when the sample needs work: both must be exactly what ``read_jsonl_range`` gives, whatever the line holds."""
     (tmp_path / "a.txt").write_text("words", encoding="utf-8")
@@ -186,15 +185,10 @@ def test_rows_read_for_the_join_are_the_records_the_reader_gives_with_their_hash
         for _, start, end in shard_ranges(shard, split_bytes):
             expected = list(read_jsonl_range(shard, start, end))
             rows = [row for row, _ in read_jsonl_rows(shard, start, end)]
-            records = [record_of((shard, str(tmp_path)), row) for row in rows]
+            records = [record_of(line_source(shard), row) for row in rows]
             assert records == expected
             for row, record in zip(rows, records):
-                failed = record.error is not None
-                assert row[:3] == (record.sample_id, None if failed else record.fingerprint(),
-                                   None if failed else reader_identity(record.uris()))
-                if record.sample_id == "remote":  # an object store's metadata is asked for by the join, when needed
-                    assert row[2] == DEFERRED_IDENTITY
-                elif not failed:
-                    assert row[2] == files_identity(record.uris())
+                assert row[:2] == (record.sample_id, record.line_hash if record.sample_id else None)
+                assert record.error is not None or record.line_hash is not None
     kinds = [r.error.kind if r.error else None for r in read_jsonl_range(shard, 0, shard.size)]
     assert kinds == [None, None, None, None, None, "invalid_row", "invalid_row", "missing_id", "no_modality", "invalid_row", "invalid_row"]

@@ -1,22 +1,45 @@
 """The join with the cache decides per bucket of ids: duplicates, rows without an id, unchanged samples."""
+import json
 import os
 
-from schemas.cache.layout import UNCHANGED_COUNT_PREFIX, RunCount
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.manifest import open_manifest
+from schemas.cache.layout import UNCHANGED_COUNT_PREFIX, RunCount, table_uri
 from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
-from transforms import media_io
-from transforms.cache_join import _DecideBucketFn
-from transforms.record_batches import batch_records, bucket_of, num_buckets, pickled
-from transforms.unchanged import KnownSample, identities_json
+from schemas.tables import SAMPLES_BASE
+from transforms import cache_join, media_io
+from transforms.cache_join import JOINED_EMBEDDINGS, _CachedRowsFn, _DecideBucketFn
+from transforms.manifest_rows import _ReadRangeFn, read_jsonl_range, record_of
+from transforms.record_batches import batch_records, bucket_of, num_buckets
+from transforms.unchanged import identities_json
 
 
-def _decide(records, cached=(), embedded=(), requests=None, verify_content=False):
+EMBEDDINGS = "embeddings/text/enc"
+
+
+def _cache_side(cache, samples=(), embedded=()):
+    """The join's cache side (one bucket) of a cache whose committed files hold ``samples`` (``samples`` rows, as
+    dicts) and ``embedded`` (``(sample_id, modality, encoder fingerprint)``), split over two files each."""
+    elements = []
+    embedding_rows = [dict(zip(JOINED_EMBEDDINGS.names, row)) for row in embedded]
+    for table, rows, schema in (("samples", list(samples), SAMPLES_BASE), (EMBEDDINGS, embedding_rows, JOINED_EMBEDDINGS)):
+        folder = table_uri(str(cache), table)
+        os.makedirs(folder, exist_ok=True)
+        for part in range(2):
+            pq.write_table(pa.Table.from_pylist(rows[part::2], schema=schema), f"{folder}/part-{part}.parquet")
+            elements += list(_CachedRowsFn(str(cache), 1).process((table, f"part-{part}.parquet")))
+    return [value for _, value in elements]
+
+
+def _decide(records, cache_side=(), requests=None, verify_content=False):
     decide = _DecideBucketFn("features", requests or {}, verify_content)
     out = []
     for bucket, batch in batch_records(records, buckets=1, batch_rows=2):  # several batches of one bucket
         out.append(batch)
-    group = {"manifest": out, "cache": [("samples", pickled(list(cached))), ("embedded", pickled(list(embedded)))]}
-    return list(decide.process((0, group)))
+    return list(decide.process((0, {"manifest": out, "cache": list(cache_side)})))
 
 
 def test_rows_without_an_id_are_not_duplicates_of_each_other_and_a_duplicate_keeps_the_first_row():
@@ -29,10 +52,12 @@ def test_rows_without_an_id_are_not_duplicates_of_each_other_and_a_duplicate_kee
     assert sorted(record.manifest_row for record, _ in out if record.error and record.error.kind == ErrorKind.MISSING_ID) == [1, 2]
 
 
-def _known(record, path, embedded=frozenset()):
-    return KnownSample(content_hash="h", features_fingerprint="features", manifest_hash=record.fingerprint(),
-                       modalities_with_features=frozenset({"text"}), file_identity=identities_json({"text": media_io.file_identity(path)}),
-                       embedded=embedded)
+def _cached(record):
+    """The ``samples`` row of ``record``'s sample from a cache that computed it from this very row (its files as now)."""
+    return {name: 0 if field.type == pa.int32() else None for name, field in zip(SAMPLES_BASE.names, SAMPLES_BASE)} | {
+        "sample_id": record.sample_id, "manifest_row": record.manifest_row, "status": "ok", "content_hash": "h", "text": record.text,
+        "file_identity": identities_json({"text": media_io.file_identity(record.text)}), "n_tokens": 3, "manifest_ok": True,
+        "features_fingerprint": "features", "manifest_hash": record.fingerprint(), "manifest_line_hash": record.line_hash, "run_id": "r"}
 
 
 def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembedded_one_goes_on(tmp_path):
@@ -41,10 +66,11 @@ def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembed
         with open(path, "w") as handle:
             handle.write("words")
     records = {name: ManifestRecord(name, i, text=path) for i, (name, path) in enumerate(paths.items())}
-    cached = [(name, _known(record, paths[name]).as_tuple()) for name, record in records.items()]
-    embedded = [(name, "text", "enc-1") for name in ("same", "touched")]
+    invalid = _cached(ManifestRecord("touched", 9, text=paths["touched"])) | {"manifest_ok": False, "features_fingerprint": "old"}
+    cached = _cache_side(tmp_path / "cache", [*(_cached(record) for record in records.values()), invalid],
+                         [(name, "text", "enc-1") for name in ("same", "touched")])
     os.utime(paths["touched"], ns=(1, 1))
-    out = _decide(list(records.values()), cached, embedded, requests={"text": "enc-1"})
+    out = _decide(list(records.values()), cached, requests={"text": "enc-1"})
     counts = [element for element in out if isinstance(element, RunCount)]
     assert counts == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 1)]
     decided = [element for element in out if not isinstance(element, RunCount)]
@@ -52,10 +78,45 @@ def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembed
     assert all(known is not None for record, known in decided)  # the extractor gets what is cached
     touched = next(known for record, known in decided if record.sample_id == "touched")
     assert touched.embedded == {("text", "enc-1")} and touched.modalities_with_features == {"text"}
-    verified = _decide(list(records.values()), cached, embedded, requests={"text": "enc-1"}, verify_content=True)
+    assert (touched.features_fingerprint, touched.content_hash) == ("features", "h")  # of its valid row
+    verified = _decide(list(records.values()), cached, requests={"text": "enc-1"}, verify_content=True)
     assert len(verified) == 3 and all(isinstance(record, ManifestRecord) for record, _ in verified)  # the extractor hashes them
 
 
 def test_buckets_are_stable_and_grow_with_the_manifest():
     assert bucket_of("clip-1", 64) == bucket_of("clip-1", 64) and 0 <= bucket_of("clip-1", 64) < 64
-    assert num_buckets(0) == 64 and num_buckets(1 << 30) == 1024
+    assert num_buckets(0) == 16 and num_buckets(1 << 30) == 1024
+
+
+def _line_batches(manifest, buckets=1):
+    shard = open_manifest(str(manifest)).shards[0]
+    return list(_ReadRangeFn(buckets).process((shard, 0, shard.size)))
+
+
+def test_an_unchanged_line_is_found_by_its_hash_and_a_reformatted_one_by_its_row(tmp_path, monkeypatch):
+    """A rerun parses a line only when its hash differs from the cached one's (then compares the parsed row's hash);
+    either way a sample whose files kept their identity is only counted, and one whose file was touched goes on."""
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"id": name, "text": f"{name}.txt", "label": i} for i, name in enumerate(("same", "reordered", "touched"))]
+    for row in rows:
+        (tmp_path / row["text"]).write_text("words", encoding="utf-8")
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    shard = open_manifest(str(manifest)).shards[0]
+    cached = _cache_side(tmp_path / "cache", [_cached(record) for record in read_jsonl_range(shard, 0, shard.size)])
+    manifest.write_text("".join(json.dumps(dict(reversed(row.items())) if row["id"] == "reordered" else row) + "\n" for row in rows),
+                        encoding="utf-8")
+    os.utime(tmp_path / "touched.txt", ns=(1, 1))
+    parsed = []
+    monkeypatch.setattr(cache_join, "record_of", lambda source, row: parsed.append(row[0]) or record_of(source, row))
+    group = {"manifest": [batch for _, batch in _line_batches(manifest)], "cache": cached}
+    out = list(_DecideBucketFn("features", {}, False).process((0, group)))
+    assert [element for element in out if isinstance(element, RunCount)] == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 2)]
+    assert [element[0].sample_id for element in out if not isinstance(element, RunCount)] == ["touched"]
+    assert sorted(parsed) == ["reordered", "touched"]  # "same" never parsed; "touched" only to go on to the extractor
+
+
+def test_the_identity_json_is_what_json_dumps_gives():
+    """``samples.file_identity`` is compared as text: built without ``json.dumps`` (one per sample of a rerun), it must be
+    exactly its sorted output, for one file and several."""
+    for identities in ({"text": "5:17"}, {"video": "9:1", "audio": "3:2", "text": "5:17"}, {}):
+        assert identities_json(identities) == json.dumps(identities, sort_keys=True)

@@ -104,6 +104,8 @@ def test_a_file_without_read_permission_is_unreadable(tmp_path):
 
 def test_check_readable_asks_for_read_permission(tmp_path, monkeypatch):
     path = media.text(str(tmp_path / "secret.txt"), "x")
+    assert media_io.check_readable(path) == 1  # the owner may read it: os.access is not asked
+    os.chmod(path, 0o044)  # then only the system knows (as root, os.access says yes: it is told no here)
     monkeypatch.setattr(os, "access", lambda checked, mode: not (checked == path and mode == os.R_OK))
     failure = _failure(media_io.check_readable, path)
     assert (failure.kind, failure.message) == (ErrorKind.UNREADABLE, f"cannot read {path}: permission denied")
