@@ -40,7 +40,7 @@ from transforms.extract_sample_fn import ExtractSampleFn
 from transforms.cache_join import CachedFile, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
-from transforms.record_batches import CountBatchedRecords, InferBatchExtraFields, batch_records, num_buckets
+from transforms.record_batches import SummariseBatches, batch_records, num_buckets
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on
@@ -211,14 +211,15 @@ class ExtractCorpus(beam.PTransform):
                        | "Batches" >> beam.FlatMap(lambda record: batch_records([record], buckets)))
         else:
             batches = begin | "ReadCorpus" >> ReadManifestRows(corpus.shards, buckets=buckets)
-        inputs = batches | "CountInputs" >> CountBatchedRecords() | "InputCount" >> beam.Map(lambda n: RunCount(INPUTS_COUNT, n))
+        summary = batches | "SummariseInputs" >> beam.CombineGlobally(SummariseBatches())  # (rows, extra column fields)
+        inputs = summary | "InputCount" >> beam.Map(lambda rows_and_fields: RunCount(INPUTS_COUNT, rows_and_fields[0]))
         context = self._extract.get("context") or RunContext()
         join = JoinWithCache(
             self._cache, self._cached_files, buckets=buckets,
             features_fingerprint=context.features_fingerprint, verify_content=context.verify_content,
             requests={m: request.fingerprint for m, request in encode_requests(self._extract.get("handlers") or {}).items()})
         to_extract, unchanged = batches | "JoinCache" >> join
-        extra_fields = batches | "ExtraColumns" >> beam.CombineGlobally(InferBatchExtraFields())
+        extra_fields = summary | "ExtraColumns" >> beam.Map(lambda rows_and_fields: rows_and_fields[1])
         entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
                                                                  **self._extract)
         return ((entries, unchanged, inputs) | "AllEntries" >> beam.Flatten()

@@ -91,22 +91,27 @@ def rows_of(batch: tuple[bytes, int, dict[str, set[str]]]) -> tuple[Any, list[Ba
     return unpacked(batch[0])
 
 
-class InferBatchExtraFields(InferExtraFields):
-    """``InferExtraFields`` over record batches, which carry their rows' types."""
+class SummariseBatches(beam.CombineFn):
+    """Record batches -> ``(rows, extra_fields)``: how many rows they hold, and the arrow fields of their extra
+    manifest columns (``InferExtraFields``), from what each batch carries beside its blob (no blob is opened).
 
-    def add_input(self, accumulator: dict[str, set[str]], batch: RecordBatch) -> dict[str, set[str]]:  # type: ignore[override]
-        return self.merge_accumulators([accumulator, batch[1][2]])
+    Accumulator: ``(rows, {column: arrow type names seen})``.
+    """
 
+    def create_accumulator(self) -> tuple[int, dict[str, set[str]]]:
+        return 0, {}
 
-class CountBatchedRecords(beam.PTransform):
-    """``PCollection[RecordBatch]`` -> one element: the number of records (0 when none)."""
+    def add_input(self, accumulator: tuple[int, dict[str, set[str]]], batch: RecordBatch) -> tuple[int, dict[str, set[str]]]:
+        _, rows, extra_types = batch[1]
+        return self.merge_accumulators([accumulator, (rows, extra_types)])
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        return batches | "BatchSizes" >> beam.Map(_batch_size) | "Sum" >> beam.CombineGlobally(sum)
+    def merge_accumulators(self, accumulators: Iterable[tuple[int, dict[str, set[str]]]]) -> tuple[int, dict[str, set[str]]]:
+        accumulators = list(accumulators)
+        return sum(rows for rows, _ in accumulators), InferExtraFields().merge_accumulators(types for _, types in accumulators)
 
-
-def _batch_size(batch: RecordBatch) -> int:
-    return batch[1][1]
+    def extract_output(self, accumulator: tuple[int, dict[str, set[str]]]) -> tuple[int, list[Any]]:
+        rows, types = accumulator
+        return rows, InferExtraFields().extract_output(types)
 
 
 T = TypeVar("T")
