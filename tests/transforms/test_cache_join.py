@@ -120,3 +120,23 @@ def test_the_identity_json_is_what_json_dumps_gives():
     exactly its sorted output, for one file and several."""
     for identities in ({"text": "5:17"}, {"video": "9:1", "audio": "3:2", "text": "5:17"}, {}):
         assert identities_json(identities) == json.dumps(identities, sort_keys=True)
+
+
+def test_a_cache_written_before_line_hashes_decides_by_the_parsed_row(tmp_path, monkeypatch):
+    """A cache older than ``samples.manifest_line_hash``: its files lack the column, read as null; every line is then
+    parsed and a sample whose row and files are unchanged is still only counted."""
+    manifest = tmp_path / "m.jsonl"
+    (tmp_path / "a.txt").write_text("words", encoding="utf-8")
+    manifest.write_text(json.dumps({"id": "a", "text": "a.txt"}) + "\n", encoding="utf-8")
+    shard = open_manifest(str(manifest)).shards[0]
+    row = _cached(next(read_jsonl_range(shard, 0, shard.size)))
+    folder = table_uri(str(tmp_path / "cache"), "samples")
+    os.makedirs(folder)
+    old_schema = pa.schema([field for field in SAMPLES_BASE if field.name != "manifest_line_hash"])
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), f"{folder}/old.parquet")
+    cached = [value for _, value in _CachedRowsFn(str(tmp_path / "cache"), 1).process(("samples", "old.parquet"))]
+    parsed = []
+    monkeypatch.setattr(cache_join, "record_of", lambda source, row: parsed.append(row[0]) or record_of(source, row))
+    group = {"manifest": [batch for _, batch in _line_batches(manifest)], "cache": cached}
+    assert list(_DecideBucketFn("features", {}, False).process((0, group))) == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 1)]
+    assert parsed == ["a"]
