@@ -11,9 +11,9 @@ Each row carries its id and what tells the join an unchanged JSONL line
 (``schemas.records.line_hash``). Its record travels as the row's own JSONL
 line when it has one (``transforms.manifest_rows.record_of`` parses it
 again, for the rows that need work only: an unchanged rerun parses each
-line once, for its id), else as ``ManifestRecord.as_tuple``. A worker reading a manifest range groups its
-rows by bucket as it reads them (no ``finish_bundle`` outputs, which Beam's
-DaskRunner drops).
+line once, for its id), else as ``ManifestRecord.as_tuple``. A worker
+reading a manifest range groups its rows by bucket as it reads them (no
+``finish_bundle`` outputs, which Beam's DaskRunner drops).
 """
 from __future__ import annotations
 
