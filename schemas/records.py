@@ -43,7 +43,8 @@ class ManifestRecord:
 
     def fingerprint(self) -> str:
         """SHA-256 of what the row says (URIs and extra columns): a changed label makes the sample recomputed."""
-        return row_fingerprint(self.video, self.audio, self.text, self.extra)
+        content = {"video": self.video, "audio": self.audio, "text": self.text, "extra": self.extra}
+        return hashlib.sha256(_ROW_ENCODER.encode(content).encode("utf-8")).hexdigest()
 
     def with_error(self, error: ManifestError) -> "ManifestRecord":
         """This record failed with ``error`` (its row is still accounted for)."""
@@ -69,13 +70,6 @@ def present_uris(video: Optional[str], audio: Optional[str], text: Optional[str]
     """``{modality: uri}`` of the URIs given, in the order video, audio, text."""
     found = {"video": video, "audio": audio, "text": text}
     return {name: uri for name, uri in found.items() if uri}
-
-
-def row_fingerprint(video: Optional[str], audio: Optional[str], text: Optional[str], extra: dict[str, Any]) -> str:
-    """``ManifestRecord.fingerprint`` of a row with these URIs and extra columns (a reader takes it before any record
-    is built)."""
-    content = {"video": video, "audio": audio, "text": text, "extra": extra}
-    return hashlib.sha256(_ROW_ENCODER.encode(content).encode("utf-8")).hexdigest()
 
 
 def line_hash(line: bytes, base: str) -> str:
