@@ -42,6 +42,7 @@ from schemas.cache.layout import is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig, SpeechConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, SPEECH_TABLES, TABLE_NAMES, embeddings_schema, table_schemas
+from transforms.cache_join import cached_file_groups
 from transforms.sample_state import RunContext
 from transforms.media_io import sha256_of
 
@@ -255,9 +256,10 @@ def _run(
     committed = [] if overwrite else [(table, file) for table in view.tables() for file in file_rows(view.table(table))]
     incremental = not (recompute or overwrite)
     joined = {"samples", *view.embedding_tables()}
-    cached_files = [(table, file["path"]) for table, file in committed if table in joined] if incremental else []
+    cached_files = cached_file_groups((table, file) for table, file in committed if table in joined) if incremental else []
     started = time.time()
-    logger.info("run %s: %s -> %s (%d cache files to join)", run_id, corpus.source, output, len(cached_files))
+    logger.info("run %s: %s -> %s (%d cache files to join)", run_id, corpus.source, output,
+                sum(len(paths) for _, paths in cached_files))
 
     pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
     _ = pipeline | "Extract" >> ExtractCorpus(

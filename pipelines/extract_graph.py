@@ -37,7 +37,7 @@ from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_t
 from transforms.asr import SPEECH_ITEMS, SPEECH_TEXT, speech_text_updates
 from transforms.sample_state import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
-from transforms.cache_join import CachedFile, JoinWithCache
+from transforms.cache_join import CachedFiles, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
 from transforms.record_batches import SummariseBatches, batch_records, num_buckets
@@ -190,12 +190,12 @@ class ExtractCorpus(beam.PTransform):
 
     Args:
         corpus: what to read. cached_files: the committed files of ``samples`` and of the embedding sets the join reads,
-            as ``(table, path)`` (none: compute everything). Others: as ``ExtractToCache``.
+            in groups (``transforms.cache_join.cached_file_groups``; none: compute everything). Others: as ``ExtractToCache``.
 
     Output: the number of data files written (one element).
     """
 
-    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_files: list[CachedFile], **extract: Any) -> None:
+    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_files: list[CachedFiles], **extract: Any) -> None:
         super().__init__()
         self._corpus = corpus
         self._cache = cache

@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 _ROW_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
 """The JSON ``ManifestRecord.fingerprint`` hashes (built once: ``json.dumps`` with options builds one per call)."""
@@ -68,12 +68,31 @@ class ManifestRecord:
 
 def present_uris(video: Optional[str], audio: Optional[str], text: Optional[str]) -> dict[str, str]:
     """``{modality: uri}`` of the URIs given, in the order video, audio, text."""
-    found = {"video": video, "audio": audio, "text": text}
-    return {name: uri for name, uri in found.items() if uri}
+    uris = {}  # built key by key: an unchanged rerun asks this of every cached sample
+    if video:
+        uris["video"] = video
+    if audio:
+        uris["audio"] = audio
+    if text:
+        uris["text"] = text
+    return uris
+
+
+def line_hasher(base: str) -> Callable[[bytes], str]:
+    """``line_hash`` for the lines of one folder: ``line_hasher(base)(line) == line_hash(line, base)``, the folder's part
+    of the hash computed once (a reader hashes every line of a manifest)."""
+    prefix = hashlib.blake2b(base.encode("utf-8") + b"\0", digest_size=16)  # no path holds NUL
+
+    def hash_line(line: bytes) -> str:
+        state = prefix.copy()
+        state.update(line)
+        return state.hexdigest()
+
+    return hash_line
 
 
 def line_hash(line: bytes, base: str) -> str:
-    """What tells a JSONL manifest line unchanged: BLAKE2b (128 bits, hex) of ``line`` (its bytes, line end removed)
-    and of ``base``, the folder its relative paths resolve against. The same hash means the same row, so the same
-    ``ManifestRecord.fingerprint`` (the converse does not hold: reordered keys make another line of the same row)."""
-    return hashlib.blake2b(base.encode("utf-8") + b"\0" + line, digest_size=16).hexdigest()  # no path holds NUL
+    """What tells a JSONL manifest line unchanged: BLAKE2b (128 bits, hex) of ``base``, the folder its relative paths
+    resolve against, a NUL byte and ``line`` (its bytes, line end removed). The same hash means the same row, so the
+    same ``ManifestRecord.fingerprint`` (the converse does not hold: reordered keys make another line of the same row)."""
+    return line_hasher(base)(line)

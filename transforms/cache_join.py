@@ -1,7 +1,7 @@
 """Manifest rows meet what the cache holds, by ``sample_id``, inside the pipeline, in buckets.
 
 The cached ``samples`` rows and embedding rows of the state the run started
-from are read by the workers (one file per element) and joined with the
+from are read by the workers (groups of files, ``cached_file_groups``) and joined with the
 manifest rows by ``sample_id``. The join groups *buckets* of ids (a stable
 hash of the id), not single ids: each side sends a bucket's rows as one value
 (``CoGroupByKey`` over buckets; the manifest side's rows packed, the cache
@@ -20,11 +20,14 @@ an id (all in the bucket of "") pass through with ``None``, never as duplicates.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import itertools
 from typing import Any, Collection, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from schemas.cache import table_uri
@@ -37,8 +40,13 @@ from transforms.manifest_rows import record_of
 from transforms.record_batches import BatchRow, bucket_of, gc_paused, rows_of
 from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, missing_embeddings, same_files
 
-CachedFile = tuple[str, str]
-"""A table name and the path of one of its committed files (relative to the table folder)."""
+CachedFiles = tuple[str, tuple[str, ...]]
+"""A table name and the paths of some of its committed files (relative to the table folder): what one element of the
+join's cache side reads (``cached_file_groups``)."""
+GROUP_ROWS = 1 << 18
+"""The join reads a table's committed files in groups of about this many rows: one read of several files (in parallel
+threads) and one slice per bucket, where a file each would send files x buckets slices."""
+READ_THREADS = 4
 
 JOINED_SAMPLES = pa.schema([SAMPLES_BASE.field(name).with_nullable(True) for name in (
     "sample_id", "content_hash", "file_identity", "features_fingerprint", "manifest_hash", "n_frames", "n_audio_windows",
@@ -53,16 +61,42 @@ _SAMPLES, _EMBEDDED = "samples", "embedded"
 _SCHEMAS = {_SAMPLES: JOINED_SAMPLES, _EMBEDDED: JOINED_EMBEDDINGS}
 
 
-def _read_columns(cache: str, table: str, path: str, schema: pa.Schema) -> pa.Table:
-    """The columns of ``schema`` of one committed file, of its valid rows for ``samples`` (a column the file lacks is
-    all nulls)."""
-    fs, local = filesystem(f"{table_uri(cache, table)}/{path}")
-    parquet = pq.ParquetFile(local, filesystem=fs)
+def cached_file_groups(files: Iterable[tuple[str, dict[str, Any]]]) -> list[CachedFiles]:
+    """``(table, file)`` of committed files (``file``: a ``schemas.cache.supersede.file_rows`` row) -> the groups the
+    join reads: consecutive files of one table, each group holding ``GROUP_ROWS`` rows or more (the last fewer)."""
+    groups: list[CachedFiles] = []
+    for table, of_table in itertools.groupby(files, key=lambda pair: pair[0]):
+        paths: list[str] = []
+        rows = 0
+        for _, file in of_table:
+            paths.append(file["path"])
+            rows += file.get("num_records") or 0
+            if rows >= GROUP_ROWS:
+                groups.append((table, tuple(paths)))
+                paths, rows = [], 0
+        if paths:
+            groups.append((table, tuple(paths)))
+    return groups
+
+
+def _read_file(fs: pafs.FileSystem, path: str, table: str, schema: pa.Schema) -> pa.Table:
+    """The columns of ``schema`` of one committed file of ``table`` (``path`` on ``fs``), of its valid rows for
+    ``samples`` (a column the file lacks is all nulls)."""
+    parquet = pq.ParquetFile(path, filesystem=fs)
     names = set(parquet.schema_arrow.names)
-    data = parquet.read(columns=[c for c in (*schema.names, "manifest_ok") if c in names])
+    data = parquet.read(columns=[c for c in (*schema.names, "manifest_ok") if c in names], use_threads=False)
     if table == "samples":
         data = data.filter(data.column("manifest_ok"))
     return pa.table([data.column(f.name) if f.name in names else pa.nulls(data.num_rows, f.type) for f in schema], schema=schema)
+
+
+def _read_columns(cache: str, table: str, paths: Collection[str], schema: pa.Schema) -> pa.Table:
+    """``_read_file`` of some committed files of ``table``, as one table (the files read by ``READ_THREADS`` threads:
+    much of a small file's read is opening it)."""
+    fs, root = filesystem(table_uri(cache, table))
+    with concurrent.futures.ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+        parts = list(pool.map(lambda path: _read_file(fs, f"{root}/{path}", table, schema), paths))
+    return pa.concat_tables(parts)
 
 
 def _unpacked_tables(blobs: Iterable[bytes], schema: pa.Schema) -> Optional[pa.Table]:
@@ -72,21 +106,22 @@ def _unpacked_tables(blobs: Iterable[bytes], schema: pa.Schema) -> Optional[pa.T
 
 
 class _CachedRowsFn(beam.DoFn):
-    """A committed file -> ``(bucket, (kind, rows))`` per bucket of its ids, ``rows`` an Arrow record batch serialized
-    without its schema: for a ``samples`` file (kind ``samples``) the ``JOINED_SAMPLES`` of its valid rows, for an
-    embedding file (kind ``embedded``) its ``JOINED_EMBEDDINGS``. The rows are sorted by bucket once and cut into
-    slices: an unchanged rerun reads every cached sample, and builds no Python value per row here but its id."""
+    """A group of committed files of one table (``cached_file_groups``) -> ``(bucket, (kind, rows))`` per bucket of
+    their ids, ``rows`` an Arrow record batch serialized without its schema: for ``samples`` files (kind ``samples``)
+    the ``JOINED_SAMPLES`` of their valid rows, for embedding files (kind ``embedded``) their ``JOINED_EMBEDDINGS``. The
+    rows are sorted by bucket once and cut into slices: an unchanged rerun reads every cached sample, and builds no
+    Python value per row here but its id."""
 
     def __init__(self, cache: str, buckets: int) -> None:
         self._cache = cache
         self._buckets = buckets
 
-    def process(self, element: CachedFile) -> Iterator[tuple[int, tuple[str, bytes]]]:
+    def process(self, element: CachedFiles) -> Iterator[tuple[int, tuple[str, bytes]]]:
         return gc_paused(self._buckets_of(*element))
 
-    def _buckets_of(self, table: str, path: str) -> Iterator[tuple[int, tuple[str, bytes]]]:
+    def _buckets_of(self, table: str, paths: tuple[str, ...]) -> Iterator[tuple[int, tuple[str, bytes]]]:
         kind = _SAMPLES if table == "samples" else _EMBEDDED
-        data = _read_columns(self._cache, table, path, _SCHEMAS[kind])
+        data = _read_columns(self._cache, table, paths, _SCHEMAS[kind])
         if not data.num_rows:
             return
         ids = data.column("sample_id").to_pylist()
@@ -213,13 +248,13 @@ class JoinWithCache(beam.PTransform):
 
     Args:
         cache: the cache folder.
-        cached_files: the committed files the join reads, as ``(table, path)``: those of ``samples`` and of the
-            embedding sets in the state the run started from (none: compute everything).
+        cached_files: the committed files the join reads, in groups (``cached_file_groups``): those of ``samples`` and
+            of the embedding sets in the state the run started from (none: compute everything).
         buckets: the number of buckets the batches were made with (``record_batches.num_buckets``).
         features_fingerprint, requests, verify_content: as ``_DecideBucketFn``.
     """
 
-    def __init__(self, cache: str, cached_files: list[CachedFile], *, buckets: int, features_fingerprint: str = "",
+    def __init__(self, cache: str, cached_files: list[CachedFiles], *, buckets: int, features_fingerprint: str = "",
                  requests: Optional[dict[str, str]] = None, verify_content: bool = False) -> None:
         super().__init__()
         self._cache = cache

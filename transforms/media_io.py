@@ -128,7 +128,7 @@ def _stat_regular(uri: str) -> os.stat_result:
     Raises:
         SampleFailure: ``missing_file``, ``not_a_file``, ``unreadable`` or ``unsupported_uri`` (``read`` stage).
     """
-    path = _local_path(uri)
+    path = uri if "://" not in uri else _local_path(uri)
     try:
         status = os.stat(path)
     except OSError as error:

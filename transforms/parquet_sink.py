@@ -31,6 +31,11 @@ from transforms.extra_columns import extra_value
 logger = logging.getLogger(__name__)
 
 _ROWS_PER_BATCH = 256
+"""Rows turned into one Arrow table at a time."""
+_ROW_GROUP_ROWS = 1 << 16
+_ROW_GROUP_BYTES = 64 << 20
+"""A Parquet row group holds this many rows or bytes of Arrow data, whichever comes first: every reader of a file pays
+per row group and column, and an unchanged rerun reads every ``samples`` file."""
 
 
 def shard_of(sample_id: str, num_shards: int) -> int:
@@ -103,15 +108,23 @@ def _atomic_parquet(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
 
 
 def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> tuple[int, Optional[str], Optional[str]]:
-    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count and the min/max ``sample_id``."""
+    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count and the min/max ``sample_id``.
+
+    Memory: at most one row group of rows is held (``_ROW_GROUP_ROWS``, ``_ROW_GROUP_BYTES``)."""
     count, low, high = 0, None, None
+    held: list[pa.Table] = []
     with _atomic_parquet(path, schema) as writer:
         for batch in _batched(rows, _ROWS_PER_BATCH):
-            writer.write_table(rows_to_table(batch, schema))
+            held.append(rows_to_table(batch, schema))
             count += len(batch)
             ids = [row["sample_id"] for row in batch]
             low = min(ids) if low is None else min(low, *ids)
             high = max(ids) if high is None else max(high, *ids)
+            if sum(t.num_rows for t in held) >= _ROW_GROUP_ROWS or sum(t.nbytes for t in held) >= _ROW_GROUP_BYTES:
+                writer.write_table(pa.concat_tables(held))
+                held = []
+        if held:
+            writer.write_table(pa.concat_tables(held))
     return count, low, high
 
 

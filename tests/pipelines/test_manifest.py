@@ -55,6 +55,21 @@ def test_byte_ranges_read_every_line_exactly_once_whatever_the_split(tmp_path, s
     assert len({r.manifest_row for r in records}) == 40
 
 
+@pytest.mark.parametrize("split_bytes", [1, 3, 16, 1 << 20])
+def test_byte_ranges_of_crlf_lines_padded_values_and_a_last_line_without_its_end(tmp_path, split_bytes):
+    """Lines end in CRLF or LF, a value may have white space around it (``json.loads`` accepts it), and the last line may
+    lack its end: every range split gives each line once, parsed as ``json.loads`` parses it."""
+    lines = [b'{"id": "a", "text": "a.txt"}', b'  {"id": "b", "text": "b.txt"}\t', b"", b'{"id": "c", "text": "c.txt"} x',
+             b'{"id": "d", "text": "d.txt", "n": 1}']
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\r\n".join(lines[:3]) + b"\n" + b"\n".join(lines[3:]))
+    records = _records(str(path), split_bytes)
+    assert [(r.sample_id, r.error.kind if r.error else None) for r in records] == [
+        ("a", None), ("b", None), ("", "invalid_row"), ("d", None)]
+    assert records[3].extra == {"n": 1}
+    assert [r.manifest_row for r in records] == [0, 30, 64, 95]  # byte offsets of the lines
+
+
 def test_shards_of_a_glob_are_ranked_and_keep_their_rows_apart(tmp_path):
     media.manifest(str(tmp_path / "part-0.jsonl"), [{"id": "a", "text": "a.txt"}, {"id": "b", "text": "b.txt"}])
     media.manifest(str(tmp_path / "part-1.jsonl"), [{"id": "c", "text": "c.txt"}])

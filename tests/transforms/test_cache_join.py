@@ -11,7 +11,7 @@ from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
 from schemas.tables import SAMPLES_BASE
 from transforms import cache_join, media_io
-from transforms.cache_join import JOINED_EMBEDDINGS, _CachedRowsFn, _DecideBucketFn
+from transforms.cache_join import GROUP_ROWS, JOINED_EMBEDDINGS, _CachedRowsFn, _DecideBucketFn, cached_file_groups
 from transforms.manifest_rows import _ReadRangeFn, read_jsonl_range, record_of
 from transforms.record_batches import batch_records, bucket_of, num_buckets
 from transforms.unchanged import identities_json
@@ -30,7 +30,7 @@ def _cache_side(cache, samples=(), embedded=()):
         os.makedirs(folder, exist_ok=True)
         for part in range(2):
             pq.write_table(pa.Table.from_pylist(rows[part::2], schema=schema), f"{folder}/part-{part}.parquet")
-            elements += list(_CachedRowsFn(str(cache), 1).process((table, f"part-{part}.parquet")))
+        elements += list(_CachedRowsFn(str(cache), 1).process((table, ("part-0.parquet", "part-1.parquet"))))
     return [value for _, value in elements]
 
 
@@ -134,9 +134,23 @@ def test_a_cache_written_before_line_hashes_decides_by_the_parsed_row(tmp_path, 
     os.makedirs(folder)
     old_schema = pa.schema([field for field in SAMPLES_BASE if field.name != "manifest_line_hash"])
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), f"{folder}/old.parquet")
-    cached = [value for _, value in _CachedRowsFn(str(tmp_path / "cache"), 1).process(("samples", "old.parquet"))]
+    pq.write_table(pa.Table.from_pylist([{**row, "sample_id": "b", "manifest_line_hash": "0" * 32}], schema=SAMPLES_BASE),
+                   f"{folder}/new.parquet")  # read in one group with the old file
+    cached = [value for _, value in _CachedRowsFn(str(tmp_path / "cache"), 1).process(("samples", ("old.parquet", "new.parquet")))]
     parsed = []
     monkeypatch.setattr(cache_join, "record_of", lambda source, row: parsed.append(row[0]) or record_of(source, row))
     group = {"manifest": [batch for _, batch in _line_batches(manifest)], "cache": cached}
     assert list(_DecideBucketFn("features", {}, False).process((0, group))) == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 1)]
     assert parsed == ["a"]
+
+
+def test_cached_files_are_read_in_groups_of_one_table_and_bounded_rows():
+    """Many small committed files make few elements (each file would cost one slice per bucket); a group never mixes
+    tables, and one holds at most one file past ``GROUP_ROWS`` rows."""
+    small = [("samples", {"path": f"s{i}.parquet", "num_records": 1000}) for i in range(300)]
+    embedded = [(EMBEDDINGS, {"path": f"e{i}.parquet", "num_records": GROUP_ROWS}) for i in range(2)]
+    groups = cached_file_groups([*small, *embedded, ("samples", {"path": "late.parquet", "num_records": None})])
+    assert [(table, len(paths)) for table, paths in groups] == [
+        ("samples", 263), ("samples", 37), (EMBEDDINGS, 1), (EMBEDDINGS, 1), ("samples", 1)]
+    assert sorted(path for _, paths in groups for path in paths) == sorted(
+        file["path"] for _, file in [*small, *embedded, ("samples", {"path": "late.parquet"})])

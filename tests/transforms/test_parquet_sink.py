@@ -89,3 +89,19 @@ def test_vectors_are_stored_as_float32_lists():
     assert table.schema.field("vector").type == pa.list_(pa.float32())
     assert table.column("vector").to_pylist() == [[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]]
     assert [len(s) for s in table.column("sequence").to_pylist()] == [1, 2]
+
+
+def test_a_file_is_written_in_row_groups_bounded_by_rows_and_bytes(tmp_path, monkeypatch):
+    """Readers pay per row group (an unchanged rerun reads every ``samples`` file): small rows fill one group, not one
+    per batch of rows; large rows still start a new group past the byte bound, so a writer holds one group at most."""
+    from transforms import parquet_sink
+
+    rows = [_audio_row(f"s{i:04d}", 4) for i in range(1000)]
+    count, low, high = parquet_sink.write_rows(str(tmp_path / "small.parquet"), rows, AUDIO)
+    metadata = pq.ParquetFile(tmp_path / "small.parquet").metadata
+    assert (count, low, high, metadata.num_row_groups) == (1000, "s0000", "s0999", 1)
+    monkeypatch.setattr(parquet_sink, "_ROW_GROUP_BYTES", rows_to_table(rows[:300], AUDIO).nbytes)
+    parquet_sink.write_rows(str(tmp_path / "large.parquet"), rows, AUDIO)
+    large = pq.ParquetFile(tmp_path / "large.parquet")
+    assert [large.metadata.row_group(i).num_rows for i in range(large.metadata.num_row_groups)] == [512, 488]
+    assert large.read().column("sample_id").to_pylist() == [row["sample_id"] for row in rows]
