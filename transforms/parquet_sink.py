@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from schemas.cache.layout import DataFile, PendingEntry, data_folder, pending_uri
+from schemas.cache.layout import DataFile, PendingEntry, column_stats, data_folder, pending_uri
 from schemas.tables import samples_schema
 from transforms.extra_columns import extra_value
 
@@ -107,25 +107,24 @@ def _atomic_parquet(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
     FileSystems.rename([temporary], [path])
 
 
-def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> tuple[int, Optional[str], Optional[str]]:
-    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count and the min/max ``sample_id``.
+def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> tuple[int, dict[str, list[Any]]]:
+    """Stream dict ``rows`` into a Parquet file at ``path``, atomically; returns the row count and the ``column_stats``.
 
     Memory: at most one row group of rows is held (``_ROW_GROUP_ROWS``, ``_ROW_GROUP_BYTES``)."""
-    count, low, high = 0, None, None
+    count, stats = 0, {}
     held: list[pa.Table] = []
     with _atomic_parquet(path, schema) as writer:
         for batch in _batched(rows, _ROWS_PER_BATCH):
-            held.append(rows_to_table(batch, schema))
-            count += len(batch)
-            ids = [row["sample_id"] for row in batch]
-            low = min(ids) if low is None else min(low, *ids)
-            high = max(ids) if high is None else max(high, *ids)
+            table = rows_to_table(batch, schema)
+            held.append(table)
+            count += table.num_rows
+            stats = column_stats(table, stats)
             if sum(t.num_rows for t in held) >= _ROW_GROUP_ROWS or sum(t.nbytes for t in held) >= _ROW_GROUP_BYTES:
                 writer.write_table(pa.concat_tables(held))
                 held = []
         if held:
             writer.write_table(pa.concat_tables(held))
-    return count, low, high
+    return count, stats
 
 
 class _WriteShardFn(beam.DoFn):
@@ -145,10 +144,10 @@ class _WriteShardFn(beam.DoFn):
         if table == "samples" and extra_fields:
             schema = samples_schema(list(extra_fields), base=schema)  # base: the run's samples columns (SAMPLES_BASE, or with text_source)
             rows = ({**row, **{f.name: extra_value(row.get(f.name), f) for f in extra_fields}} for row in rows)
-        count, low, high = write_rows(path, rows, schema)
+        count, stats = write_rows(path, rows, schema)
         metadata = FileSystems.match([path])[0].metadata_list[0]
         self._rows_written.inc(count)
-        yield DataFile(table=table, name=name, size=metadata.size_in_bytes, n_rows=count, min_id=low, max_id=high,
+        yield DataFile(table=table, name=name, size=metadata.size_in_bytes, n_rows=count, stats=stats,
                        modified_ms=int(metadata.last_updated_in_seconds * 1000))
 
 

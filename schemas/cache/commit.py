@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from schemas.cache.layout import DataFile, Replacement, commit_order, is_feature_or_embedding, now_ms, table_uri
+from schemas.cache.layout import DataFile, Replacement, commit_order, is_feature_or_embedding, now_ms, stats_columns, table_uri
 from schemas.cache.supersede import SupersedeRule, file_rows, replace_file
 from schemas.cache.view import (
     ATTEMPT, HOST, KIND, PID, RUN_ID, SUMMARY, VERSIONS, RunInfo, commit_infos, latest_run, log_versions, open_table,
@@ -139,10 +139,10 @@ def _create(cache: str, table: str, run: RunCommit, actions: list[Any], metadata
 
     description = json.dumps({"schema_version": SCHEMA_VERSION, "table": table, **run.descriptions.get(table, {})}, sort_keys=True)
     try:
-        # Statistics are written for sample_id only: declaring so keeps readers (deltalake's pyarrow datasets) from
-        # taking the other columns' missing statistics for nulls and skipping every file a filter on them touches.
-        create_table_with_add_actions(table_uri(cache, table), Schema.from_arrow(run.schemas[table]), actions,
-                                      description=description, configuration={"delta.dataSkippingStatsColumns": "sample_id"},
+        # Statistics are written for the STATS_COLUMNS only: declaring so keeps readers (deltalake's pyarrow datasets)
+        # from taking the other columns' missing statistics for nulls and skipping every file a filter on them touches.
+        create_table_with_add_actions(table_uri(cache, table), Schema.from_arrow(run.schemas[table]), actions, description=description,
+                                      configuration={"delta.dataSkippingStatsColumns": stats_columns(run.schemas[table])},
                                       commit_properties=_commit_properties(metadata, app_id))
     except DeltaError as error:  # "already exists", or a commit conflict with a creator that won the race
         existing = open_table(table_uri(cache, table))

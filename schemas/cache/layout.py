@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from schemas.tables import EMBEDDINGS_DIR, TABLE_NAMES
@@ -76,6 +78,33 @@ def commit_order(tables: set[str]) -> list[str]:
     return sorted(t for t in tables if t != "samples") + (["samples"] if "samples" in tables else [])
 
 
+STATS_COLUMNS = ("sample_id", "manifest_ok", "stage")
+"""The columns whose statistics (min, max, null count) a data file's Delta ``add`` records, those of them its table
+has: ``sample_id`` everywhere; ``manifest_ok`` of ``samples`` and ``stage`` of ``errors`` tell an extraction which
+files hold the manifest-level rows it replaces (``schemas.cache.supersede``), so an unchanged rerun reads none."""
+
+
+def column_stats(data: pa.Table, stats: Optional[dict[str, list[Any]]] = None) -> dict[str, list[Any]]:
+    """``{column: [min, max, null count]}`` of the ``STATS_COLUMNS`` of ``data`` (min and max ``None`` for a column of
+    nulls), merged with ``stats``, those of the file's earlier rows."""
+    merged = dict(stats or {})
+    for name in STATS_COLUMNS:
+        if name not in data.column_names:
+            continue
+        column = data.column(name)
+        found = pc.min_max(column).as_py()
+        low, high, nulls = merged.get(name, (None, None, 0))
+        merged[name] = [min((v for v in (low, found["min"]) if v is not None), default=None),
+                        max((v for v in (high, found["max"]) if v is not None), default=None), nulls + column.null_count]
+    return merged
+
+
+def stats_columns(schema: pa.Schema) -> str:
+    """The ``delta.dataSkippingStatsColumns`` of a table of ``schema``: its ``STATS_COLUMNS``, whose statistics every
+    file of it has (a reader could take a column's missing statistics for nulls and skip every file)."""
+    return ",".join(name for name in STATS_COLUMNS if name in schema.names)
+
+
 @dataclass(frozen=True)
 class DataFile:
     """One Parquet file written into a table's folder: what its Delta ``AddAction`` needs.
@@ -85,7 +114,7 @@ class DataFile:
         name: the file name, relative to the table folder.
         size: bytes on storage.
         n_rows: rows in the file.
-        min_id, max_id: the smallest and largest ``sample_id`` in it (``None`` when empty).
+        stats: ``column_stats`` of its ``STATS_COLUMNS`` (empty when it has no rows).
         modified_ms: modification time, milliseconds since the epoch.
     """
 
@@ -93,16 +122,15 @@ class DataFile:
     name: str
     size: int
     n_rows: int
-    min_id: Optional[str]
-    max_id: Optional[str]
+    stats: dict[str, list[Any]]
     modified_ms: int
 
     def stats_json(self) -> str:
-        """The Delta statistics of the file (row count, min/max and null count of ``sample_id``)."""
-        stats: dict[str, Any] = {"numRecords": self.n_rows, "nullCount": {"sample_id": 0}}
-        if self.min_id is not None:
-            stats |= {"minValues": {"sample_id": self.min_id}, "maxValues": {"sample_id": self.max_id}}
-        return json.dumps(stats)
+        """The Delta statistics of the file: row count, and min, max and null count of its ``STATS_COLUMNS``."""
+        bounded = {name: (low, high) for name, (low, high, _) in self.stats.items() if low is not None}
+        return json.dumps({"numRecords": self.n_rows, "nullCount": {name: nulls for name, (_, _, nulls) in self.stats.items()},
+                           "minValues": {name: low for name, (low, _) in bounded.items()},
+                           "maxValues": {name: high for name, (_, high) in bounded.items()}})
 
     def add_action(self) -> Any:
         """The ``deltalake`` ``AddAction`` committing this file."""

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.cache.layout import DataFile, Replacement, filesystem, now_ms, table_uri
+from schemas.cache.layout import STATS_COLUMNS, DataFile, Replacement, column_stats, filesystem, now_ms, table_uri
 from schemas.errors import DamagedFileError, Stage
 
 @dataclass(frozen=True)
@@ -60,9 +60,18 @@ class SupersedeRule:
         return ["sample_id"]
 
     def may_hold(self, file: dict[str, Any], table: str) -> bool:
-        """Whether the committed file ``file`` (a ``file_rows`` row) can hold rows to drop, from its ``sample_id`` range."""
-        if self.kind == "extract" and table in ("samples", "errors"):
+        """Whether the committed file ``file`` (a ``file_rows`` row) can hold rows to drop, from its statistics: the
+        range of its ``sample_id`` and, for an extraction, whether it may hold manifest-level rows (an invalid
+        ``samples`` row, a ``manifest`` error; an ``embed`` error of a sample embedded again). Without statistics: yes."""
+        if file.get("num_records") == 0:
+            return False
+        if self.kind == "extract" and table == "samples" and file.get("min.manifest_ok") is not True:
             return True
+        if self.kind == "extract" and table == "errors":
+            low, high = file.get("min.stage"), file.get("max.stage")
+            stages = [Stage.MANIFEST, *([Stage.EMBED] if self.reembedded else [])]
+            if low is None or high is None or any(low <= stage <= high for stage in stages):
+                return True
         low, high = file.get("min.sample_id"), file.get("max.sample_id")
         ids = self._dropped(table)
         if low is None or high is None:
@@ -84,9 +93,10 @@ class SupersedeRule:
 
 
 def file_rows(dt: Any) -> list[dict[str, Any]]:
-    """One dict per data file of the Delta table ``dt``: ``path``, ``size_bytes``, ``num_records``, ``min.sample_id``,
-    ``max.sample_id`` (what ``SupersedeRule.may_hold`` and ``replace_file`` need)."""
-    keep = ("path", "size_bytes", "num_records", "min.sample_id", "max.sample_id")
+    """One dict per data file of the Delta table ``dt``: ``path``, ``size_bytes``, ``num_records`` and ``min.{column}``,
+    ``max.{column}`` of the ``STATS_COLUMNS`` (``None`` where the statistics lack them): what ``SupersedeRule.may_hold``
+    and ``replace_file`` need."""
+    keep = ("path", "size_bytes", "num_records", *(f"{bound}.{name}" for name in STATS_COLUMNS for bound in ("min", "max")))
     return [{key: row.get(key) for key in keep} for row in pa.table(dt.get_add_actions(flatten=True)).to_pylist()]
 
 
@@ -106,10 +116,8 @@ def write_data_file(cache: str, table: str, name: str, data: pa.Table) -> DataFi
     fs, path = filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     pq.write_table(data, path, filesystem=fs, compression="zstd")
-    ids = data.column("sample_id")
-    bounds = pc.min_max(ids).as_py() if data.num_rows else {"min": None, "max": None}
     return DataFile(table=table, name=name, size=fs.get_file_info(path).size, n_rows=data.num_rows,
-                    min_id=bounds["min"], max_id=bounds["max"], modified_ms=now_ms())
+                    stats=column_stats(data), modified_ms=now_ms())
 
 
 def replace_file(cache: str, table: str, file: dict[str, Any], rule: SupersedeRule, attempt: str) -> Optional[Replacement]:

@@ -3,6 +3,7 @@ import collections
 import json
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -183,7 +184,19 @@ def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_pa
     direct, dask = _all_rows(output), _all_rows(dask_output)
     assert set(direct) == set(dask)
     for table in direct:
-        assert sorted(map(repr, dask[table])) == sorted(map(repr, direct[table])), table
+        if not table.startswith("embeddings/"):
+            assert sorted(map(repr, dask[table])) == sorted(map(repr, direct[table])), table
+            continue
+        # The runners batch other items together, so a vector may differ in its last bits (padding changes the
+        # order of float sums on some CPUs): the same rows, and the same vectors to float32 precision.
+        by_id = {row["sample_id"]: row for row in direct[table]}
+        assert sorted(row["sample_id"] for row in dask[table]) == sorted(by_id), table
+        for row in dask[table]:
+            expected = by_id[row["sample_id"]]
+            arrays = {name for name, value in row.items() if isinstance(value, list)}
+            assert {k: v for k, v in row.items() if k not in arrays} == {k: v for k, v in expected.items() if k not in arrays}
+            for name in arrays:
+                np.testing.assert_allclose(np.asarray(row[name], "float32"), np.asarray(expected[name], "float32"), rtol=1e-4, atol=1e-5)
 
 
 def test_beam_counters_are_reported_in_the_run_summary(first_run):

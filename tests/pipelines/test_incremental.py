@@ -89,3 +89,27 @@ def test_an_input_without_rows_fails_unless_allowed(tmp_path, tokenizer_path):
     assert not os.path.exists(os.path.join(output, "samples"))  # nothing committed
     report = _run(str(manifest), output, tokenizer_path, "two", allow_empty=True)
     assert report.n_inputs == 0 and CacheView.open(output).read("samples").num_rows == 0
+
+
+def test_an_unchanged_rerun_rewrites_only_the_files_holding_manifest_level_rows(tmp_path, tokenizer_path, monkeypatch):
+    """Each extraction replaces the manifest-level rows (an invalid ``samples`` row, its ``manifest`` error): the files'
+    statistics say which files hold any, so a rerun reads just those, not every ``samples`` and ``errors`` file."""
+    from schemas.cache import supersede
+
+    rows = [{"id": f"t{i}", "text": media.text(str(tmp_path / f"t{i}.txt"), f"text {i}")} for i in range(6)]
+    manifest = media.manifest(str(tmp_path / "m.jsonl"), [*rows, {"id": "bad", "label": 1}])  # no modality
+    output = str(tmp_path / "cache")
+    _run(manifest, output, tokenizer_path, "one")
+    files = {table: {row["path"]: row for row in supersede.file_rows(CacheView.open(output).table(table))} for table in ("samples", "errors")}
+    holding_bad = {path for path, row in files["samples"].items() if row["min.sample_id"] <= "bad" <= row["max.sample_id"]
+                   and "bad" in CacheView.open(output).read("samples").column("sample_id").to_pylist()}
+    read = []
+    original = supersede.read_data_file
+    monkeypatch.setattr(supersede, "read_data_file", lambda cache, table, path, columns=None: read.append((table, path)) or original(cache, table, path, columns))
+    report = _run(manifest, output, tokenizer_path, "two")
+    assert report.summary["samples"]["unchanged"] == 6
+    assert len(files["samples"]) == 2 and {path for table, path in read if table == "samples"} == holding_bad and len(holding_bad) == 1
+    assert {table for table, _ in read} == {"samples", "errors"}
+    view = CacheView.open(output)
+    assert sorted(view.read("samples").column("sample_id").to_pylist()) == sorted([f"t{i}" for i in range(6)] + ["bad"])
+    assert view.read("errors").column("stage").to_pylist() == ["manifest"]
