@@ -281,7 +281,7 @@ def file_identity(uri: str) -> str:
     Raises:
         SampleFailure: as ``check_readable``.
     """
-    if is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
+    if "://" not in uri or is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
         status = _stat_regular(uri)
         _check_local_access(uri, status)
         return f"{status.st_size}:{status.st_mtime_ns}"
