@@ -281,3 +281,25 @@ def test_a_sample_embedded_again_keeps_one_row_per_embedding_set(tmp_path):
     assert view.read("embeddings/text/one").to_pylist() == [{"sample_id": "a", "vector": [3.0]}]
     assert view.read("embeddings/text/two").to_pylist() == [{"sample_id": "a", "vector": [2.0]}]
     assert _rows(view, "samples") == [("a", 0), ("b", 0)]
+
+
+def test_an_extraction_reads_only_files_whose_statistics_allow_rows_it_replaces():
+    """Manifest-level rows (an invalid ``samples`` row, a ``manifest`` error) are replaced by every extraction: a file is
+    read when its statistics allow such rows or a superseded id, or when it has no statistics (an older table)."""
+    from schemas.cache import SupersedeRule
+
+    def samples(ok_low):
+        return {"num_records": 3, "min.sample_id": "a", "max.sample_id": "c", "min.manifest_ok": ok_low}
+
+    def errors(low, high):
+        return {"num_records": 3, "min.sample_id": "a", "max.sample_id": "c", "min.stage": low, "max.stage": high}
+
+    unchanged = SupersedeRule.of("extract")
+    assert not unchanged.may_hold(samples(True), "samples") and not unchanged.may_hold(errors("read", "video"), "errors")
+    assert unchanged.may_hold(samples(False), "samples") and unchanged.may_hold(samples(None), "samples")
+    assert unchanged.may_hold(errors("audio", "read"), "errors") and unchanged.may_hold(errors(None, None), "errors")
+    assert not unchanged.may_hold({**samples(False), "num_records": 0}, "samples")
+    assert SupersedeRule.of("extract", frozenset({"b"})).may_hold(samples(True), "samples")
+    assert not SupersedeRule.of("extract", frozenset({"x"})).may_hold(samples(True), "samples")
+    reembedded = SupersedeRule.of("extract", reembedded_in={"embeddings/text/enc": frozenset({"b"})})
+    assert reembedded.may_hold(errors("audio", "embed"), "errors") and not unchanged.may_hold(errors("audio", "embed"), "errors")
