@@ -3,7 +3,6 @@ import collections
 import json
 import os
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,6 +13,7 @@ from pipelines.manifest import open_manifest
 from schemas.cache import CacheView
 from schemas.config import EncodeConfig, ExtractConfig
 from tests import media, tiny_models
+from tests.beam_helpers import assert_same_cache_rows
 from transforms.encoders.registry import resolve_encoders
 
 FAST = dict(text_encoder="minilm", image_encoder="builtin:color-hog", audio_encoder="builtin:mfcc-stats")
@@ -181,22 +181,7 @@ def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_pa
     dask_output = str(tmp_path / "dask")
     options = PipelineOptions(["--dask_npartitions=3", f"--dask_client_address={dask_address}"])
     _run(manifest, dask_output, tokenizer_path, run_id="r1", runner=DaskRunner(), options=options)
-    direct, dask = _all_rows(output), _all_rows(dask_output)
-    assert set(direct) == set(dask)
-    for table in direct:
-        if not table.startswith("embeddings/"):
-            assert sorted(map(repr, dask[table])) == sorted(map(repr, direct[table])), table
-            continue
-        # The runners batch other items together, so a vector may differ in its last bits (padding changes the
-        # order of float sums on some CPUs): the same rows, and the same vectors to float32 precision.
-        by_id = {row["sample_id"]: row for row in direct[table]}
-        assert sorted(row["sample_id"] for row in dask[table]) == sorted(by_id), table
-        for row in dask[table]:
-            expected = by_id[row["sample_id"]]
-            arrays = {name for name, value in row.items() if isinstance(value, list)}
-            assert {k: v for k, v in row.items() if k not in arrays} == {k: v for k, v in expected.items() if k not in arrays}
-            for name in arrays:
-                np.testing.assert_allclose(np.asarray(row[name], "float32"), np.asarray(expected[name], "float32"), rtol=1e-4, atol=1e-5)
+    assert_same_cache_rows(_all_rows(output), _all_rows(dask_output))
 
 
 def test_beam_counters_are_reported_in_the_run_summary(first_run):
