@@ -128,7 +128,7 @@ def _stat_regular(uri: str) -> os.stat_result:
     Raises:
         SampleFailure: ``missing_file``, ``not_a_file``, ``unreadable`` or ``unsupported_uri`` (``read`` stage).
     """
-    path = uri if "://" not in uri else _local_path(uri)
+    path = _local_path(uri)
     try:
         status = os.stat(path)
     except OSError as error:
@@ -281,7 +281,7 @@ def file_identity(uri: str) -> str:
     Raises:
         SampleFailure: as ``check_readable``.
     """
-    if "://" not in uri or is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
+    if is_local(uri):  # one stat (an unchanged rerun takes the identity of every file)
         status = _stat_regular(uri)
         _check_local_access(uri, status)
         return f"{status.st_size}:{status.st_mtime_ns}"
