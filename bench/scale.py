@@ -6,14 +6,19 @@ the moment the runner would start the pipeline (a runner that stops there),
 each in a fresh interpreter, and prints the launcher's seconds, its peak
 memory growth (MiB, ``ru_maxrss`` after imports) and the size of the pipeline
 proto the runner receives (``to_runner_api().ByteSize()``). Targets: under
-5 s, 400 MiB and 1 MB, and the same within 20% across the three sizes.
+5 s, 400 MiB and 1 MB, and the same within 20% across the three sizes (a
+difference under 0.25 s, 20 MiB or 0.01 MB, the measurement's own jitter,
+passes whatever the ratio).
 
 ``end-to-end``: extracts 10,000 and 100,000 short texts (no encoders,
-in-process runner) and reruns each unchanged. Prints the cost per sample of
-each first run (target: 100,000 within 1.3x of 10,000), the files whose
-content the rerun read (counter ``content_files_hashed``; target 0) and the
-rerun's share of the first run (target under 10% for the largest corpus; a
-smaller one's rerun is mostly the pipeline's fixed cost, printed only).
+in-process runner) and reruns each unchanged, three times (a rerun commits
+no data, so each meets the same cache; a few seconds long, one rerun moves
+by a fifth with the machine's load, so the median is judged and all three
+printed). Prints the cost per sample of each first run (target: 100,000
+within 1.3x of 10,000), the files whose content the reruns read (counter
+``content_files_hashed``; target 0) and the rerun's share of the first run
+(target under 10% for the largest corpus; a smaller one's rerun is mostly
+the pipeline's fixed cost, printed only).
 
 Exits 1 when a target is missed.
 
@@ -25,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,8 +40,10 @@ import pyarrow as pa
 
 LAUNCHER_TARGETS = {"seconds": 5.0, "peak_mib": 400.0, "proto_mb": 1.0}
 SPREAD_TARGET = 1.2
+SPREAD_NOISE = {"seconds": 0.25, "peak_mib": 20.0, "proto_mb": 0.01}
 PER_SAMPLE_TARGET = 1.3
 RERUN_TARGET = 0.10
+RERUNS = 3
 
 
 def write_manifest(path: str, rows: int) -> None:
@@ -129,9 +137,11 @@ def launcher_bench(sizes: list[int], repeats: int) -> bool:
     for key in LAUNCHER_TARGETS:
         values = [results[size][key] for size in sizes]
         spread = max(values) / max(min(values), 1e-9)
-        ok = spread <= SPREAD_TARGET or max(values) - min(values) < {"seconds": 0.25, "peak_mib": 20.0, "proto_mb": 0.01}[key]
+        noise = SPREAD_NOISE[key]  # a difference this small is the measurement's own jitter, whatever the ratio
+        ok = spread <= SPREAD_TARGET or max(values) - min(values) < noise
         met &= ok
-        print(f"  {key:<9} largest / smallest across sizes {spread:5.2f} (target <= {SPREAD_TARGET}){'' if ok else ': MISSED'}")
+        print(f"  {key:<9} largest / smallest across sizes {spread:5.2f}, largest - smallest {max(values) - min(values):.2f} "
+              f"(target <= {SPREAD_TARGET}, or a difference under {noise}){'' if ok else ': MISSED'}")
     return met
 
 
@@ -163,23 +173,24 @@ def end_to_end_bench(sizes: list[int]) -> bool:
         with tempfile.TemporaryDirectory() as work:
             manifest = _text_corpus(os.path.join(work, "corpus"), size)
             cache = os.path.join(work, "cache")
-            timings = []
-            for run_id in ("first", "rerun"):
+            timings, reports = [], []
+            for run_id in ("first", *(f"rerun-{i}" for i in range(RERUNS))):
                 start = time.perf_counter()
-                report = run_extract(open_manifest(manifest), output=cache, config=ExtractConfig(), tokenizer_path=tokenizer,
-                                     runner=FnApiRunner(), options=PipelineOptions([]), run_id=run_id)
+                reports.append(run_extract(open_manifest(manifest), output=cache, config=ExtractConfig(), tokenizer_path=tokenizer,
+                                           runner=FnApiRunner(), options=PipelineOptions([]), run_id=run_id))
                 timings.append(time.perf_counter() - start)
-            first, rerun = timings
-            hashed = report.summary["metrics"].get("content_files_hashed", 0)
-            unchanged = report.summary["samples"]["unchanged"]
+            first, reruns = timings[0], timings[1:]
+            rerun = statistics.median(reruns)
+            hashed = sum(report.summary["metrics"].get("content_files_hashed", 0) for report in reports[1:])
+            unchanged = min(report.summary["samples"]["unchanged"] for report in reports[1:])
             per_sample[size] = first / size
             share = rerun / first
             judged = size == max(sizes)  # the target: the largest corpus's rerun (a smaller one is mostly fixed cost)
             ok = hashed == 0 and unchanged == size and (share < RERUN_TARGET or not judged)
             met &= ok
-            print(f"  {size:>9,} texts  first run {first:7.1f} s ({1e3 * first / size:.2f} ms/sample)  rerun {rerun:6.1f} s "
-                  f"({share:.1%} of the first{f', target < {RERUN_TARGET:.0%}' if judged else ''}); files read by the rerun "
-                  f"{hashed}, unchanged {unchanged}{'' if ok else ': MISSED'}")
+            print(f"  {size:>9,} texts  first run {first:7.1f} s ({1e3 * first / size:.2f} ms/sample)  rerun {rerun:6.1f} s, the median of "
+                  f"{', '.join(f'{t:.1f}' for t in reruns)} ({share:.1%} of the first{f', target < {RERUN_TARGET:.0%}' if judged else ''}); "
+                  f"files read by the reruns {hashed}, unchanged {unchanged}{'' if ok else ': MISSED'}")
     smallest, largest = min(sizes), max(sizes)
     if smallest != largest:
         ratio = per_sample[largest] / per_sample[smallest]

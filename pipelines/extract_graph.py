@@ -71,6 +71,12 @@ class _FinalizeSamplesFn(beam.DoFn):
             yield table, row
 
 
+def _unchanged_count(pair: tuple[str, dict]) -> Iterator[RunCount]:
+    """One ``RunCount`` of the extractor's unchanged sample (by what told), nothing for another row."""
+    if pair[0] == SKIPPED_TABLE:
+        yield RunCount(f"{UNCHANGED_COUNT_PREFIX}{pair[1]['unchanged_by']}", 1)
+
+
 def _is_cache_row(pair: tuple[str, dict]) -> bool:
     return pair[0] not in ("samples", SKIPPED_TABLE) and not pair[0].startswith(ENCODE_PREFIX)
 
@@ -127,13 +133,7 @@ class ExtractToCache(beam.PTransform):
         rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
         speech_rows = self._transcribe(rows, requests) if self._speech is not None else None
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
-        unchanged = (
-            rows
-            | "Unchanged" >> beam.Filter(lambda pair: pair[0] == SKIPPED_TABLE)
-            | "UnchangedBy" >> beam.Map(lambda pair: pair[1]["unchanged_by"])
-            | "CountUnchanged" >> beam.combiners.Count.PerElement()
-            | "UnchangedCounts" >> beam.MapTuple(lambda by, n: RunCount(f"{UNCHANGED_COUNT_PREFIX}{by}", n))
-        )
+        unchanged = rows | "UnchangedCounts" >> beam.FlatMap(_unchanged_count)  # the pending list sums them
         per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
         for modality, handler in sorted(self._handlers.items()):
             from transforms.embed import EmbedItems

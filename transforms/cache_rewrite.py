@@ -80,9 +80,11 @@ class ReplaceSupersededRows(beam.PTransform):
         self._committed = committed
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        rule = rows | "Rule" >> beam.CombineGlobally(_RuleFn())
+        rule = rows | "Rule" >> beam.CombineGlobally(_RuleFn()).without_defaults()  # no rows (all unchanged): the default below
+        no_rows = _RuleFn().extract_output(_RuleFn().create_accumulator())
         return (
             rows.pipeline
             | "CommittedFiles" >> beam.Create(self._committed)  # Create spreads its elements over workers (a reshuffle)
-            | "Replace" >> beam.ParDo(_ReplaceFileFn(self._cache, self._attempt), rule=beam.pvalue.AsSingleton(rule))
+            | "Replace" >> beam.ParDo(_ReplaceFileFn(self._cache, self._attempt),
+                                      rule=beam.pvalue.AsSingleton(rule, default_value=no_rows))
         )

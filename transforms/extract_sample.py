@@ -130,7 +130,7 @@ class SampleExtractor:
             state.known_content_hash = known.content_hash
         else:
             self._hash_all(state)
-        if not same_row_and_config(state.record, known, self.features_fingerprint):
+        if not same_row_and_config(state.record, known):
             return None
         if same_files and not self.verify_content:
             return UNCHANGED_BY_METADATA

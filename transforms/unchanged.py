@@ -31,7 +31,7 @@ class KnownSample:
 
     Attributes:
         content_hash: SHA-256 over its files' contents, where an earlier run computed it.
-        features_fingerprint: the feature config it was computed with.
+        same_features: it was computed with the run's feature config.
         manifest_hash: ``ManifestRecord.fingerprint`` of the row it was computed from.
         modalities_with_features: the modalities it has feature rows of.
         file_identity: its files' identities (``identities_json``), ``None`` in older caches.
@@ -39,7 +39,7 @@ class KnownSample:
     """
 
     content_hash: Optional[str]
-    features_fingerprint: str
+    same_features: bool
     manifest_hash: str
     modalities_with_features: frozenset[str]
     file_identity: Optional[str] = None
@@ -67,9 +67,9 @@ def identities_json(identities: dict[str, str]) -> str:
     return "{" + ", ".join([f'"{modality}": "{identities[modality]}"' for modality in sorted(identities)]) + "}"
 
 
-def same_row_and_config(record: ManifestRecord, known: Optional[KnownSample], features_fingerprint: str) -> bool:
-    """The cache holds this sample from the same manifest row and feature config (files not compared)."""
-    return known is not None and (known.features_fingerprint, known.manifest_hash) == (features_fingerprint, record.fingerprint())
+def same_row_and_config(record: ManifestRecord, known: Optional[KnownSample]) -> bool:
+    """The cache holds this sample from the same manifest row and the run's feature config (files not compared)."""
+    return known is not None and known.same_features and known.manifest_hash == record.fingerprint()
 
 
 def files_identity(uris: dict[str, str]) -> Optional[str]:

@@ -1,4 +1,5 @@
 """The join with the cache decides per bucket of ids: duplicates, rows without an id, unchanged samples."""
+import hashlib
 import json
 import os
 
@@ -11,13 +12,15 @@ from schemas.errors import ErrorKind
 from schemas.records import ManifestError, ManifestRecord
 from schemas.tables import SAMPLES_BASE
 from transforms import cache_join, media_io
-from transforms.cache_join import GROUP_ROWS, JOINED_EMBEDDINGS, _CachedRowsFn, _DecideBucketFn, cached_file_groups
+from transforms.cache_join import GROUP_ROWS, JOINED_EMBEDDINGS, _CachedRowsFn, _DecideBucketFn, cached_file_groups, hex_as_bytes
 from transforms.manifest_rows import _ReadRangeFn, read_jsonl_range, record_of
 from transforms.record_batches import batch_records, bucket_of, num_buckets
 from transforms.unchanged import identities_json
 
 
 EMBEDDINGS = "embeddings/text/enc"
+FEATURES = "f" * 64
+CONTENT_HASH = hashlib.sha256(b"words").hexdigest()
 
 
 def _cache_side(cache, samples=(), embedded=()):
@@ -30,12 +33,12 @@ def _cache_side(cache, samples=(), embedded=()):
         os.makedirs(folder, exist_ok=True)
         for part in range(2):
             pq.write_table(pa.Table.from_pylist(rows[part::2], schema=schema), f"{folder}/part-{part}.parquet")
-        elements += list(_CachedRowsFn(str(cache), 1).process((table, ("part-0.parquet", "part-1.parquet"))))
+        elements += list(_CachedRowsFn(str(cache), 1, FEATURES).process((table, ("part-0.parquet", "part-1.parquet"))))
     return [value for _, value in elements]
 
 
 def _decide(records, cache_side=(), requests=None, verify_content=False):
-    decide = _DecideBucketFn("features", requests or {}, verify_content)
+    decide = _DecideBucketFn(requests or {}, verify_content)
     out = []
     for bucket, batch in batch_records(records, buckets=1, batch_rows=2):  # several batches of one bucket
         out.append(batch)
@@ -55,9 +58,9 @@ def test_rows_without_an_id_are_not_duplicates_of_each_other_and_a_duplicate_kee
 def _cached(record):
     """The ``samples`` row of ``record``'s sample from a cache that computed it from this very row (its files as now)."""
     return {name: 0 if field.type == pa.int32() else None for name, field in zip(SAMPLES_BASE.names, SAMPLES_BASE)} | {
-        "sample_id": record.sample_id, "manifest_row": record.manifest_row, "status": "ok", "content_hash": "h", "text": record.text,
+        "sample_id": record.sample_id, "manifest_row": record.manifest_row, "status": "ok", "content_hash": CONTENT_HASH, "text": record.text,
         "file_identity": identities_json({"text": media_io.file_identity(record.text)}), "n_tokens": 3, "manifest_ok": True,
-        "features_fingerprint": "features", "manifest_hash": record.fingerprint(), "manifest_line_hash": record.line_hash, "run_id": "r"}
+        "features_fingerprint": FEATURES, "manifest_hash": record.fingerprint(), "manifest_line_hash": record.line_hash, "run_id": "r"}
 
 
 def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembedded_one_goes_on(tmp_path):
@@ -66,7 +69,7 @@ def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembed
         with open(path, "w") as handle:
             handle.write("words")
     records = {name: ManifestRecord(name, i, text=path) for i, (name, path) in enumerate(paths.items())}
-    invalid = _cached(ManifestRecord("touched", 9, text=paths["touched"])) | {"manifest_ok": False, "features_fingerprint": "old"}
+    invalid = _cached(ManifestRecord("touched", 9, text=paths["touched"])) | {"manifest_ok": False, "features_fingerprint": "b" * 64}
     cached = _cache_side(tmp_path / "cache", [*(_cached(record) for record in records.values()), invalid],
                          [(name, "text", "enc-1") for name in ("same", "touched")])
     os.utime(paths["touched"], ns=(1, 1))
@@ -78,7 +81,7 @@ def test_a_sample_unchanged_by_metadata_is_only_counted_and_a_touched_or_unembed
     assert all(known is not None for record, known in decided)  # the extractor gets what is cached
     touched = next(known for record, known in decided if record.sample_id == "touched")
     assert touched.embedded == {("text", "enc-1")} and touched.modalities_with_features == {"text"}
-    assert (touched.features_fingerprint, touched.content_hash) == ("features", "h")  # of its valid row
+    assert touched.same_features and touched.content_hash == CONTENT_HASH  # of its valid row
     verified = _decide(list(records.values()), cached, requests={"text": "enc-1"}, verify_content=True)
     assert len(verified) == 3 and all(isinstance(record, ManifestRecord) for record, _ in verified)  # the extractor hashes them
 
@@ -109,7 +112,7 @@ def test_an_unchanged_line_is_found_by_its_hash_and_a_reformatted_one_by_its_row
     parsed = []
     monkeypatch.setattr(cache_join, "record_of", lambda source, row: parsed.append(row[0]) or record_of(source, row))
     group = {"manifest": [batch for _, batch in _line_batches(manifest)], "cache": cached}
-    out = list(_DecideBucketFn("features", {}, False).process((0, group)))
+    out = list(_DecideBucketFn({}, False).process((0, group)))
     assert [element for element in out if isinstance(element, RunCount)] == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 2)]
     assert [element[0].sample_id for element in out if not isinstance(element, RunCount)] == ["touched"]
     assert sorted(parsed) == ["reordered", "touched"]  # "same" never parsed; "touched" only to go on to the extractor
@@ -136,11 +139,11 @@ def test_a_cache_written_before_line_hashes_decides_by_the_parsed_row(tmp_path, 
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), f"{folder}/old.parquet")
     pq.write_table(pa.Table.from_pylist([{**row, "sample_id": "b", "manifest_line_hash": "0" * 32}], schema=SAMPLES_BASE),
                    f"{folder}/new.parquet")  # read in one group with the old file
-    cached = [value for _, value in _CachedRowsFn(str(tmp_path / "cache"), 1).process(("samples", ("old.parquet", "new.parquet")))]
+    cached = [value for _, value in _CachedRowsFn(str(tmp_path / "cache"), 1, FEATURES).process(("samples", ("old.parquet", "new.parquet")))]
     parsed = []
     monkeypatch.setattr(cache_join, "record_of", lambda source, row: parsed.append(row[0]) or record_of(source, row))
     group = {"manifest": [batch for _, batch in _line_batches(manifest)], "cache": cached}
-    assert list(_DecideBucketFn("features", {}, False).process((0, group))) == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 1)]
+    assert list(_DecideBucketFn({}, False).process((0, group))) == [RunCount(f"{UNCHANGED_COUNT_PREFIX}metadata", 1)]
     assert parsed == ["a"]
 
 
@@ -154,3 +157,17 @@ def test_cached_files_are_read_in_groups_of_one_table_and_bounded_rows():
         ("samples", 263), ("samples", 37), (EMBEDDINGS, 1), (EMBEDDINGS, 1), ("samples", 1)]
     assert sorted(path for _, paths in groups for path in paths) == sorted(
         file["path"] for _, file in [*small, *embedded, ("samples", {"path": "late.parquet"})])
+
+
+def test_hex_digests_travel_as_their_bytes_and_anything_else_as_null():
+    """The join moves digests as bytes: each valid one decodes to exactly its bytes, across chunks and after nulls; a
+    value that is no digest of that size (upper case, short, not hex, multi-byte) becomes null, so that its sample is
+    recomputed rather than wrongly taken as unchanged."""
+    digests = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(5)]
+    column = pa.chunked_array([[digests[0], None, "A" * 64], [digests[1], "abc", digests[2], "g" * 64, "é" * 32], [],
+                               [digests[3], digests[4]]])
+    decoded = hex_as_bytes(column, 32)
+    assert decoded.type == pa.binary(32)
+    assert decoded.to_pylist() == [bytes.fromhex(digests[0]), None, None, bytes.fromhex(digests[1]), None, bytes.fromhex(digests[2]),
+                                   None, None, bytes.fromhex(digests[3]), bytes.fromhex(digests[4])]
+    assert hex_as_bytes(pa.chunked_array([column.chunk(1).slice(2)]), 32).to_pylist() == [bytes.fromhex(digests[2]), None, None]
