@@ -12,6 +12,9 @@ Shape (one chain with branches merged by Flatten, safe on every runner; see FACT
 
 Finalize groups a sample's ``samples`` row with its embedding results (by
 ``manifest_row``), so that a failed embedding makes the sample ``partial``.
+A sample whose rows of a feature table are too large to group writes them
+to a file of its own in ExtractSampleFn (``transforms.large_samples``); its
+``DataFile`` joins the entries directly, as the unchanged counts do.
 
 With ``--transcribe`` (``speech``), the extraction's ``_encode/speech`` items go
 through ``TranscribeItems`` (RunInference) and ``TranscriptRowsFn``
@@ -24,19 +27,21 @@ other onto the ``samples`` row (``n_tokens``, ``text_source``).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
 import pyarrow as pa
 
 from pipelines.manifest import Corpus
-from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, RunCount
+from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, DataFile, RunCount
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import WARNING_KINDS, Stage
 from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_table_name
 from transforms.asr import SPEECH_ITEMS, SPEECH_TEXT, speech_text_updates
 from transforms.sample_state import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
 from transforms.extract_sample_fn import ExtractSampleFn
+from transforms import large_samples
+from transforms.large_samples import WRITTEN_FILE, FeatureFiles
 from transforms.cache_join import CachedFiles, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
@@ -71,14 +76,17 @@ class _FinalizeSamplesFn(beam.DoFn):
             yield table, row
 
 
-def _unchanged_count(pair: tuple[str, dict]) -> Iterator[RunCount]:
-    """One ``RunCount`` of the extractor's unchanged sample (by what told), nothing for another row."""
+def _pending_entries(pair: tuple[str, Any]) -> Iterator[Union[RunCount, DataFile]]:
+    """What an extractor's output adds to the pending list directly: a ``RunCount`` of an unchanged sample (by what
+    told; the list sums them), the ``DataFile`` of a large sample's own file; nothing for a row."""
     if pair[0] == SKIPPED_TABLE:
         yield RunCount(f"{UNCHANGED_COUNT_PREFIX}{pair[1]['unchanged_by']}", 1)
+    elif pair[0] == WRITTEN_FILE:
+        yield pair[1]
 
 
-def _is_cache_row(pair: tuple[str, dict]) -> bool:
-    return pair[0] not in ("samples", SKIPPED_TABLE) and not pair[0].startswith(ENCODE_PREFIX)
+def _is_cache_row(pair: tuple[str, Any]) -> bool:
+    return pair[0] not in ("samples", SKIPPED_TABLE, WRITTEN_FILE) and not pair[0].startswith(ENCODE_PREFIX)
 
 
 class ExtractToCache(beam.PTransform):
@@ -129,11 +137,13 @@ class ExtractToCache(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         requests = encode_requests(self._handlers)
         context = replace(self._context, requests=requests, transcribe=self._speech is not None)
-        extract = ExtractSampleFn(self._config, self._tokenizer_path, context)
+        feature_files = FeatureFiles(self._cache, self._attempt, {
+            table: schema for table, schema in self._schemas.items() if table not in ("samples", "errors")}, large_samples.LARGE_SAMPLE_BYTES)
+        extract = ExtractSampleFn(self._config, self._tokenizer_path, context, feature_files)
         rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
         speech_rows = self._transcribe(rows, requests) if self._speech is not None else None
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
-        unchanged = rows | "UnchangedCounts" >> beam.FlatMap(_unchanged_count)  # the pending list sums them
+        direct = rows | "DirectEntries" >> beam.FlatMap(_pending_entries)
         per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
         for modality, handler in sorted(self._handlers.items()):
             from transforms.embed import EmbedItems
@@ -164,7 +174,7 @@ class ExtractToCache(beam.PTransform):
             | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards, extra_fields=self._extra_fields)
         )
         replacements = finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed)
-        return (data_files, replacements, unchanged) | "MergeEntries" >> beam.Flatten()
+        return (data_files, replacements, direct) | "MergeEntries" >> beam.Flatten()
 
     def _transcribe(self, rows: beam.PCollection, requests: dict[str, EncodeRequest]) -> beam.PCollection:
         """The extraction's speech items -> ``(table, row)``: words, segments, transcript texts and their text-encoder

@@ -13,6 +13,7 @@ from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
 from transforms.extract_sample import SampleExtractor
+from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows
 from transforms.sample_state import RunContext, TableRow
 from transforms.unchanged import KnownSample
 from transforms.text import TextTokenizer
@@ -24,10 +25,14 @@ class ExtractSampleFn(beam.DoFn):
     """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output only).
 
     Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. ``scipy.fft`` is
-    imported by the first audio stream (a text-only run never pays for it).
+    imported by the first audio stream (a text-only run never pays for it). With ``feature_files``, a sample's feature
+    rows past its limit are written to the sample's own files (``transforms.large_samples``): their ``DataFile`` s come
+    out as ``(WRITTEN_FILE, DataFile)`` instead of the rows.
     """
 
-    def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None) -> None:
+    def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None,
+                 feature_files: Optional[FeatureFiles] = None) -> None:
+        self._feature_files = feature_files
         self._config = config
         self._tokenizer_path = tokenizer_path
         self._context = context or RunContext()
@@ -42,9 +47,16 @@ class ExtractSampleFn(beam.DoFn):
     def process(self, element: tuple[ManifestRecord, Optional[KnownSample]]) -> Iterator[TableRow]:
         record, known = element
         files, content = self._extractor.hashed_files, self._extractor.hashed_bytes
+        features = SampleRows(self._feature_files, record.manifest_row) if self._feature_files else None
         for table, row in self._extractor.extract(record, known):
             _count(table, row)
-            yield table, row
+            if features is None or not features.add(table, row):
+                yield table, row
+        if features is not None:
+            for table, row in features.finish():
+                if table == WRITTEN_FILE:
+                    counter("mmfeat", "rows_written").inc(row.n_rows)
+                yield table, row
         if self._extractor.hashed_files > files:  # files read whole to compare their content (identity changed, or --verify-content)
             counter("mmfeat", "content_files_hashed").inc(self._extractor.hashed_files - files)
             counter("mmfeat", "content_bytes_hashed").inc(self._extractor.hashed_bytes - content)

@@ -79,15 +79,23 @@ def exists(uri: str) -> bool:
 
 
 def check_format(cache: str) -> None:
-    """Refuse a cache written by an mmfeat with another layout. Raises ``ConfigError``."""
+    """Refuse a cache written by an mmfeat with another layout. Raises ``ConfigError``.
+
+    A ``samples`` folder with no file in it is no cache yet: a first run that failed while writing it (a full disk)
+    leaves it so, once its files are removed."""
     samples = table_uri(cache, "samples")
-    if not exists(samples):
+    if not exists(samples) or _is_empty_folder(samples):
         return
     table = open_table(samples)
     found = "1 (plain Parquet folders)" if table is None else describe(table).get("schema_version", "?")
     if found != SCHEMA_VERSION:
         raise ConfigError(f"{cache} holds a cache of schema version {found}, this mmfeat reads and writes {SCHEMA_VERSION} "
                           "(Delta tables); rerun mmfeat extract with --overwrite, or use a new --output")
+
+
+def _is_empty_folder(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory and not fs.get_file_info(pafs.FileSelector(path, recursive=True))
 
 
 def describe(table: Any) -> dict[str, Any]:

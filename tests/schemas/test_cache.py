@@ -4,12 +4,14 @@ from __future__ import annotations
 import collections
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
 from schemas.cache import CacheView, RunCommit, commit_run, compact, find_damaged, new_attempt, repair, runs, vacuum, write_data_file
 from schemas.cache.commit import _commit_table
+from schemas.cache.view import check_format
 from schemas.errors import ConfigError
 from tests.schemas.cache_helpers import FEATURES, SCHEMAS, frames_rows, run, samples_rows
 
@@ -303,3 +305,13 @@ def test_an_extraction_reads_only_files_whose_statistics_allow_rows_it_replaces(
     assert not SupersedeRule.of("extract", frozenset({"x"})).may_hold(samples(True), "samples")
     reembedded = SupersedeRule.of("extract", reembedded_in={"embeddings/text/enc": frozenset({"b"})})
     assert reembedded.may_hold(errors("audio", "embed"), "errors") and not unchanged.may_hold(errors("audio", "embed"), "errors")
+
+
+def test_an_empty_samples_folder_is_no_cache_but_plain_parquet_is_refused(tmp_path):
+    """A first run that failed writing ``samples`` (a full disk) leaves an empty folder once its files are removed: the
+    next run must start a cache there, not refuse it as an older layout. A folder of plain Parquet still is refused."""
+    (tmp_path / "samples").mkdir()
+    check_format(str(tmp_path))
+    pq.write_table(pa.table({"sample_id": ["a"]}), tmp_path / "samples" / "part-0.parquet")
+    with pytest.raises(ConfigError, match="schema version 1"):
+        check_format(str(tmp_path))

@@ -1,0 +1,88 @@
+"""A sample too large to send through the writers' grouping writes its feature rows to files of its own.
+
+The writers group rows by ``(table, shard)`` (``transforms.parquet_sink``);
+a batch runner holds a stage's whole output before it groups it, in memory
+on an in-process runner. Most samples' rows are small, but one 2-hour sound
+track makes 240 MFCC windows (110 MB) and one long video thousands of
+frames: held there, and decoded again for the writer, they raised a run's
+peak memory by about 0.9 GB. So the extractor holds each sample's rows of a
+feature table until they pass ``LARGE_SAMPLE_BYTES``: below it they go on
+to the writers as before; past it they are streamed, as they come, into a
+Parquet file of the sample's own (``{attempt}-row-{manifest_row}.parquet``
+in the table's folder, written atomically, so a retried bundle replaces it),
+and only its ``DataFile`` goes on, to the ``_pending`` list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from schemas.cache.layout import data_folder
+from transforms.parquet_sink import ParquetRowWriter, data_file, row_bytes
+
+LARGE_SAMPLE_BYTES = 16 << 20
+"""A sample whose rows of one feature table pass this many bytes (arrays and strings) writes that table's rows itself;
+its files' row groups hold as many bytes (the most a worker holds of them)."""
+WRITTEN_FILE = "_written_file"
+"""The marker table of a ``DataFile`` the extractor wrote (not a table of the cache)."""
+
+
+@dataclass(frozen=True)
+class FeatureFiles:
+    """Where a sample's own files go: the cache, the run attempt that names them, the schemas of the feature tables
+    (those whose rows a large sample writes itself) and the limit (``LARGE_SAMPLE_BYTES``)."""
+
+    cache: str
+    attempt: str
+    schemas: Mapping[str, pa.Schema]
+    limit_bytes: int
+
+
+class SampleRows:
+    """One sample's feature rows: held per table up to ``files.limit_bytes``, then written to the sample's own file.
+
+    ``add`` every ``(table, row)`` of the sample; ``finish`` yields the rows held (for the writers) and a
+    ``(WRITTEN_FILE, DataFile)`` per file written.
+    """
+
+    def __init__(self, files: FeatureFiles, manifest_row: int) -> None:
+        self._files = files
+        self._name = f"{files.attempt}-row-{manifest_row:016x}.parquet"
+        self._held: dict[str, list[Mapping[str, Any]]] = {}
+        self._held_bytes: dict[str, int] = {}
+        self._writers: dict[str, ParquetRowWriter] = {}
+
+    def add(self, table: str, row: Mapping[str, Any]) -> bool:
+        """Takes ``row`` of ``table`` when it is a feature table's (``True``), else leaves it to the caller."""
+        if table not in self._files.schemas:
+            return False
+        writer = self._writers.get(table)
+        if writer is not None:
+            writer.add(row)
+            return True
+        self._held.setdefault(table, []).append(row)
+        self._held_bytes[table] = self._held_bytes.get(table, 0) + row_bytes(row)
+        if self._held_bytes[table] > self._files.limit_bytes:
+            writer = self._writers[table] = ParquetRowWriter(self._path(table), self._files.schemas[table],
+                                                             row_group_bytes=self._files.limit_bytes)
+            for held in self._held.pop(table):
+                writer.add(held)
+        return True
+
+    def finish(self) -> Iterator[tuple[str, Any]]:
+        """The rows held, as ``(table, row)``, then ``(WRITTEN_FILE, DataFile)`` of each file written."""
+        for table, rows in self._held.items():
+            for row in rows:
+                yield table, row
+        self._held = {}
+        for table, writer in self._writers.items():
+            count, stats = writer.close()
+            yield WRITTEN_FILE, data_file(table, writer.path, self._name, count, stats)
+        self._writers = {}
+
+    def _path(self, table: str) -> str:
+        return FileSystems.join(data_folder(self._files.cache, table, self._files.attempt), self._name)
+
