@@ -301,16 +301,16 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
     from transforms.text import resolve_tokenizer_path
 
     tokenizer_path = resolve_tokenizer_path(config.text.tokenizer)
-    from pipelines.extract import check_output, default_run_id, run_extract, validate_run_id
-    from pipelines.manifest import open_folder, open_manifest
-    from transforms.encoders.registry import resolve_encoders
-
-    run_id = validate_run_id(args.run_id or default_run_id())
-    choice = build_runner(args.runner, args, beam_args)
-    corpus = open_manifest(args.manifest, allow_empty=args.allow_empty) if args.manifest else open_folder(args.input)
-    check_output(args.output, overwrite=args.overwrite)
-    encoders = resolve_encoders(encode, config)
+    choice = build_runner(args.runner, args, beam_args)  # --workers N: they start now, importing while this process does
     with choice.context():
+        from pipelines.extract import check_output, default_run_id, run_extract, validate_run_id
+        from pipelines.manifest import open_folder, open_manifest
+        from transforms.encoders.registry import resolve_encoders
+
+        run_id = validate_run_id(args.run_id or default_run_id())
+        corpus = open_manifest(args.manifest, allow_empty=args.allow_empty) if args.manifest else open_folder(args.input)
+        check_output(args.output, overwrite=args.overwrite)
+        encoders = resolve_encoders(encode, config)
         report = run_extract(
             corpus,
             output=args.output,

@@ -57,10 +57,19 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     Beam 2.77.0's ``DirectRunner`` first tries to download the Prism binary
     and silently changes engines when it can; naming ``FnApiRunner`` pins the
     engine. The worker processes start through ``runners.worker_main``, which
-    ends them with the launcher (even a killed one) and logs each line once.
+    ends them with the launcher (even a killed one) and logs each line once;
+    they start here, before Beam is imported (``runners.worker_pool``), and
+    wait for the run: the caller enters the choice's ``context`` at once.
     """
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
+    log_level = getattr(args, "log_level", "INFO")
+    warm = None
+    if args.workers > 1:  # started before this process imports Beam: their imports overlap with the launcher's work
+        from runners.worker_main import available_cores
+        from runners.worker_pool import WarmWorkers
+
+        warm = WarmWorkers(args.workers, launcher_pid=os.getpid(), log_level=log_level, threads=max(1, available_cores() // args.workers))
     from apache_beam.options.pipeline_options import PipelineOptions
 
     if args.workers == 1:
@@ -69,7 +78,8 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
         return RunnerChoice(FnApiRunner(), PipelineOptions(beam_args))
     from runners.worker_runner import WorkerProcessesRunner
 
-    return RunnerChoice(WorkerProcessesRunner(args.workers, log_level=getattr(args, "log_level", "INFO")), PipelineOptions(beam_args))
+    return RunnerChoice(WorkerProcessesRunner(args.workers, log_level=log_level, warm=warm), PipelineOptions(beam_args),
+                        context=lambda: contextlib.closing(warm))  # the workers no run claimed end with the command
 
 
 @contextlib.contextmanager

@@ -9,8 +9,10 @@ launcher), makes the process end with the launcher (``runners.worker_guard``), t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
+import socket
 import sys
 from typing import Optional, Sequence
 
@@ -54,6 +56,7 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=MODULE, description="a Beam SDK worker process of mmfeat extract")
     parser.add_argument("--launcher-pid", type=int, required=True, help="pid of the mmfeat process that started this worker")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--wait-on", help="a warm worker (runners.worker_pool): import, then wait on this Unix socket for a run")
     return parser.parse_args(argv)
 
 
@@ -64,11 +67,38 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging_setup.configure(args.log_level)
     guard_worker(args.launcher_pid)
     _limit_opencv_threads()
+    run = _wait_for_run(args.wait_on) if args.wait_on else None
     # This worker's stderr is the launcher's: forwarding its records to the launcher as well printed them twice.
     os.environ.pop("LOGGING_API_SERVICE_DESCRIPTOR", None)
     from apache_beam.runners.worker import sdk_worker_main
 
-    sdk_worker_main.main(sys.argv[:1])
+    status = 1
+    try:
+        sdk_worker_main.main(sys.argv[:1])
+        status = 0
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else int(done.code is not None)
+        raise
+    finally:
+        if run is not None:  # the process Beam started waits for this
+            with run:
+                run.sendall(f"{status}\n".encode("ascii"))
+
+
+def _wait_for_run(path: str) -> socket.socket:
+    """Bind ``path``, import what a worker runs (Beam's harness, the extraction), then wait for the run that claims
+    this worker (``runners.worker_pool.main``): its environment (Beam's endpoints and options) becomes this process's.
+    Returns the connection to send the exit status on."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        import apache_beam.runners.worker.sdk_worker_main  # noqa: F401  (the imports are the point: done while waiting)
+        import pipelines.extract_graph  # noqa: F401
+        import transforms.media_pass  # noqa: F401
+
+        connection, _ = listener.accept()
+    os.environ.update(json.loads(connection.makefile("rb").readline()))
+    return connection
 
 
 def _limit_opencv_threads() -> None:

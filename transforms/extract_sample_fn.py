@@ -48,10 +48,15 @@ class ExtractSampleFn(beam.DoFn):
         record, known = element
         files, content = self._extractor.hashed_files, self._extractor.hashed_bytes
         features = SampleRows(self._feature_files, record.manifest_row) if self._feature_files else None
-        for table, row in self._extractor.extract(record, known):
-            _count(table, row)
-            if features is None or not features.add(table, row):
-                yield table, row
+        try:
+            for table, row in self._extractor.extract(record, known):
+                _count(table, row)
+                if features is None or not features.add(table, row):
+                    yield table, row
+        except BaseException:
+            if features is not None:
+                features.abort()
+            raise
         if features is not None:
             for table, row in features.finish():
                 if table == WRITTEN_FILE:

@@ -83,6 +83,12 @@ class SampleRows:
             yield WRITTEN_FILE, data_file(table, writer.path, self._name, count, stats)
         self._writers = {}
 
+    def abort(self) -> None:
+        """Removes the files begun (the sample failed before ``finish``)."""
+        for writer in self._writers.values():
+            writer.abort()
+        self._writers = {}
+
     def _path(self, table: str) -> str:
         return FileSystems.join(data_folder(self._files.cache, table, self._files.attempt), self._name)
 

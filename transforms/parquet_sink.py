@@ -142,18 +142,22 @@ class ParquetRowWriter:
             FileSystems.rename([self._temporary], [self.path])
         return self.count, self.stats
 
+    def abort(self) -> None:
+        """Closes and removes the temporary file (nothing is renamed into place); never raises."""
+        for cleanup in (self._writer, self._handle):
+            if cleanup is not None:
+                with contextlib.suppress(Exception):
+                    cleanup.close()
+        with contextlib.suppress(Exception):
+            FileSystems.delete([self._temporary])
+
     @contextlib.contextmanager
     def _failing(self) -> Iterator[None]:
-        """On an error: the temporary file closed and removed, then the error raised (an ``OSError`` naming ``path``)."""
+        """On an error: ``abort``, then the error raised (an ``OSError`` naming ``path``)."""
         try:
             yield
         except BaseException as error:
-            for cleanup in (self._writer, self._handle):
-                if cleanup is not None:
-                    with contextlib.suppress(Exception):
-                        cleanup.close()
-            with contextlib.suppress(Exception):
-                FileSystems.delete([self._temporary])
+            self.abort()
             if isinstance(error, OSError):
                 raise OSError(error.errno, f"{error.strerror or error} writing {self.path}") from error
             raise
@@ -179,8 +183,12 @@ def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) 
     """Stream dict ``rows`` into a Parquet file at ``path``, atomically (``ParquetRowWriter``); returns the row count and
     the ``column_stats``."""
     writer = ParquetRowWriter(path, schema)
-    for row in rows:
-        writer.add(row)
+    try:
+        for row in rows:
+            writer.add(row)
+    except BaseException:  # the rows failed, not the writer
+        writer.abort()
+        raise
     return writer.close()
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import soundfile
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -16,7 +17,7 @@ from schemas.cache import CacheView
 from schemas.config import ExtractConfig
 from tests import media
 from transforms import large_samples
-from transforms.parquet_sink import ParquetRowWriter
+from transforms.parquet_sink import ParquetRowWriter, write_rows
 
 
 def _extract(manifest: str, output: str, tokenizer_path: str, run_id: str = "run1"):
@@ -103,3 +104,19 @@ def test_a_whole_run_on_a_2_hour_sound_track_peaks_less_than_150_mb_above_a_one_
     assert CacheView.open(str(tmp_path / "audio-cache")).read("audio").num_rows == 240
     print(f"peak MiB: one text {one_text}, 2-hour sound track {long_audio}")
     assert long_audio - one_text < 150, f"a 2-hour sound track peaked at {long_audio} MiB, a one-text run at {one_text} MiB"
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path):
+    """Rows that fail half-way (the extractor raised) or a writer error: nothing is left in the folder."""
+    schema = pa.schema([("sample_id", pa.string())])
+
+    def failing_rows():
+        yield {"sample_id": "a"}
+        raise RuntimeError("decoder crashed")
+
+    with pytest.raises(RuntimeError, match="decoder crashed"):
+        write_rows(str(tmp_path / "f.parquet"), failing_rows(), schema)
+    writer = ParquetRowWriter(str(tmp_path / "g.parquet"), schema)
+    writer.add({"sample_id": "b"})
+    writer.abort()
+    assert os.listdir(tmp_path) == []
