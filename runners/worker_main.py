@@ -9,6 +9,7 @@ launcher), makes the process end with the launcher (``runners.worker_guard``), t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -41,15 +42,17 @@ def worker_thread_env(threads: int) -> dict[str, str]:
     return {name: str(max(1, int(threads))) for name in THREAD_ENV_VARS}
 
 
-def worker_command(launcher_pid: int, log_level: str, threads: Optional[int] = None) -> str:
+def worker_command(launcher_pid: int, log_level: str, threads: Optional[int] = None, *, module: str = MODULE,
+                   extra: Sequence[str] = ()) -> str:
     """The shell command Beam runs to start one worker (``exec``: no shell stays between launcher and worker).
 
     ``-P`` keeps the current directory off ``sys.path``: the worker imports the installed mmfeat, as the launcher does.
     ``threads``: set ``worker_thread_env(threads)`` in the worker's environment (through ``env``, before Python starts).
+    ``module`` and ``extra``: what runs, and its further arguments (``runners.worker_pool`` claims a warm worker).
     """
     prefix = "" if threads is None else "env " + " ".join(f"{k}={v}" for k, v in worker_thread_env(threads).items()) + " "
-    return (f"exec {prefix}{shlex.quote(sys.executable)} -P -m {MODULE} "
-            f"--launcher-pid {int(launcher_pid)} --log-level {shlex.quote(log_level)}")
+    return (f"exec {prefix}{shlex.quote(sys.executable)} -P -m {module} "
+            f"--launcher-pid {int(launcher_pid)} --log-level {shlex.quote(log_level)}" + "".join(f" {shlex.quote(a)}" for a in extra))
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -80,8 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         status = done.code if isinstance(done.code, int) else int(done.code is not None)
         raise
     finally:
-        if run is not None:  # the process Beam started waits for this
-            with run:
+        if run is not None:  # the process Beam started waits for this (unless Beam already ended it)
+            with run, contextlib.suppress(OSError):
                 run.sendall(f"{status}\n".encode("ascii"))
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import tempfile
 from typing import Optional, Sequence
 
 from runners.worker_main import MODULE as WORKER_MODULE
-from runners.worker_main import worker_thread_env
+from runners.worker_main import worker_command, worker_thread_env
 
 MODULE = "runners.worker_pool"
 SOCKET_SUFFIX = ".sock"
@@ -54,9 +53,7 @@ class WarmWorkers:
 
     def worker_command(self) -> str:
         """The shell command Beam runs to start one worker: claim a warm one (``main``), else start cold."""
-        return (f"exec env {' '.join(f'{k}={v}' for k, v in worker_thread_env(self.threads).items())} "
-                f"{shlex.quote(sys.executable)} -P -m {MODULE} --pool {shlex.quote(self.folder)} "
-                f"--launcher-pid {int(self.launcher_pid)} --log-level {shlex.quote(self.log_level)}")
+        return worker_command(self.launcher_pid, self.log_level, self.threads, module=MODULE, extra=("--pool", self.folder))
 
     def close(self) -> None:
         """Ends the workers no run claimed (those a run used have exited with it) and removes the folder. Idempotent."""
