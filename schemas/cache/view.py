@@ -94,6 +94,7 @@ def check_format(cache: str) -> None:
 
 
 def _is_empty_folder(uri: str) -> bool:
+    """Whether ``uri`` is a folder with no file or folder anywhere below it."""
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.Directory and not fs.get_file_info(pafs.FileSelector(path, recursive=True))
 
