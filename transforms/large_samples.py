@@ -80,7 +80,7 @@ class SampleRows:
         self._held = {}
         for table, writer in self._writers.items():
             count, stats = writer.close()
-            yield WRITTEN_FILE, data_file(table, writer.path, self._name, count, stats)
+            yield WRITTEN_FILE, data_file(table, writer.path, count, stats)
         self._writers = {}
 
     def abort(self) -> None:

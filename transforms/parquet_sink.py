@@ -192,10 +192,10 @@ def write_rows(path: str, rows: Iterable[Mapping[str, Any]], schema: pa.Schema) 
     return writer.close()
 
 
-def data_file(table: str, path: str, name: str, count: int, stats: dict[str, list[Any]]) -> DataFile:
-    """The ``DataFile`` of a file just written at ``path`` (``name`` in ``table``'s folder), for the ``_pending`` list."""
+def data_file(table: str, path: str, count: int, stats: dict[str, list[Any]]) -> DataFile:
+    """The ``DataFile`` of a file just written at ``path`` in ``table``'s folder, for the ``_pending`` list."""
     metadata = FileSystems.match([path])[0].metadata_list[0]
-    return DataFile(table=table, name=name, size=metadata.size_in_bytes, n_rows=count, stats=stats,
+    return DataFile(table=table, name=FileSystems.split(path)[1], size=metadata.size_in_bytes, n_rows=count, stats=stats,
                     modified_ms=int(metadata.last_updated_in_seconds * 1000))
 
 
@@ -218,7 +218,7 @@ class _WriteShardFn(beam.DoFn):
             rows = ({**row, **{f.name: extra_value(row.get(f.name), f) for f in extra_fields}} for row in rows)
         count, stats = write_rows(path, rows, schema)
         self._rows_written.inc(count)
-        yield data_file(table, path, name, count, stats)
+        yield data_file(table, path, count, stats)
 
 
 class _WritePendingListFn(beam.DoFn):
