@@ -63,6 +63,29 @@ def test_a_wav_whose_samples_follow_a_large_metadata_chunk_decodes_whole(tmp_pat
     assert len(_decode(plain)) == pytest.approx(16000, abs=20)
 
 
+@pytest.mark.parametrize("cut", [None, 0.5], ids=["whole", "truncated"])
+def test_a_16_bit_mono_wav_at_the_target_rate_reads_as_pyav_decodes_it(tmp_path, monkeypatch, cut):
+    """Such WAVs are read with soundfile (ten times cheaper than PyAV's demuxer, decoder and resampler): the samples
+    must be PyAV's, bit for bit, also of a file cut short in its data."""
+    import soundfile
+
+    from transforms import audio_decode
+
+    path = str(tmp_path / "plain.wav")
+    samples = np.random.default_rng(0).integers(-32768, 32768, 3 * 16000 + 123).astype(np.int16)
+    samples[:2] = (-32768, 32767)
+    soundfile.write(path, samples, 16000, subtype="PCM_16")
+    if cut is not None:
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: int(len(data) * cut) + 1])
+    assert audio_decode._is_plain_wav(path, 16000) and not audio_decode._is_plain_wav(path, 22050)
+    direct = _decode(path)
+    monkeypatch.setattr(audio_decode, "_is_plain_wav", lambda path, rate: False)
+    through_pyav = _decode(path)
+    assert len(direct) == pytest.approx(len(samples) * (cut or 1.0), abs=30)  # the header is 44 bytes
+    np.testing.assert_array_equal(direct, through_pyav)
+
+
 def test_stereo_is_down_mixed_not_one_channel_picked(tmp_path):
     left = media.tone(440.0, 1.0)
     path = str(tmp_path / "stereo.flac")
