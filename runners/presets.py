@@ -66,10 +66,10 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     log_level = getattr(args, "log_level", "INFO")
     warm = None
     if args.workers > 1:  # started before this process imports Beam: their imports overlap with the launcher's work
-        from runners.worker_main import available_cores
+        from runners.worker_main import threads_per_worker
         from runners.worker_pool import WarmWorkers
 
-        warm = WarmWorkers(args.workers, launcher_pid=os.getpid(), log_level=log_level, threads=max(1, available_cores() // args.workers))
+        warm = WarmWorkers(args.workers, launcher_pid=os.getpid(), log_level=log_level, threads=threads_per_worker(args.workers))
     from apache_beam.options.pipeline_options import PipelineOptions
 
     if args.workers == 1:

@@ -43,17 +43,27 @@ def worker_thread_env(threads: int) -> dict[str, str]:
     return {name: str(max(1, int(threads))) for name in THREAD_ENV_VARS}
 
 
+def threads_per_worker(workers: int) -> int:
+    """Each of ``workers`` processes' decode and BLAS/OpenMP threads: the cores shared out, at least one."""
+    return max(1, available_cores() // workers)
+
+
+def worker_argv(launcher_pid: int, log_level: str, *, module: str = MODULE, extra: Sequence[str] = ()) -> list[str]:
+    """The arguments that start one worker: this interpreter, ``-P`` (the current directory off ``sys.path``: the
+    worker imports the installed mmfeat, as the launcher does), ``module`` and its arguments, then ``extra``."""
+    return [sys.executable, "-P", "-m", module, "--launcher-pid", str(int(launcher_pid)), "--log-level", log_level, *extra]
+
+
 def worker_command(launcher_pid: int, log_level: str, threads: Optional[int] = None, *, module: str = MODULE,
                    extra: Sequence[str] = ()) -> str:
-    """The shell command Beam runs to start one worker (``exec``: no shell stays between launcher and worker).
+    """The shell command Beam runs to start one worker: ``worker_argv``, with ``exec`` (no shell stays between
+    launcher and worker).
 
-    ``-P`` keeps the current directory off ``sys.path``: the worker imports the installed mmfeat, as the launcher does.
     ``threads``: set ``worker_thread_env(threads)`` in the worker's environment (through ``env``, before Python starts).
     ``module`` and ``extra``: what runs, and its further arguments (``runners.worker_pool`` claims a warm worker).
     """
     prefix = "" if threads is None else "env " + " ".join(f"{k}={v}" for k, v in worker_thread_env(threads).items()) + " "
-    return (f"exec {prefix}{shlex.quote(sys.executable)} -P -m {module} "
-            f"--launcher-pid {int(launcher_pid)} --log-level {shlex.quote(log_level)}" + "".join(f" {shlex.quote(a)}" for a in extra))
+    return f"exec {prefix}{shlex.join(worker_argv(launcher_pid, log_level, module=module, extra=extra))}"
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:

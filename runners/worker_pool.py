@@ -25,8 +25,7 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from runners.worker_main import MODULE as WORKER_MODULE
-from runners.worker_main import worker_command, worker_thread_env
+from runners.worker_main import worker_argv, worker_command, worker_thread_env
 
 MODULE = "runners.worker_pool"
 SOCKET_SUFFIX = ".sock"
@@ -47,8 +46,8 @@ class WarmWorkers:
         self.threads = threads
         environment = {**os.environ, **worker_thread_env(threads)}
         self._processes = [
-            subprocess.Popen([sys.executable, "-P", "-m", WORKER_MODULE, "--launcher-pid", str(launcher_pid), "--log-level", log_level,
-                              "--wait-on", os.path.join(self.folder, f"{index}{SOCKET_SUFFIX}")], env=environment)
+            subprocess.Popen(worker_argv(launcher_pid, log_level, extra=("--wait-on", os.path.join(self.folder, f"{index}{SOCKET_SUFFIX}"))),
+                             env=environment)
             for index in range(count)]
 
     def worker_command(self) -> str:
@@ -91,8 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = _parse(argv)
     claimed = _claim(args.pool) if os.path.isdir(args.pool) else None
     if claimed is None:
-        os.execv(sys.executable, [sys.executable, "-P", "-m", WORKER_MODULE, "--launcher-pid", str(args.launcher_pid),
-                                  "--log-level", args.log_level])
+        os.execv(sys.executable, worker_argv(args.launcher_pid, args.log_level))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.connect(claimed)
         connection.sendall(json.dumps(dict(os.environ)).encode("utf-8") + b"\n")

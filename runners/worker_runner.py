@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
-from runners.worker_main import available_cores, worker_command
+from runners.worker_main import threads_per_worker, worker_command
 from runners.worker_pool import WarmWorkers
 
 
@@ -26,8 +26,7 @@ class WorkerProcessesRunner(FnApiRunner):
     """
 
     def __init__(self, workers: int, *, log_level: str = "INFO", warm: Optional[WarmWorkers] = None) -> None:
-        # The cores shared out: each worker's decode threads and BLAS/OpenMP pools get max(1, cores // workers).
-        self.threads = warm.threads if warm is not None else max(1, available_cores() // workers)
+        self.threads = warm.threads if warm is not None else threads_per_worker(workers)
         command = warm.worker_command() if warm is not None else worker_command(os.getpid(), log_level, threads=self.threads)
         super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(command))
         self.workers = workers
