@@ -47,8 +47,8 @@ from transforms.sample_state import RunContext
 from transforms.media_io import sha256_of
 
 if TYPE_CHECKING:  # torch and Beam's ml modules are imported only when an encoder is on (pipelines.extract_graph)
+    from pipelines.extract_graph import EmbeddingSet
     from transforms.asr_handler import WhisperModelHandler
-    from transforms.embed import EncoderModelHandler
     from transforms.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def build_speech_handler(speech: SpeechConfig, device: str) -> WhisperModelHandl
 
 def _run(
     corpus: Corpus, view: CacheView, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
-    options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EncoderModelHandler],
+    options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EmbeddingSet],
     device: str, recompute: bool, verify_content: bool, allow_empty: bool, speech: Optional[WhisperModelHandler] = None,
 ) -> dict[str, Any]:
     num_shards = config.num_shards or corpus.auto_num_shards()

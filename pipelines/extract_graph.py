@@ -4,7 +4,7 @@ Shape (one chain with branches merged by Flatten, safe on every runner; see FACT
 
     manifest rows -> JoinWithCache (buckets of ids; unchanged samples only counted)
     (record, known) -> ParDo(ExtractSampleFn) -> (table, row)
-      |-- cache rows ----------------------------------------------------------+
+      |-- cache rows (an inline encoder's embedding rows too) -----------------+
       |-- _encode/<modality> items -> EmbedItems (RunInference) --+            |
       |-- samples rows ------------------------------------------+-> Finalize -+-> Flatten
                                                                           |      -> (table, shard) GroupByKey -> write --+
@@ -44,6 +44,7 @@ from transforms import large_samples
 from transforms.large_samples import WRITTEN_FILE, FeatureFiles
 from transforms.cache_join import CachedFiles, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
+from transforms.embedding_rows import InlineEmbedder
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
 from transforms.record_batches import SummariseBatches, batch_records, num_buckets
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
@@ -52,6 +53,10 @@ if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an en
     from transforms.asr_handler import WhisperModelHandler
     from transforms.embed import EncoderModelHandler
     from transforms.encoders.base import Encoder
+
+EmbeddingSet = Union["EncoderModelHandler", InlineEmbedder]
+"""How one encoder's embedding set is made: a model handler (``RunInference``) or, for an inline encoder, by the
+extraction itself. Both carry ``encoder`` and ``table``."""
 
 
 class _FinalizeSamplesFn(beam.DoFn):
@@ -94,7 +99,7 @@ class ExtractToCache(beam.PTransform):
 
     Args:
         cache: the cache folder; attempt: the run attempt that names the files.
-        handlers: model handlers by modality (empty: no embeddings).
+        handlers: the embedding sets by modality (``build_handlers``; empty: no embeddings).
         context: the run's fingerprint, id and the cache's content (its encoder requests come from ``handlers``).
         committed: the files of the cache state the run started from; those holding rows the run supersedes are
             rewritten without them (``ReplaceSupersededRows``).
@@ -115,7 +120,7 @@ class ExtractToCache(beam.PTransform):
         attempt: str,
         schemas: dict[str, pa.Schema],
         num_shards: int,
-        handlers: Optional[dict[str, EncoderModelHandler]] = None,
+        handlers: Optional[dict[str, EmbeddingSet]] = None,
         context: Optional[RunContext] = None,
         committed: Optional[list[CommittedFile]] = None,
         extra_fields: Optional[beam.PCollection] = None,
@@ -146,6 +151,8 @@ class ExtractToCache(beam.PTransform):
         direct = rows | "DirectEntries" >> beam.FlatMap(_pending_entries)
         per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
         for modality, handler in sorted(self._handlers.items()):
+            if isinstance(handler, InlineEmbedder):  # its rows come from the extraction itself, with the cache rows
+                continue
             from transforms.embed import EmbedItems
 
             items = rows | f"Items_{modality}" >> beam.Filter(lambda pair, table=encode_table(modality): pair[0] == table)
@@ -236,27 +243,27 @@ class ExtractCorpus(beam.PTransform):
                 | "ListPending" >> WritePendingList(self._cache, self._attempt))
 
 
-def encode_requests(handlers: dict[str, "EncoderModelHandler"]) -> dict[str, EncodeRequest]:
-    """What the extraction hands each encoder (payload fields) and the fingerprint its embeddings carry, by modality."""
-    return {modality: EncodeRequest(modality, handler.encoder.needs, handler.encoder.fingerprint()) for modality, handler in handlers.items()}
+def encode_requests(handlers: dict[str, EmbeddingSet]) -> dict[str, EncodeRequest]:
+    """What the extraction hands each encoder (payload fields) and the fingerprint its embeddings carry, by modality;
+    an inline encoder's embedder goes with it (the extraction computes its rows)."""
+    return {modality: EncodeRequest(modality, handler.encoder.needs, handler.encoder.fingerprint(),
+                                    inline=handler if isinstance(handler, InlineEmbedder) else None)
+            for modality, handler in handlers.items()}
 
 
-def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EncoderModelHandler]:
-    """One model handler per encoder, with its modality's batch budget."""
-    if not encoders:
-        return {}
-    from transforms.embed import EncoderModelHandler
-
+def build_handlers(encoders: dict[str, Encoder], encode: EncodeConfig, device: str) -> dict[str, EmbeddingSet]:
+    """One embedding set per encoder: an ``InlineEmbedder`` for an inline encoder, else a model handler with its
+    modality's batch budget (Beam's inference module, and so torch, is imported only for one of those)."""
     budgets = {"text": encode.max_batch_tokens, "video": encode.max_batch_frames, "audio": encode.max_batch_audio_s}
-    return {
-        modality: EncoderModelHandler(
-            encoder,
-            table=embedding_table_name(modality, encoder.name, encoder.fingerprint()),
-            device=device,
-            precision=encode.precision,
-            min_batch_size=encode.min_batch_size,
-            max_batch_size=encode.max_batch_size,
-            budget=budgets[modality],
-        )
-        for modality, encoder in encoders.items()
-    }
+    handlers: dict[str, EmbeddingSet] = {}
+    for modality, encoder in encoders.items():
+        table = embedding_table_name(modality, encoder.name, encoder.fingerprint())
+        if encoder.inline:
+            handlers[modality] = InlineEmbedder(encoder, table)
+            continue
+        from transforms.embed import EncoderModelHandler
+
+        handlers[modality] = EncoderModelHandler(encoder, table=table, device=device, precision=encode.precision,
+                                                 min_batch_size=encode.min_batch_size, max_batch_size=encode.max_batch_size,
+                                                 budget=budgets[modality])
+    return handlers

@@ -29,6 +29,7 @@ from schemas.config import (
     VideoConfig,
 )
 from schemas.errors import AccountingError, ConcurrentRunError, ConfigError, DamagedFileError
+from transforms.encoders.registry import INLINE as INLINE_ENCODERS
 from transforms.encoders.registry import NONE as NO_ENCODER
 from transforms.encoders.registry import choices as encoder_choices
 
@@ -282,10 +283,10 @@ def _speech_config_from(args: argparse.Namespace) -> Optional[SpeechConfig]:
 
 
 def _resolve_device(encode: EncodeConfig) -> str:
-    """The device the encoders run on; torch is imported (to look for CUDA) only when an encoder is on."""
-    if all(encode.encoder_for(modality) == NO_ENCODER for modality in MODALITIES):
+    """The device the encoders run on; torch is imported (to look for CUDA) only when an encoder runs a model."""
+    if all(encode.encoder_for(modality) in (NO_ENCODER, *INLINE_ENCODERS) for modality in MODALITIES):
         if encode.device == "cuda":
-            logger.warning("--device cuda has no effect: every encoder is none (features only run on the CPU)")
+            logger.warning("--device cuda has no effect: no encoder runs a model (features and built-in statistics run on the CPU)")
         return "cpu"
     from transforms.encoders.base import resolve_device
 

@@ -94,3 +94,17 @@ def test_a_run_without_encoders_never_imports_torch(tmp_path, one_text):
     assert status == 0, stderr
     assert "samples   1 (ok 1" in stdout
     assert loaded == []
+
+
+def test_a_run_whose_only_encoder_is_builtin_mfcc_stats_never_imports_torch(tmp_path):
+    """The default audio encoder is computed by the extraction (inline): no model, so neither the launcher nor the
+    run imports torch, and the sample still gets its audio embedding."""
+    from tests import media
+
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": media.wav(str(tmp_path / "a.wav"), seconds=3.0)}) + "\n", encoding="utf-8")
+    status, stdout, stderr, loaded = _mmfeat("extract", "--manifest", str(manifest), "--output", str(tmp_path / "out"),
+                                             "--text-encoder", "none", "--image-encoder", "none", heavy=("torch", "transformers"))
+    assert status == 0, stderr
+    assert "samples   1 (ok 1" in stdout and "embeddings_audio 1" in stdout
+    assert loaded == []

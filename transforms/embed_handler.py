@@ -14,18 +14,13 @@ import logging
 import threading
 from typing import Any, Callable, Optional, Sequence
 
-import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
-from schemas.errors import ErrorKind, Stage
+from transforms.embedding_rows import EmbeddingRows, Item, TableRow
 from transforms.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
-
-Item = dict[str, Any]
-"""An item to embed: ``{"sample_id", "manifest_row", "payload"}`` (plus ``"window"``; see ``transforms.embed``)."""
-TableRow = tuple[str, dict[str, Any]]
 
 
 class LoadedEncoder:
@@ -90,7 +85,7 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         self.precision = precision
         self.budget = budget
         self.max_batch_size = max_batch_size
-        self._constants: Optional[dict[str, Any]] = None
+        self._rows = EmbeddingRows(encoder, table)
 
     def load_model(self) -> LoadedEncoder:
         """The encoder's model on ``device``, once per worker process (Beam's ``Shared``), loaded when the first
@@ -107,70 +102,22 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
     def run_inference(
         self, batch: Sequence[Item], model: LoadedEncoder, inference_args: Optional[dict[str, Any]] = None
     ) -> list[TableRow]:
-        """One result row per item of ``batch``, in its order: an embedding row, or an ``errors`` row for an item the
-        encoder failed on (the batch is retried item by item to find it; the other items keep their rows)."""
+        """One result row per item of ``batch``, in its order (``EmbeddingRows.of_batch``): an embedding row, or an
+        ``errors`` row for an item the encoder failed on."""
         import torch
 
         device = torch.device(self.device)
-        try:
-            payloads = [item["payload"] for item in batch]
+
+        def embed(payloads: list[dict[str, Any]]) -> tuple[np.ndarray, Optional[list[np.ndarray]]]:
             with torch.inference_mode():
                 if self.encoder.keep_sequences and not self.encoder.windowed:  # a windowed encoder's sequence is its windows
-                    vectors, sequences = self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
-                else:
-                    vectors, sequences = self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
-            # One float32 copy of the batch (the model's buffers may be reused); each row's vector is a view of it.
-            vectors = np.array(vectors, dtype=np.float32)
-            if vectors.ndim != 2 or len(vectors) != len(batch):
-                raise ValueError(f"the encoder returned shape {vectors.shape} for {len(batch)} items, expected ({len(batch)}, dim)")
-            if not np.isfinite(vectors).all() or (sequences and not all(np.isfinite(s).all() for s in sequences)):
-                raise ValueError("the encoder produced NaN or infinite values")
-            if not self.encoder.windowed:  # windows are counted once pooled, per sample
-                beam.metrics.Metrics.counter("mmfeat", f"embeddings_{self.encoder.modality}").inc(len(batch))
-            return self._embedding_rows(batch, vectors, sequences)
-        except Exception as error:  # isolate the failing items; keep the rest of the batch
-            if len(batch) == 1:
-                logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
-                beam.metrics.Metrics.counter("mmfeat", f"failures_{Stage.EMBED}_{ErrorKind.ENCODER_FAILED}").inc()
-                return [self._error_row(batch[0], error)]
-            return [row for item in batch for row in self.run_inference([item], model, inference_args)]
+                    return self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
+                return self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
+
+        return self._rows.of_batch(batch, embed)
 
     def get_num_bytes(self, batch: Sequence[Item]) -> int:
         return int(sum(self.encoder.cost(item["payload"]) for item in batch))
 
     def get_metrics_namespace(self) -> str:
         return f"mmfeat_embed_{self.encoder.modality}"
-
-    def _row_constants(self) -> dict[str, Any]:
-        """The fields every embedding row of this encoder shares (computed once per handler)."""
-        if self._constants is None:
-            self._constants = {"modality": self.encoder.modality, "encoder": self.encoder.name,
-                               "encoder_fingerprint": self.encoder.fingerprint()}
-        return self._constants
-
-    def _embedding_rows(self, batch: Sequence[Item], vectors: np.ndarray, sequences: Optional[list[np.ndarray]]) -> list[TableRow]:
-        """The embedding rows of a batch, in its order. ``vectors``: float32 ``(len(batch), dim)`` (each row's
-        ``vector`` is a view of it); ``sequences``: per item ``(steps, dim)``, or ``None``."""
-        table, constants = self.table, self._row_constants()
-        rows = []
-        for index, (item, vector) in enumerate(zip(batch, vectors)):
-            row = {"sample_id": item["sample_id"], "manifest_row": item["manifest_row"], **constants, "vector": vector}
-            if sequences is not None:
-                row["sequence"] = np.array(sequences[index], dtype=np.float32)
-            if "window" in item:
-                row["window"] = item["window"]
-            rows.append((table, row))
-        return rows
-
-    def _error_row(self, item: Item, error: Exception) -> TableRow:
-        row = {
-            "sample_id": item["sample_id"],
-            "manifest_row": item["manifest_row"],
-            "uri": None,
-            "stage": Stage.EMBED,
-            "error_kind": ErrorKind.ENCODER_FAILED,
-            "message": f"{self.encoder.modality} encoder {self.encoder.name}: {type(error).__name__}: {error}",
-        }
-        if "window" in item:
-            row["window"] = item["window"]
-        return "errors", row

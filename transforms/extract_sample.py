@@ -8,7 +8,10 @@ the sample are kept, and its status says so (``ok``/``partial``/``failed``).
 
 Besides cache rows, a sample yields one *encoder item* per modality that an
 encoder will embed, under the table name ``_encode/<modality>``: the pipeline
-routes those to ``RunInference`` instead of the cache.
+routes those to ``RunInference`` instead of the cache. An *inline* encoder's
+(``EncodeRequest.inline``, e.g. ``builtin:mfcc-stats``) vector is computed
+here instead, from the same payload: its embedding row (or ``errors`` row)
+leaves with the sample's other rows, before the ``samples`` row.
 
 Speech (``RunContext.transcribe``): the samples of each sound track (the
 audio file's, the video's) are gathered while they are decoded for MFCCs and
@@ -26,7 +29,7 @@ here: the join with the cache counts those its files' metadata tells about.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -37,7 +40,7 @@ from schemas.tables import SKIPPED_TABLE
 from transforms import media_io
 from transforms.audio_decode import MonoDecoder
 from transforms.mfcc import AudioEncoderInput, MfccStream
-from transforms.sample_state import ENCODE_PREFIX, RunContext, SampleState, TableRow, encode_table
+from transforms.sample_state import EncodeRequest, RunContext, SampleState, TableRow, encode_table
 from transforms.text import TextTokenizer, decode_utf8, read_prefix
 from transforms.unchanged import UNCHANGED_BY_CONTENT, UNCHANGED_BY_METADATA, KnownSample, same_row_and_config
 from transforms.video_rows import audio_row, video_file_rows
@@ -94,6 +97,7 @@ class SampleExtractor:
         for modality, uri in readable.items():
             yield from self._run_step(steps[modality], uri, state, stage=modality)
         yield from self._speech_failures(state)
+        yield from self._inline_embeddings(state)  # before the samples row, which counts their failures
         yield state.samples_row(features_fingerprint=self.features_fingerprint, run_id=self.run_id)
         yield from self._encoder_items(state)
         yield from self._speech_items(state)
@@ -188,18 +192,35 @@ class SampleExtractor:
             for table, row in self._run_step(step, uri, state, stage=modality):
                 if table == "errors":
                     logger.warning("re-embedding %s: %s", state.record.sample_id, row["message"])
-        yield from (item for item in self._encoder_items(state) if item[0][len(ENCODE_PREFIX):] in missing)
+        yield from self._inline_embeddings(state, missing)
+        yield from self._encoder_items(state, missing)
 
-    def _encoder_items(self, state: SampleState) -> Iterator[TableRow]:
-        """One item per modality an encoder embeds; audio: one per window (``AudioEncoderInput``), each carrying
-        a ``window`` dict, or one per stream. Audio items are handed over as they are yielded (not kept)."""
-        audio = state.audio_payloads.get("audio") or state.audio_payloads.get("video")
-        if audio is not None:
-            state.payloads["audio"] = audio
+    def _inline_embeddings(self, state: SampleState, modalities: Optional[set[str]] = None) -> Iterator[TableRow]:
+        """The rows of the inline encoders (``EncodeRequest.inline``) of ``modalities`` (default all): an embedding
+        row per item, or an ``errors`` row, counted in the sample's ``n_errors``."""
         for modality, request in self.requests.items():
-            payload = state.payloads.get(modality)
-            if payload is None:
+            if request.inline is None or (modalities is not None and modality not in modalities):
                 continue
+            for item in self._items(state, modality, request):
+                for table, row in request.inline.rows(item):
+                    state.n_errors += table == "errors"  # an encoder failure, never a warning
+                    yield table, row
+
+    def _encoder_items(self, state: SampleState, modalities: Optional[set[str]] = None) -> Iterator[TableRow]:
+        """The ``_encode/<modality>`` items of the encoders run by ``RunInference``, of ``modalities`` (default all)."""
+        for modality, request in self.requests.items():
+            if request.inline is None and (modalities is None or modality in modalities):
+                yield from ((encode_table(modality), item) for item in self._items(state, modality, request))
+
+    def _items(self, state: SampleState, modality: str, request: EncodeRequest) -> Iterator[dict[str, Any]]:
+        """The items of ``modality``'s encoder: one per sample; audio: one per window (``AudioEncoderInput``), each
+        carrying a ``window`` dict, or one per stream. Audio items are handed over as they are yielded (not kept)."""
+        if modality == "audio" and "audio" not in state.payloads:
+            audio = state.audio_payloads.get("audio") or state.audio_payloads.get("video")
+            if audio is not None:
+                state.payloads["audio"] = audio
+        payload = state.payloads.get(modality)
+        if payload is not None:
             pairs = payload["items"] if modality == "audio" else [(payload, None)]
             while pairs:
                 fields, window = pairs.pop(0)
@@ -207,7 +228,7 @@ class SampleExtractor:
                         "payload": {k: v for k, v in fields.items() if k in request.needs}}
                 if window is not None:
                     item["window"] = window
-                yield encode_table(modality), item
+                yield item
 
     def _video(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         # One decode pass: frames rows and the sound track's audio rows (each stream's failure is its own error row).

@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import STATUS_FAILED, STATUS_OK, STATUS_PARTIAL, TEXT_SOURCE_FILE
 from transforms.speech import SpeechTrack
 from transforms.unchanged import identities_json
+
+if TYPE_CHECKING:
+    from transforms.embedding_rows import InlineEmbedder
 
 TableRow = tuple[str, dict[str, Any]]
 ENCODE_PREFIX = "_encode/"
@@ -26,11 +29,14 @@ def encode_table(modality: str) -> str:
 
 @dataclass(frozen=True)
 class EncodeRequest:
-    """What the extraction must hand to the encoder of one modality: payload fields and the encoder's fingerprint."""
+    """What the extraction must hand to the encoder of one modality: payload fields and the encoder's fingerprint;
+    ``inline``: the embedder of an inline encoder, whose rows the extraction computes itself (else ``None``: the
+    extraction hands ``_encode/<modality>`` items over to ``RunInference``)."""
 
     modality: str
     needs: frozenset[str]
     fingerprint: str
+    inline: Optional[InlineEmbedder] = None
 
 
 @dataclass(frozen=True)

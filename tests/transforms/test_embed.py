@@ -246,6 +246,50 @@ def test_mfcc_stats_from_extracted_moments(tmp_path, tokenizer):
     np.testing.assert_allclose(encoder.embed(None, [item["payload"]], device=None, precision="fp32")[0], mfcc_stats(mfcc), rtol=1e-4, atol=1e-3)
 
 
+class _FailingMfccStats(MfccStatsEncoder):
+    def embed(self, model, payloads, *, device, precision):
+        raise RuntimeError("no statistics today")
+
+
+@pytest.mark.parametrize("encoder_class", [MfccStatsEncoder, _FailingMfccStats])
+def test_an_inline_encoder_s_row_leaves_the_extraction_before_the_samples_row_that_counts_its_failure(tmp_path, tokenizer, encoder_class):
+    """builtin:mfcc-stats is computed by the extraction itself: its embedding row (the MFCCs' statistics) comes out
+    with the sample's rows and no ``_encode/audio`` item goes to RunInference; when the encoder fails, the sample
+    gets an ``errors`` row of stage ``embed`` and is ``partial``, its MFCC rows kept."""
+    from schemas.records import ManifestRecord
+    from tests import media
+    from transforms.embedding_rows import InlineEmbedder
+    from transforms.extract_sample import SampleExtractor
+    from transforms.sample_state import EncodeRequest, RunContext
+
+    encoder = encoder_class(40)
+    encoder.probe()
+    inline = InlineEmbedder(encoder, "embeddings/audio/m")
+    record = ManifestRecord(sample_id="m", manifest_row=0, audio=media.wav(str(tmp_path / "a.wav"), seconds=12.0))
+    context = RunContext(requests={"audio": EncodeRequest("audio", encoder.needs, encoder.fingerprint(), inline=inline)})
+    rows = list(SampleExtractor(ExtractConfig(), tokenizer, context).extract(record))
+    tables = [table for table, _ in rows]
+    assert "_encode/audio" not in tables and tables[-1] == "samples" and "audio" in tables
+    (samples,) = [row for table, row in rows if table == "samples"]
+    if encoder_class is MfccStatsEncoder:
+        (embedded,) = [row for table, row in rows if table == "embeddings/audio/m"]
+        mfcc = np.concatenate([row["mfcc"] for table, row in rows if table == "audio"])
+        np.testing.assert_allclose(embedded["vector"], mfcc_stats(mfcc), rtol=1e-4, atol=1e-3)
+        assert (embedded["sample_id"], embedded["encoder_fingerprint"], samples["status"]) == ("m", encoder.fingerprint(), "ok")
+    else:
+        (error,) = [row for table, row in rows if table == "errors"]
+        assert (error["stage"], error["error_kind"]) == ("embed", "encoder_failed") and "no statistics today" in error["message"]
+        assert (samples["status"], samples["n_errors"]) == ("partial", 1)
+        assert "embeddings/audio/m" not in tables
+
+
+def test_only_a_model_free_encoder_is_computed_inline():
+    with pytest.raises(ValueError, match="cannot be computed inline"):
+        from transforms.embedding_rows import InlineEmbedder
+
+        InlineEmbedder(_LengthEncoder(), "embeddings/text/fake")
+
+
 def test_audio_sequences_need_a_windowed_encoder(tmp_path):
     from tests import tiny_models
 

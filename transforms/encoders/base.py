@@ -110,6 +110,7 @@ class Encoder(abc.ABC):
     padded: bool = True  # whether a batch costs n * max(cost) (padding) rather than sum(cost)
     sequence_unit: Optional[str] = None  # "frame" or "token" when ``embed_with_sequences`` is implemented, "window" when windowed
     windowed: bool = False  # one item per audio window; the sample's vector pools them (``pool_windows``)
+    inline: bool = False  # no model, microseconds an item: computed by the extraction itself (``transforms.embedding_rows``)
     source: str = ""  # what it was resolved from (a built-in name or a path; ``registry.resolve_encoder``): recorded per run
 
     def __init__(self) -> None:

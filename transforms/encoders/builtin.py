@@ -9,7 +9,8 @@
   every MFCC coefficient over time, then of its first difference (deltas),
   over the whole stream. Its input is the stream's running moments
   (``mfcc_moments``), gathered window by window during the extraction, so it
-  holds ``O(n_mfcc)`` numbers whatever the audio's length.
+  holds ``O(n_mfcc)`` numbers whatever the audio's length. It is ``inline``:
+  the extraction computes it as it finishes the stream, without ``RunInference``.
 """
 from __future__ import annotations
 
@@ -115,6 +116,7 @@ class MfccStatsEncoder(Encoder):
     name = "builtin:mfcc-stats"
     needs = frozenset({"mfcc_moments"})
     padded = False
+    inline = True
 
     def __init__(self, n_mfcc: int) -> None:
         super().__init__()

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 FLAGS = {"text": "--text-encoder", "video": "--image-encoder", "audio": "--audio-encoder"}
 NONE = "none"
+INLINE = frozenset({"builtin:mfcc-stats"})
+"""Built-in names of inline encoders (``Encoder.inline``: computed by the extraction, no model, no torch, no device)."""
 
 Builder = Callable[[EncodeConfig, ExtractConfig], "Encoder"]
 

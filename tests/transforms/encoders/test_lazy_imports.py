@@ -30,3 +30,14 @@ def test_resolving_cpu_and_the_default_encoders_builds_no_model():
         "                'builtin:color-hog': 108}, dims"
     )
     assert _loaded_after(code) == []
+
+
+def test_the_registry_s_inline_names_are_the_inline_encoders():
+    """The CLI decides from ``INLINE`` that a run needs no device (no torch); it must name exactly the built-ins whose
+    encoder is computed inline."""
+    from schemas.config import EncodeConfig, ExtractConfig
+    from transforms.encoders.registry import BUILTIN, INLINE, resolve_encoder
+
+    inline = {name for modality, builders in BUILTIN.items() for name in builders
+              if resolve_encoder(modality, name, encode=EncodeConfig(), extract=ExtractConfig()).inline}
+    assert inline == INLINE == {"builtin:mfcc-stats"}

@@ -1,9 +1,11 @@
 """``builtin:mfcc-stats`` over a whole batch at once gives, bit for bit, what each stream gives alone, through
-the encoder and through the model handler (batch-vs-single consistency)."""
+the encoder, through the model handler and inline, one stream at a time, as the extraction computes it
+(batch-vs-single consistency)."""
 import numpy as np
 import pytest
 
 from transforms.embed import EncoderModelHandler
+from transforms.embedding_rows import InlineEmbedder
 from transforms.encoders.builtin import MfccStatsEncoder, stats_from_moments, stats_from_moments_batch
 
 N_MFCC = 5
@@ -46,7 +48,7 @@ def test_mismatched_moments_are_an_error_naming_them(bad):
         stats_from_moments_batch([])
 
 
-def test_the_handler_gives_the_same_rows_batched_as_one_item_at_a_time():
+def test_the_handler_and_the_inline_path_give_the_same_rows_batched_as_one_item_at_a_time():
     rng = np.random.default_rng(2)
     encoder = MfccStatsEncoder(N_MFCC)
     encoder.probe()
@@ -57,16 +59,18 @@ def test_the_handler_gives_the_same_rows_batched_as_one_item_at_a_time():
     model = handler.load_model()
     batched = handler.run_inference(items, model)
     single = [row for item in items for row in handler.run_inference([item], model)]
+    inline = [row for item in items for row in InlineEmbedder(encoder, table="embeddings/audio/m").rows(item)]  # the extraction's
     assert [table for table, _ in batched] == ["embeddings/audio/m"] * 4 + ["errors"] + ["embeddings/audio/m"] * 4
-    assert len(batched) == len(single)
-    for (table, row), (single_table, single_row) in zip(batched, single):
-        assert table == single_table and row.keys() == single_row.keys()
+    assert len(batched) == len(single) == len(inline)
+    for (table, row), (single_table, single_row), (inline_table, inline_row) in zip(batched, single, inline):
+        assert table == single_table == inline_table and row.keys() == single_row.keys() == inline_row.keys()
         for key, value in row.items():
             if key == "vector":
-                assert value.dtype == np.float32 and value.shape == (4 * N_MFCC,)
+                assert value.dtype == inline_row[key].dtype == np.float32 and value.shape == (4 * N_MFCC,)
                 np.testing.assert_array_equal(value, single_row[key])
+                np.testing.assert_array_equal(value, inline_row[key])
             else:
-                assert value == single_row[key]
+                assert value == single_row[key] == inline_row[key]
     (_, first), = handler.run_inference(items[:1], model)
     assert list(first) == ["sample_id", "manifest_row", "modality", "encoder", "encoder_fingerprint", "vector"]
     assert (first["modality"], first["encoder"], first["encoder_fingerprint"]) == ("audio", encoder.name, encoder.fingerprint())
