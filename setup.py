@@ -67,5 +67,5 @@ setup(
     packages=find_packages(include=["schemas*", "transforms*", "pipelines*", "runners*", "trainer*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
-    entry_points={"console_scripts": ["mmfeat = runners.cli:main"]},
+    entry_points={"console_scripts": ["mmfeat = runners.cli:run"]},
 )

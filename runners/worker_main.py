@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import shlex
 import socket
@@ -19,6 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from runners import logging_setup
+from runners.fast_exit import exit_at_once
 from runners.worker_guard import guard_worker
 from schemas.config import DECODE_THREADS_ENV
 
@@ -97,21 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if run is not None:  # the process Beam started waits for this (unless Beam already ended it)
             with run, contextlib.suppress(OSError):
                 run.sendall(f"{status}\n".encode("ascii"))
-    _exit_at_once(status)
-
-
-def _exit_at_once(status: int) -> None:
-    """End this process once its harness is done, without the interpreter's finalisation.
-
-    The harness has answered every bundle and closed its channels by now; what finalisation would do (join
-    gRPC's and Beam's thread pools, tear down modules) took about 0.5 s a worker, and the launcher stops its
-    workers one after the other, so a run of N workers ended N x 0.5 s after its last bundle.
-    """
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(status)
+    exit_at_once(status)  # the harness has answered every bundle and closed its channels; the launcher stops its workers one by one
 
 
 def _wait_for_run(path: str) -> socket.socket:

@@ -108,3 +108,17 @@ def test_a_run_whose_only_encoder_is_builtin_mfcc_stats_never_imports_torch(tmp_
     assert status == 0, stderr
     assert "samples   1 (ok 1" in stdout and "embeddings_audio 1" in stdout
     assert loaded == []
+
+
+def test_the_console_script_ends_at_once_with_the_status_and_all_output(tmp_path, one_text):
+    """``runners.cli.run`` (the ``mmfeat`` script) skips the interpreter's teardown; the run's report still reaches a
+    pipe whole, its log lines too, and the exit status is the command's (0, then 2 for a bad option value)."""
+    script = "import atexit, sys; atexit.register(lambda: print('ATEXIT RAN', file=sys.stderr)); from runners.cli import run; run()"
+    command = [sys.executable, "-c", script, "extract", "--manifest", one_text, "--no-embed", "--log-level", "INFO"]
+    done = subprocess.run([*command, "--output", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "samples   1 (ok 1" in done.stdout and done.stdout.rstrip().splitlines()[-1].startswith("  wall time")
+    assert "committed" in done.stderr and done.stderr.rstrip().endswith("ATEXIT RAN")  # callbacks run, after the log
+    bad = subprocess.run([*command, "--output", str(tmp_path / "out2"), "--fps", "fast"], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode == 2 and "invalid float value: 'fast'" in bad.stderr
