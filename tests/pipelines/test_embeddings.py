@@ -121,6 +121,24 @@ def test_changing_one_encoder_reembeds_only_that_modality(first_run, tmp_path, t
         assert len(after[table]) == len(rows), table  # nothing else was recomputed or dropped
 
 
+def test_adding_the_inline_audio_encoder_embeds_cached_samples_as_a_first_run_does(first_run, tmp_path, tokenizer_path):
+    """builtin:mfcc-stats is computed by the extraction: on a cache without its set, a run re-decodes the sound of the
+    unchanged samples, writes only that set, and gets the vectors a run that computed everything got."""
+    _, manifest, first_output, _ = first_run
+    output = str(tmp_path / "out")
+    _run(manifest, output, tokenizer_path, run_id="r1", audio_encoder="none")
+    before = _all_rows(output)
+    report = _run(manifest, output, tokenizer_path, run_id="r2")
+    assert (report.summary["samples"]["unchanged"], report.summary["samples"]["total"]) == (6, 0)
+    after = _all_rows(output)
+    (new_set,) = set(after) - set(before)
+    assert new_set == _set(first_output, "audio")
+    for table, rows in before.items():
+        assert len(after[table]) == len(rows), table  # nothing else was recomputed or dropped
+    vectors = {row["sample_id"]: row["vector"] for row in after[new_set]}
+    assert vectors == {row["sample_id"]: row["vector"] for row in _rows(first_output, new_set)} and len(vectors) == 6
+
+
 def test_a_changed_file_is_recomputed_without_duplicates(first_run, tmp_path, tokenizer_path, monkeypatch):
     directory, manifest, output = _copy(first_run, tmp_path)
     old_text = next(r for r in _rows(output, _set(output, "text")) if r["sample_id"] == "s1")
