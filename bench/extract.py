@@ -95,7 +95,7 @@ def mmfeat(manifest: str, work: str, *, mode: str = "in-process", config: Extrac
     output = output or tempfile.mkdtemp(dir=work, prefix=f"cache-{mode}-")
     with _env(DECODE_THREADS_ENV, None if threads is None else str(threads)):
         report = run_extract(open_manifest(manifest), output=output, config=config, tokenizer_path=TOKENIZER,
-                             runner=runner, options=options)
+                             runner=runner, options=options, spread_over=2 if mode == "workers" else 0)
     samples = report.summary["samples"]
     if samples["ok"] != samples["total"]:
         raise SystemExit(f"mmfeat ({mode}): not every sample succeeded: {samples}")

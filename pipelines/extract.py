@@ -173,6 +173,7 @@ def run_extract(
     verify_content: bool = False,
     allow_empty: bool = False,
     speech: Optional[SpeechConfig] = None,
+    spread_over: int = 0,
 ) -> RunReport:
     """Run the extraction of ``corpus`` into the cache at ``output`` and commit it.
 
@@ -185,7 +186,9 @@ def run_extract(
     unless ``allow_empty``. ``speech`` (``--transcribe``, its model already
     resolved by ``transforms.speech.resolve_speech_config``): every sound track
     is transcribed into ``words`` and ``segments``, and a sample without a text
-    file gets its transcript as its text (``transforms.asr``).
+    file gets its transcript as its text (``transforms.asr``). ``spread_over``: the worker processes of a direct
+    runner (``--workers N``), between which the samples to extract are split by estimated cost
+    (``transforms.work_split``; 0: the runner's own distribution).
 
     Raises:
         ConfigError: the cache has another schema version (without ``overwrite``), the output is
@@ -209,7 +212,7 @@ def run_extract(
     try:
         summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
                        run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute,
-                       verify_content=verify_content, allow_empty=allow_empty, speech=speech_handler)
+                       verify_content=verify_content, allow_empty=allow_empty, speech=speech_handler, spread_over=spread_over)
     except BaseException as error:
         removed = discard_attempt(output, attempt, tables)
         logger.error("run %s failed: nothing was committed to %s (%d files of it removed)", run_id, output, removed)
@@ -236,6 +239,7 @@ def _run(
     corpus: Corpus, view: CacheView, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
     options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EmbeddingSet],
     device: str, recompute: bool, verify_content: bool, allow_empty: bool, speech: Optional[WhisperModelHandler] = None,
+    spread_over: int = 0,
 ) -> dict[str, Any]:
     num_shards = config.num_shards or corpus.auto_num_shards()
     fingerprint = features_fingerprint(config, tokenizer_path, speech.config if speech else None)
@@ -263,7 +267,7 @@ def _run(
 
     pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
     _ = pipeline | "Extract" >> ExtractCorpus(
-        corpus, cache=output, attempt=attempt, cached_files=cached_files,
+        corpus, cache=output, attempt=attempt, cached_files=cached_files, spread_over=spread_over,
         config=config, tokenizer_path=tokenizer_path, schemas=schemas, num_shards=num_shards, handlers=handlers,
         context=RunContext(features_fingerprint=fingerprint, run_id=run_id, verify_content=verify_content), committed=committed,
         **({"speech": speech} if speech is not None else {}),

@@ -47,6 +47,7 @@ from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
 from transforms.embedding_rows import InlineEmbedder
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
 from transforms.record_batches import SummariseBatches, batch_records, num_buckets
+from transforms.work_split import SPREAD_MAX_MANIFEST_BYTES, SpreadByCost
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on
@@ -207,13 +208,18 @@ class ExtractCorpus(beam.PTransform):
 
     Args:
         corpus: what to read. cached_files: the committed files of ``samples`` and of the embedding sets the join reads,
-            in groups (``transforms.cache_join.cached_file_groups``; none: compute everything). Others: as ``ExtractToCache``.
+            in groups (``transforms.cache_join.cached_file_groups``; none: compute everything). spread_over: the number
+            of worker processes a direct runner gives one key each; the records of a small manifest are split between
+            them by estimated cost (``transforms.work_split``; 0 or 1: the runner's own distribution). Others: as
+            ``ExtractToCache``.
 
     Output: the number of data files written (one element).
     """
 
-    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_files: list[CachedFiles], **extract: Any) -> None:
+    def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_files: list[CachedFiles], spread_over: int = 0,
+                 **extract: Any) -> None:
         super().__init__()
+        self._spread_over = spread_over
         self._corpus = corpus
         self._cache = cache
         self._attempt = attempt
@@ -222,7 +228,8 @@ class ExtractCorpus(beam.PTransform):
 
     def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
         corpus = self._corpus
-        buckets = num_buckets(sum(shard.size for shard in corpus.shards))
+        manifest_bytes = sum(shard.size for shard in corpus.shards)
+        buckets = num_buckets(manifest_bytes)
         if corpus.folder:
             batches = (begin | "ReadCorpus" >> ReadFolderRows(corpus.folder)
                        | "Batches" >> beam.FlatMap(lambda record: batch_records([record], buckets)))
@@ -236,6 +243,8 @@ class ExtractCorpus(beam.PTransform):
             features_fingerprint=context.features_fingerprint, verify_content=context.verify_content,
             requests={m: request.fingerprint for m, request in encode_requests(self._extract.get("handlers") or {}).items()})
         to_extract, unchanged = batches | "JoinCache" >> join
+        if self._spread_over > 1 and not corpus.folder and manifest_bytes <= SPREAD_MAX_MANIFEST_BYTES:
+            to_extract = to_extract | "SpreadOverWorkers" >> SpreadByCost(self._spread_over)
         extra_fields = summary | "ExtraColumns" >> beam.Map(lambda rows_and_fields: rows_and_fields[1])
         entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
                                                                  **self._extract)

@@ -329,6 +329,7 @@ def _extract(args: argparse.Namespace, beam_args: list[str], own_options: list[s
             verify_content=args.verify_content,
             allow_empty=args.allow_empty,
             speech=speech,
+            spread_over=choice.spread_over,
         )
     print(format_summary(report))
     from runners.search_commands import refresh_indexes

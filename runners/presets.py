@@ -29,11 +29,14 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 @dataclass
 class RunnerChoice:
-    """A runner (instance or Beam name), its pipeline options, and what must run around it."""
+    """A runner (instance or Beam name), its pipeline options, and what must run around it; ``spread_over``: its
+    worker processes when it hands each of them one key of a grouping (the direct runner's ``--workers N``: the
+    extraction splits its samples between them by cost, ``pipelines.extract.run_extract``), else 0."""
 
     runner: Union[str, PipelineRunner]
     options: PipelineOptions
     context: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext)
+    spread_over: int = 0
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +82,8 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     from runners.worker_runner import WorkerProcessesRunner
 
     return RunnerChoice(WorkerProcessesRunner(args.workers, log_level=log_level, warm=warm), PipelineOptions(beam_args),
-                        context=lambda: contextlib.closing(warm))  # the workers no run claimed end with the command
+                        context=lambda: contextlib.closing(warm),  # the workers no run claimed end with the command
+                        spread_over=args.workers)
 
 
 @contextlib.contextmanager

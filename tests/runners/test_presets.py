@@ -7,7 +7,7 @@ import cloudpickle
 import pytest
 
 from pipelines.extract_graph import ExtractCorpus, build_handlers
-from pipelines.manifest import open_manifest
+from pipelines.manifest import open_folder, open_manifest
 from pipelines.sample_corpus import make_sample_corpus
 from runners.cli import main
 from runners.presets import dataflow_args
@@ -89,6 +89,20 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
         assert type(restored) is type(obj)
     handler = cloudpickle.loads(cloudpickle.dumps(handlers["text"]))
     assert handler.encoder.fingerprint() == handlers["text"].encoder.fingerprint()
+
+
+@pytest.mark.parametrize("spread_over, folder, spread", [(2, False, True), (0, False, False), (1, False, False), (2, True, False)])
+def test_the_records_of_a_small_manifest_are_split_by_cost_between_the_direct_runner_s_workers(
+        sample_manifest, tokenizer_path, tmp_path, spread_over, folder, spread):
+    """``--workers N`` (``RunnerChoice.spread_over``) splits a manifest's samples between the N workers by estimated
+    cost (``transforms.work_split``); one process, or a folder (of unknown size), keeps the runner's own split."""
+    corpus = open_folder(os.path.dirname(sample_manifest)) if folder else open_manifest(sample_manifest)
+    transform = ExtractCorpus(corpus, cache=str(tmp_path), attempt="r-00000000", cached_files=[], spread_over=spread_over,
+                              config=ExtractConfig(), tokenizer_path=tokenizer_path, schemas=table_schemas([]), num_shards=2)
+    pipeline = beam.Pipeline()
+    _ = pipeline | transform
+    labels = {node.unique_name for node in pipeline.to_runner_api().components.transforms.values()}
+    assert any(label.endswith("SpreadOverWorkers/GroupBySlot") for label in labels) == spread
 
 
 def _dofns(pipeline: beam.Pipeline) -> list[beam.DoFn]:
