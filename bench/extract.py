@@ -12,7 +12,9 @@ target of issue 11 is met (``MET`` / ``MISSED``):
             and running the Beam pipeline) <= 1.0x ffmpeg's ``fps=1,scale=-2:224,mjpeg`` (goal 0.8x);
             ``--frame-mode keyframes`` <= 0.3x. The whole run (imports, checks, Delta commit) is printed beside.
 ``scaling`` the mixed corpus in 1 process with 1 and 2 decode threads, ``--workers 2`` (worker processes of 1
-            decode/BLAS thread each) and Beam's own multi_processing mode with 2 workers (no thread limits).
+            decode/BLAS thread each) and Beam's own multi_processing mode with 2 workers (no thread limits); then
+            the whole ``mmfeat extract`` command (a fresh interpreter: imports, and the workers' start overlapping
+            them) in one process and with ``--workers 2``: ``--workers 2`` >= 1.0x one process.
 ``commit``  the commit share of an incremental run (``bench/extract_commit.py``).
 
 Scaling beyond this machine: each worker process of ``--workers N`` decodes with ``max(1, cores // N)``
@@ -33,6 +35,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +58,7 @@ from transforms.text import resolve_tokenizer_path
 from transforms.video_rows import available_cores
 
 CONFIG = ExtractConfig()
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYFRAMES = dataclasses.replace(CONFIG, video=VideoConfig(frame_mode="keyframes"))
 
 
@@ -209,6 +213,18 @@ def scaling_part(corpus: str, work: str, quick: bool) -> None:
     for label, seconds in t.items():
         if "/" not in label:  # the whole runs (measure also keeps each run's pipeline_s, as "label/pipeline")
             print(f"  {label:<38}{seconds:7.2f} s  speed-up {one / seconds:4.2f}x")
+    commands = measure({"in": lambda: mmfeat_command(manifest, work), "workers": lambda: mmfeat_command(manifest, work, "--workers", "2")})
+    ratio = commands["in"] / commands["workers"]
+    print(f"  whole command (mmfeat extract, imports and worker start included): one process {commands['in']:.2f} s, "
+          f"--workers 2 {commands['workers']:.2f} s")
+    print(f"  --workers 2 / one process = {ratio:.2f}x  {verdict(ratio, 1.0, at_most=False)}")
+
+
+def mmfeat_command(manifest: str, work: str, *extra: str) -> None:
+    """``mmfeat extract --no-embed`` of ``manifest`` into a new cache, as a user runs it (a fresh interpreter)."""
+    output = tempfile.mkdtemp(dir=work, prefix="cache-command-")
+    subprocess.run([sys.executable, "-m", "runners.cli", "extract", "--manifest", manifest, "--output", output, "--no-embed",
+                    "--log-level", "WARNING", *extra], check=True, stdout=subprocess.DEVNULL, cwd=REPO)
 
 
 def main() -> None:
