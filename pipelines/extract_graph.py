@@ -181,8 +181,10 @@ class ExtractToCache(beam.PTransform):
             | "MergeAll" >> beam.Flatten()
             | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards, extra_fields=self._extra_fields)
         )
-        replacements = finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed)
-        return (data_files, replacements, direct) | "MergeEntries" >> beam.Flatten()
+        entries = [data_files, direct]
+        if self._committed:  # a new cache (or --overwrite) has no file to rewrite: no stages for it
+            entries.append(finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed))
+        return entries | "MergeEntries" >> beam.Flatten()
 
     def _transcribe(self, rows: beam.PCollection, requests: dict[str, EncodeRequest]) -> beam.PCollection:
         """The extraction's speech items -> ``(table, row)``: words, segments, transcript texts and their text-encoder

@@ -255,9 +255,10 @@ class _DecideBucketFn(beam.DoFn):
                     by_id[row[0]].append((source, row))
                 else:
                     yield record_of(source, row), None  # failed before it had an id: nothing to join
-        cached = _CachedSamples(_unpacked_tables((blob for kind, blob in group["cache"] if kind == _SAMPLES), JOINED_SAMPLES))
+        cache = group.get("cache", ())  # none: the run joins no committed files (a new cache)
+        cached = _CachedSamples(_unpacked_tables((blob for kind, blob in cache if kind == _SAMPLES), JOINED_SAMPLES))
         embedded: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
-        embeddings = _unpacked_tables((blob for kind, blob in group["cache"] if kind == _EMBEDDED), JOINED_EMBEDDINGS)
+        embeddings = _unpacked_tables((blob for kind, blob in cache if kind == _EMBEDDED), JOINED_EMBEDDINGS)
         if embeddings is not None:
             for sample_id, modality, fingerprint in zip(*(embeddings.column(c).to_pylist() for c in JOINED_EMBEDDINGS.names)):
                 if sample_id in by_id:
@@ -316,9 +317,11 @@ class JoinWithCache(beam.PTransform):
         self._decide = _DecideBucketFn(requests or {}, verify_content)
 
     def expand(self, batches: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        cached = (batches.pipeline | "CachedFiles" >> beam.Create(self._cached_files)  # Create spreads them over workers
-                  | "ReadCachedRows" >> beam.ParDo(_CachedRowsFn(self._cache, self._buckets, self._features_fingerprint)))
-        decided = {"manifest": batches, "cache": cached} | "JoinByBucket" >> beam.CoGroupByKey() | "Decide" >> beam.ParDo(self._decide)
+        sides = {"manifest": batches}
+        if self._cached_files:  # a new cache has none: no stage to read them (a first run's fixed cost)
+            sides["cache"] = (batches.pipeline | "CachedFiles" >> beam.Create(self._cached_files)  # Create spreads them over workers
+                              | "ReadCachedRows" >> beam.ParDo(_CachedRowsFn(self._cache, self._buckets, self._features_fingerprint)))
+        decided = sides | "JoinByBucket" >> beam.CoGroupByKey() | "Decide" >> beam.ParDo(self._decide)
         records = decided | "RecordsToExtract" >> beam.Filter(lambda element: not isinstance(element, RunCount))
         unchanged = decided | "UnchangedCounts" >> beam.Filter(lambda element: isinstance(element, RunCount))
         return records, unchanged

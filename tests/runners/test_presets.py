@@ -105,6 +105,21 @@ def test_the_records_of_a_small_manifest_are_split_by_cost_between_the_direct_ru
     assert any(label.endswith("SpreadOverWorkers/GroupBySlot") for label in labels) == spread
 
 
+@pytest.mark.parametrize("committed", [False, True])
+def test_a_run_on_a_new_cache_builds_no_stage_to_read_or_rewrite_committed_files(sample_manifest, tokenizer_path, tmp_path, committed):
+    """Reading the committed samples for the join and rewriting superseded files cost a first run stages of their
+    own (a tenth of a second or more); with nothing committed the graph has neither."""
+    transform = ExtractCorpus(open_manifest(sample_manifest), cache=str(tmp_path), attempt="r-00000000",
+                              cached_files=[("samples", ["part-0.parquet"])] if committed else [],
+                              committed=[("samples", {"path": "part-0.parquet"})] if committed else [],
+                              config=ExtractConfig(), tokenizer_path=tokenizer_path, schemas=table_schemas([]), num_shards=2)
+    pipeline = beam.Pipeline()
+    _ = pipeline | transform
+    labels = {node.unique_name for node in pipeline.to_runner_api().components.transforms.values()}
+    assert any(label.endswith("JoinCache/ReadCachedRows") for label in labels) == committed
+    assert any(label.endswith("ReplaceSuperseded/Replace") for label in labels) == committed
+
+
 def _dofns(pipeline: beam.Pipeline) -> list[beam.DoFn]:
     """The DoFn of every ParDo in the pipeline graph."""
     found = []
