@@ -91,15 +91,16 @@ def mmfeat(manifest: str, work: str, *, mode: str = "in-process", config: Extrac
 
     Returns ``{"pipeline": s}``: the run's ``pipeline_s`` (building and running the Beam pipeline; not the imports,
     the launcher's checks, the reading back and the commit), beside the whole call's time that ``measure`` takes."""
-    runner, options = FnApiRunner(), PipelineOptions([])
+    runner, options, spread_over = FnApiRunner(), PipelineOptions([]), 0
     if mode == "workers":
         runner = WorkerProcessesRunner(2, log_level="WARNING")
+        spread_over = runner.workers  # as the CLI's --workers 2: samples split between them by cost
     elif mode == "beam-mp":
         options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     output = output or tempfile.mkdtemp(dir=work, prefix=f"cache-{mode}-")
     with _env(DECODE_THREADS_ENV, None if threads is None else str(threads)):
         report = run_extract(open_manifest(manifest), output=output, config=config, tokenizer_path=TOKENIZER,
-                             runner=runner, options=options, spread_over=2 if mode == "workers" else 0)
+                             runner=runner, options=options, spread_over=spread_over)
     samples = report.summary["samples"]
     if samples["ok"] != samples["total"]:
         raise SystemExit(f"mmfeat ({mode}): not every sample succeeded: {samples}")

@@ -22,7 +22,7 @@ from runners import logging_setup
 logging_setup.install_handler()  # before anything imports Beam, whose import logs a warning that configured logging
 # pylint: disable=wrong-import-position
 from runners.beam_args import check_beam_args  # noqa: E402
-from runners.fast_exit import exit_at_once, working_threads  # noqa: E402
+from runners.fast_exit import end_process  # noqa: E402
 from runners.presets import RUNNER_PRESETS, add_runner_arguments, build_runner
 from runners.status import MAINTENANCE_COMMANDS
 from schemas.config import (
@@ -390,13 +390,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run() -> NoReturn:
-    """The ``mmfeat`` console script: ``main`` with the command line, then the process ends at once with its status
-    (``runners.fast_exit``: without the interpreter's teardown of Beam's, pyarrow's and pandas' modules, 0.5-0.7 s).
-    A thread still working gets Python's normal exit, which waits for it."""
-    status = main()
-    if working_threads():
-        sys.exit(status)
-    exit_at_once(status)
+    """The ``mmfeat`` console script: ``main`` with the command line, then ``runners.fast_exit.end_process`` with its
+    status (without the interpreter's teardown of Beam's, pyarrow's and pandas' modules, 0.5-0.7 s)."""
+    end_process(main())
 
 
 if __name__ == "__main__":

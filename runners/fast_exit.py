@@ -15,15 +15,18 @@ import threading
 from typing import NoReturn
 
 
-def working_threads() -> list[threading.Thread]:
-    """The threads other than the main one that Python's exit would wait for (alive, not daemons)."""
-    return [thread for thread in threading.enumerate()
-            if thread is not threading.main_thread() and thread.is_alive() and not thread.daemon]
+def end_process(status: int) -> NoReturn:
+    """End the process with ``status``: at once (``exit_at_once``), unless a thread other than the main one is still
+    working (alive, not a daemon), which gets Python's normal exit: that waits for it."""
+    if any(thread is not threading.main_thread() and thread.is_alive() and not thread.daemon for thread in threading.enumerate()):
+        sys.exit(status)
+    exit_at_once(status)
 
 
 def exit_at_once(status: int) -> NoReturn:
     """End the process with ``status`` after the ``atexit`` callbacks and a flush of stdout and stderr; nothing else
-    of the interpreter's finalisation runs. Call it only when no other thread is still working (``working_threads``)."""
+    of the interpreter's finalisation runs. Call it only when no other thread is still working (``end_process``
+    checks)."""
     atexit._run_exitfuncs()  # noqa: SLF001  (the callbacks Python's own exit runs first; each runs once)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
