@@ -38,7 +38,7 @@ from schemas.cache import (
     repair, vacuum,
 )
 from schemas.cache.commit import new_columns
-from schemas.cache.layout import is_local, normalise
+from schemas.cache.layout import LEGACY_BOOKKEEPING, is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig, SpeechConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, SPEECH_TABLES, TABLE_NAMES, embeddings_schema, table_schemas
@@ -84,8 +84,7 @@ def features_fingerprint(config: ExtractConfig, tokenizer_path: str, speech: Opt
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-LEGACY_ENTRIES = ("samples", "frames", "audio", "text", "errors", "embeddings", "_staging", "_commit", "_runs", "_lock",
-                  "_run.json", "_SUCCESS")
+LEGACY_ENTRIES = ("samples", "frames", "audio", "text", "errors", "embeddings", *LEGACY_BOOKKEEPING)
 """What a schema-version-1 cache (plain Parquet folders and our own commit protocol) left in its folder."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
@@ -25,6 +26,10 @@ import pyarrow.fs as pafs
 from schemas.tables import EMBEDDINGS_DIR, TABLE_NAMES
 
 PENDING_DIR = "_pending"
+ATTEMPT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{8}-[a-z]+-[^/]*\.parquet$")
+"""The name of a data file a run attempt writes (``{run_id}-{token}-part-…``, ``-row-…``, ``-rewrite-…``)."""
+LEGACY_BOOKKEEPING = ("_staging", "_commit", "_runs", "_lock", "_run.json", "_SUCCESS")
+"""What a schema-version-1 cache (plain Parquet folders and its own commit protocol) kept beside its table folders."""
 ROW_COUNT_COLUMNS = {"frames": "n_frames", "audio": "n_audio_windows", "text": "n_tokens", "errors": "n_errors"}
 """Feature table -> the ``samples`` column that says how many rows a sample has there (0: none)."""
 

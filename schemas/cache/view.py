@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from schemas.cache.layout import filesystem, is_local, normalise, table_uri
+from schemas.cache.layout import ATTEMPT_FILE, LEGACY_BOOKKEEPING, filesystem, is_local, normalise, table_uri
 from schemas.errors import ConfigError
 from schemas.tables import EMBEDDINGS_DIR, SCHEMA_VERSION
 
@@ -81,22 +81,31 @@ def exists(uri: str) -> bool:
 def check_format(cache: str) -> None:
     """Refuse a cache written by an mmfeat with another layout. Raises ``ConfigError``.
 
-    A ``samples`` folder with no file in it is no cache yet: a first run that failed while writing it (a full disk)
-    leaves it so, once its files are removed."""
+    A ``samples`` folder that is no Delta table yet is no cache yet when it holds nothing but run attempts' data files
+    and the cache none of schema version 1's bookkeeping: a first run is writing it (another run started beside
+    it), or one died (a full disk) before its first commit."""
     samples = table_uri(cache, "samples")
-    if not exists(samples) or _is_empty_folder(samples):
+    if not exists(samples):
         return
     table = open_table(samples)
+    if table is None and _before_a_first_commit(cache, samples):
+        return
     found = "1 (plain Parquet folders)" if table is None else describe(table).get("schema_version", "?")
     if found != SCHEMA_VERSION:
         raise ConfigError(f"{cache} holds a cache of schema version {found}, this mmfeat reads and writes {SCHEMA_VERSION} "
                           "(Delta tables); rerun mmfeat extract with --overwrite, or use a new --output")
 
 
-def _is_empty_folder(uri: str) -> bool:
-    """Whether ``uri`` is a folder with no file or folder anywhere below it."""
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory and not fs.get_file_info(pafs.FileSelector(path, recursive=True))
+def _before_a_first_commit(cache: str, samples: str) -> bool:
+    """Whether the folder ``samples`` holds no file but run attempts' data files (``ATTEMPT_FILE``; none at all
+    counts) and ``cache`` none of schema version 1's bookkeeping (``LEGACY_BOOKKEEPING``)."""
+    fs, path = filesystem(samples)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    below = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    if any(info.type == pafs.FileType.File and not ATTEMPT_FILE.match(info.base_name) for info in below):
+        return False
+    return not any(exists(f"{normalise(cache)}/{name}") for name in LEGACY_BOOKKEEPING)
 
 
 def describe(table: Any) -> dict[str, Any]:

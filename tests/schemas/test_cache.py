@@ -315,3 +315,16 @@ def test_an_empty_samples_folder_is_no_cache_but_plain_parquet_is_refused(tmp_pa
     pq.write_table(pa.table({"sample_id": ["a"]}), tmp_path / "samples" / "part-0.parquet")
     with pytest.raises(ConfigError, match="schema version 1"):
         check_format(str(tmp_path))
+
+
+def test_a_first_run_s_uncommitted_files_are_no_cache_but_with_old_bookkeeping_they_are_refused(tmp_path):
+    """Two runs started together on a new cache: one's workers may have written ``samples`` files before its first
+    commit when the other checks the folder. Those are a first run's, not an older layout: the other run goes on (and
+    the commit decides). Files of that name beside schema version 1's bookkeeping are still refused."""
+    (tmp_path / "samples").mkdir()
+    attempt = new_attempt("left")
+    pq.write_table(pa.table({"sample_id": ["a"]}), tmp_path / "samples" / f"{attempt}-part-00000.parquet")
+    check_format(str(tmp_path))
+    (tmp_path / "_run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="schema version 1"):
+        check_format(str(tmp_path))
