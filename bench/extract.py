@@ -91,12 +91,12 @@ def mmfeat(manifest: str, work: str, *, mode: str = "in-process", config: Extrac
 
     Returns ``{"pipeline": s}``: the run's ``pipeline_s`` (building and running the Beam pipeline; not the imports,
     the launcher's checks, the reading back and the commit), beside the whole call's time that ``measure`` takes."""
-    runner, options, spread_over = FnApiRunner(), PipelineOptions([]), 0
+    runner, options, spread_over = FnApiRunner(), PipelineOptions([]), 1  # as the CLI's in-process runner
     if mode == "workers":
         runner = WorkerProcessesRunner(2, log_level="WARNING")
         spread_over = runner.workers  # as the CLI's --workers 2: samples split between them by cost
     elif mode == "beam-mp":
-        options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+        options, spread_over = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"]), 0
     output = output or tempfile.mkdtemp(dir=work, prefix=f"cache-{mode}-")
     with _env(DECODE_THREADS_ENV, None if threads is None else str(threads)):
         report = run_extract(open_manifest(manifest), output=output, config=config, tokenizer_path=TOKENIZER,

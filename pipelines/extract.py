@@ -12,6 +12,7 @@ references, removed by a later vacuum.
 """
 from __future__ import annotations
 
+import collections
 import datetime
 import errno
 import hashlib
@@ -38,11 +39,12 @@ from schemas.cache import (
     repair, vacuum,
 )
 from schemas.cache.commit import new_columns
-from schemas.cache.layout import LEGACY_BOOKKEEPING, is_local, normalise
+from schemas.cache.layout import LEGACY_BOOKKEEPING, is_local, normalise, pending_uri
 from schemas.config import EncodeConfig, ExtractConfig, SpeechConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, SPEECH_TABLES, TABLE_NAMES, embeddings_schema, table_schemas
 from transforms.cache_join import cached_file_groups
+from transforms.parquet_sink import write_pending_list
 from transforms.sample_state import RunContext
 from transforms.media_io import sha256_of
 
@@ -185,9 +187,9 @@ def run_extract(
     unless ``allow_empty``. ``speech`` (``--transcribe``, its model already
     resolved by ``transforms.speech.resolve_speech_config``): every sound track
     is transcribed into ``words`` and ``segments``, and a sample without a text
-    file gets its transcript as its text (``transforms.asr``). ``spread_over``: the worker processes of a direct
-    runner (``--workers N``), between which the samples to extract are split by estimated cost
-    (``transforms.work_split``; 0: the runner's own distribution).
+    file gets its transcript as its text (``transforms.asr``). ``spread_over``: the processes of a direct runner (1: this
+    one; N > 1: ``--workers N``, between which the samples to extract are split by estimated cost,
+    ``transforms.work_split``), 0 for another runner (its own distribution).
 
     Raises:
         ConfigError: the cache has another schema version (without ``overwrite``), the output is
@@ -258,21 +260,29 @@ def _run(
     # files holding rows this run supersedes (rewritten without them). Only file lists travel in the graph.
     committed = [] if overwrite else [(table, file) for table in view.tables() for file in file_rows(view.table(table))]
     incremental = not (recompute or overwrite)
-    joined = {"samples", *view.embedding_tables()}
-    cached_files = cached_file_groups((table, file) for table, file in committed if table in joined) if incremental else []
+    joined_tables = {"samples", *view.embedding_tables()}
+    to_join = [(table, file) for table, file in committed if table in joined_tables] if incremental else []
+    cached_files = cached_file_groups(to_join)
     started = time.time()
     logger.info("run %s: %s -> %s (%d cache files to join)", run_id, corpus.source, output,
                 sum(len(paths) for _, paths in cached_files))
-
-    pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
-    _ = pipeline | "Extract" >> ExtractCorpus(
+    extract = ExtractCorpus(
         corpus, cache=output, attempt=attempt, cached_files=cached_files, spread_over=spread_over,
         config=config, tokenizer_path=tokenizer_path, schemas=schemas, num_shards=num_shards, handlers=handlers,
         context=RunContext(features_fingerprint=fingerprint, run_id=run_id, verify_content=verify_content), committed=committed,
         **({"speech": speech} if speech is not None else {}),
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    joined = extract.join_here(cached_rows=sum(file.get("num_records") or 0 for _, file in to_join))
+    metrics = collections.Counter(joined.metrics() if joined is not None else {})  # the launcher's join's counters
+    if joined is not None and not joined.records:  # a small corpus with nothing to compute: no pipeline at all
+        logger.info("run %s: every sample is unchanged; no pipeline runs", run_id)
+        write_pending_list(pending_uri(output, attempt), joined.counts)
+    else:
+        pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
+        _ = pipeline | "Extract" >> extract
+        result = pipeline.run()
+        result.wait_until_finish()
+        metrics.update(runner_metrics(result))
     pipeline_s = time.time() - started
     pending = read_pending(output, attempt)
     n_inputs = check_accounting(pending)
@@ -297,7 +307,7 @@ def _run(
         **summarise(written["status"], read_run_columns(output, attempt, files_written, "errors", ["stage", "error_kind"]),
                     unchanged_by(pending), files_written,
                     [*TABLE_NAMES, *(SPEECH_TABLES if speech else ()), *(h.table for h in handlers.values())]),
-        "metrics": runner_metrics(result),
+        "metrics": dict(sorted(metrics.items())),
         "encoders": {
             modality: {"name": h.encoder.name, "fingerprint": h.encoder.fingerprint(), "dim": h.encoder.dim, "table": h.table,
                        "source": h.encoder.source}

@@ -26,7 +26,9 @@ other onto the ``samples`` row (``n_tokens``, ``text_source``).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import collections
+import functools
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
@@ -36,6 +38,7 @@ from pipelines.manifest import Corpus
 from schemas.cache.layout import INPUTS_COUNT, UNCHANGED_COUNT_PREFIX, DataFile, RunCount
 from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import WARNING_KINDS, Stage
+from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE, STATUS_OK, STATUS_PARTIAL, embedding_table_name
 from transforms.asr import SPEECH_ITEMS, SPEECH_TEXT, speech_text_updates
 from transforms.sample_state import ENCODE_PREFIX, EncodeRequest, RunContext, encode_table
@@ -45,6 +48,7 @@ from transforms.large_samples import WRITTEN_FILE, FeatureFiles
 from transforms.cache_join import CachedFiles, JoinWithCache
 from transforms.cache_rewrite import CommittedFile, ReplaceSupersededRows
 from transforms.embedding_rows import InlineEmbedder
+from transforms.unchanged import KnownSample
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
 from transforms.record_batches import SummariseBatches, batch_records, num_buckets
 from transforms.work_split import SPREAD_MAX_MANIFEST_BYTES, SpreadByCost
@@ -104,8 +108,8 @@ class ExtractToCache(beam.PTransform):
         context: the run's fingerprint, id and the cache's content (its encoder requests come from ``handlers``).
         committed: the files of the cache state the run started from; those holding rows the run supersedes are
             rewritten without them (``ReplaceSupersededRows``).
-        extra_fields: a one-element PCollection of the manifest's extra columns (``InferExtraFields``), which
-            ``samples`` gets; ``None``: none.
+        extra_fields: the manifest's extra columns (``InferExtraFields``), which ``samples`` gets: their fields, or a
+            one-element PCollection of them; ``None``: none.
         speech: the speech recogniser's handler (``--transcribe``), or ``None``.
 
     Output: the ``DataFile`` of every file written, the ``Replacement`` of every committed file rewritten and
@@ -124,7 +128,7 @@ class ExtractToCache(beam.PTransform):
         handlers: Optional[dict[str, EmbeddingSet]] = None,
         context: Optional[RunContext] = None,
         committed: Optional[list[CommittedFile]] = None,
-        extra_fields: Optional[beam.PCollection] = None,
+        extra_fields: Union[beam.PCollection, list[pa.Field], None] = None,
         speech: Optional[WhisperModelHandler] = None,
     ) -> None:
         super().__init__()
@@ -203,17 +207,48 @@ class ExtractToCache(beam.PTransform):
         )
 
 
+LAUNCHER_JOIN_MAX_BYTES = 1 << 20
+"""A manifest of up to this many bytes (about 15,000 rows) is read and joined with the cache by the launcher
+(``ExtractCorpus.join_here``) when the cache files it joins hold up to ``LAUNCHER_JOIN_MAX_CACHED_ROWS`` rows: for
+such a corpus Beam's fixed cost of the reading, counting and joining stages (0.1-0.2 s here) is more than their work."""
+LAUNCHER_JOIN_MAX_CACHED_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class JoinedCorpus:
+    """A small manifest read and joined with the cache in the launcher (``ExtractCorpus.join_here``).
+
+    Attributes:
+        records: the rows that need work, each with what the cache holds for it (``KnownSample`` or ``None``).
+        counts: the ``RunCount`` of the input rows, and those of the samples unchanged by metadata.
+        extra_fields: the arrow fields of the manifest's extra columns (``InferExtraFields``).
+    """
+
+    records: list[tuple[ManifestRecord, Optional[KnownSample]]]
+    counts: list[RunCount]
+    extra_fields: list[pa.Field]
+
+    def metrics(self) -> dict[str, int]:
+        """The counters the join's stage reports when the workers join (``samples_unchanged`` and by what told)."""
+        unchanged: dict[str, int] = collections.Counter()
+        for count in self.counts:  # one per bucket that has any
+            if count.name.startswith(UNCHANGED_COUNT_PREFIX):
+                unchanged[f"samples_{count.name}"] += count.value
+        return {"samples_unchanged": sum(unchanged.values()), **unchanged} if unchanged else {}
+
+
 class ExtractCorpus(beam.PTransform):
     """The whole extraction graph, from a pipeline's start: ``corpus`` rows read by the workers (``ReadManifestRows``
     or ``ReadFolderRows``), joined with the cache (``JoinWithCache``), extracted and written (``ExtractToCache``),
-    counted; the files, replacements and counts listed in the attempt's ``_pending`` list.
+    counted; the files, replacements and counts listed in the attempt's ``_pending`` list. After ``join_here`` (a
+    small manifest, read and joined by the launcher) the graph starts from the rows that need work instead.
 
     Args:
         corpus: what to read. cached_files: the committed files of ``samples`` and of the embedding sets the join reads,
-            in groups (``transforms.cache_join.cached_file_groups``; none: compute everything). spread_over: the number
-            of worker processes a direct runner gives one key each; the records of a small manifest are split between
-            them by estimated cost (``transforms.work_split``; 0 or 1: the runner's own distribution). Others: as
-            ``ExtractToCache``.
+            in groups (``transforms.cache_join.cached_file_groups``; none: compute everything). spread_over: the
+            processes of a direct runner (1: the launcher's; N > 1: ``--workers N``, each given one key of a grouping,
+            between which the records of a small manifest are split by estimated cost, ``transforms.work_split``), or 0
+            (another runner: its own distribution). Others: as ``ExtractToCache``.
 
     Output: the number of data files written (one element).
     """
@@ -227,31 +262,63 @@ class ExtractCorpus(beam.PTransform):
         self._attempt = attempt
         self._cached_files = cached_files
         self._extract = extract
+        self._joined: Optional[JoinedCorpus] = None
+
+    def join_here(self, cached_rows: int) -> Optional[JoinedCorpus]:
+        """Reads a small manifest and joins it with the cache in this process (``cached_rows``: the rows of the cache
+        files it joins), by the functions the workers' stages run, and builds the graph from the rows that need work;
+        ``None`` (nothing done) for a folder, or a manifest or cache above ``LAUNCHER_JOIN_MAX_BYTES`` or
+        ``LAUNCHER_JOIN_MAX_CACHED_ROWS``."""
+        manifest_bytes = self._manifest_bytes()
+        if self._corpus.folder or manifest_bytes > LAUNCHER_JOIN_MAX_BYTES or cached_rows > LAUNCHER_JOIN_MAX_CACHED_ROWS:
+            return None
+        buckets = num_buckets(manifest_bytes)
+        batches = list(ReadManifestRows(self._corpus.shards, buckets=buckets).read_here())
+        summarise = SummariseBatches()
+        rows, extra_fields = summarise.extract_output(functools.reduce(summarise.add_input, batches, summarise.create_accumulator()))
+        records, unchanged = self._join(buckets).join_here(batches)
+        self._joined = JoinedCorpus(records, [RunCount(INPUTS_COUNT, rows), *unchanged], extra_fields)
+        return self._joined
 
     def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
         corpus = self._corpus
-        manifest_bytes = sum(shard.size for shard in corpus.shards)
-        buckets = num_buckets(manifest_bytes)
-        if corpus.folder:
-            batches = (begin | "ReadCorpus" >> ReadFolderRows(corpus.folder)
-                       | "Batches" >> beam.FlatMap(lambda record: batch_records([record], buckets)))
+        manifest_bytes = self._manifest_bytes()
+        if self._joined is not None:
+            records = self._joined.records
+            if self._spread_over == 1:  # the launcher's process: one chunk, its samples extracted side by side in threads
+                to_extract = begin | "Records" >> beam.Create([records] if records else [])
+            else:  # redistributed over another runner's workers, or split by cost below
+                to_extract = begin | "Records" >> beam.Create(records, reshuffle=self._spread_over == 0)
+            counts = [begin | "Counts" >> beam.Create(self._joined.counts, reshuffle=False)]
+            extra_fields: Union[beam.PCollection, list[pa.Field]] = self._joined.extra_fields
         else:
-            batches = begin | "ReadCorpus" >> ReadManifestRows(corpus.shards, buckets=buckets)
-        summary = batches | "SummariseInputs" >> beam.CombineGlobally(SummariseBatches())  # (rows, extra column fields)
-        inputs = summary | "InputCount" >> beam.Map(lambda rows_and_fields: RunCount(INPUTS_COUNT, rows_and_fields[0]))
+            buckets = num_buckets(manifest_bytes)
+            if corpus.folder:
+                batches = (begin | "ReadCorpus" >> ReadFolderRows(corpus.folder)
+                           | "Batches" >> beam.FlatMap(lambda record: batch_records([record], buckets)))
+            else:
+                batches = begin | "ReadCorpus" >> ReadManifestRows(corpus.shards, buckets=buckets)
+            summary = batches | "SummariseInputs" >> beam.CombineGlobally(SummariseBatches())  # (rows, extra column fields)
+            inputs = summary | "InputCount" >> beam.Map(lambda rows_and_fields: RunCount(INPUTS_COUNT, rows_and_fields[0]))
+            to_extract, unchanged = batches | "JoinCache" >> self._join(buckets)
+            counts = [unchanged, inputs]
+            extra_fields = summary | "ExtraColumns" >> beam.Map(lambda rows_and_fields: rows_and_fields[1])
+        if self._spread_over > 1 and not corpus.folder and manifest_bytes <= SPREAD_MAX_MANIFEST_BYTES:
+            to_extract = to_extract | "SpreadOverWorkers" >> SpreadByCost(self._spread_over)
+        entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
+                                                                 **self._extract)
+        return ((entries, *counts) | "AllEntries" >> beam.Flatten()
+                | "ListPending" >> WritePendingList(self._cache, self._attempt))
+
+    def _manifest_bytes(self) -> int:
+        return sum(shard.size for shard in self._corpus.shards)
+
+    def _join(self, buckets: int) -> JoinWithCache:
         context = self._extract.get("context") or RunContext()
-        join = JoinWithCache(
+        return JoinWithCache(
             self._cache, self._cached_files, buckets=buckets,
             features_fingerprint=context.features_fingerprint, verify_content=context.verify_content,
             requests={m: request.fingerprint for m, request in encode_requests(self._extract.get("handlers") or {}).items()})
-        to_extract, unchanged = batches | "JoinCache" >> join
-        if self._spread_over > 1 and not corpus.folder and manifest_bytes <= SPREAD_MAX_MANIFEST_BYTES:
-            to_extract = to_extract | "SpreadOverWorkers" >> SpreadByCost(self._spread_over)
-        extra_fields = summary | "ExtraColumns" >> beam.Map(lambda rows_and_fields: rows_and_fields[1])
-        entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
-                                                                 **self._extract)
-        return ((entries, unchanged, inputs) | "AllEntries" >> beam.Flatten()
-                | "ListPending" >> WritePendingList(self._cache, self._attempt))
 
 
 def encode_requests(handlers: dict[str, EmbeddingSet]) -> dict[str, EncodeRequest]:

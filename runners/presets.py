@@ -29,9 +29,9 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 @dataclass
 class RunnerChoice:
-    """A runner (instance or Beam name), its pipeline options, and what must run around it; ``spread_over``: its
-    worker processes when it hands each of them one key of a grouping (the direct runner's ``--workers N``: the
-    extraction splits its samples between them by cost, ``pipelines.extract.run_extract``), else 0."""
+    """A runner (instance or Beam name), its pipeline options, and what must run around it; ``spread_over``: the
+    direct runner's processes (1: in the launcher; N > 1: ``--workers N``, each handed one key of a grouping, between
+    which the extraction splits its samples by cost, ``pipelines.extract.run_extract``), else 0."""
 
     runner: Union[str, PipelineRunner]
     options: PipelineOptions
@@ -78,7 +78,7 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     if args.workers == 1:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        return RunnerChoice(FnApiRunner(), PipelineOptions(beam_args))
+        return RunnerChoice(FnApiRunner(), PipelineOptions(beam_args), spread_over=1)
     from runners.worker_runner import WorkerProcessesRunner
 
     return RunnerChoice(WorkerProcessesRunner(args.workers, log_level=log_level, warm=warm), PipelineOptions(beam_args),

@@ -38,7 +38,7 @@ from schemas.records import ManifestError, ManifestRecord, present_uris
 from schemas.tables import SAMPLES_BASE
 from transforms.extract_sample_fn import counter
 from transforms.manifest_rows import record_of
-from transforms.record_batches import BatchRow, bucket_of, gc_paused, rows_of
+from transforms.record_batches import BatchRow, RecordBatch, bucket_of, gc_paused, rows_of
 from transforms.unchanged import UNCHANGED_BY_METADATA, KnownSample, missing_embeddings, same_files
 
 CachedFiles = tuple[str, tuple[str, ...]]
@@ -315,6 +315,21 @@ class JoinWithCache(beam.PTransform):
         self._buckets = buckets
         self._features_fingerprint = features_fingerprint
         self._decide = _DecideBucketFn(requests or {}, verify_content)
+
+    def join_here(self, batches: Iterable[RecordBatch]) -> tuple[list[tuple[ManifestRecord, Optional[KnownSample]]], list[RunCount]]:
+        """What ``expand`` outputs for ``batches``, computed in this process by the same functions (a small manifest
+        and cache, joined by the launcher): the rows that need work, and the ``RunCount`` s of unchanged samples."""
+        groups: dict[int, dict[str, list]] = collections.defaultdict(lambda: {"manifest": [], "cache": []})
+        for bucket, batch in batches:
+            groups[bucket]["manifest"].append(batch)
+        read = _CachedRowsFn(self._cache, self._buckets, self._features_fingerprint)
+        for files in self._cached_files:
+            for bucket, rows in read.process(files):
+                if bucket in groups:  # cached samples of a bucket without manifest rows: nothing to decide
+                    groups[bucket]["cache"].append(rows)
+        decided = [element for bucket, group in groups.items() for element in self._decide.process((bucket, group))]
+        return ([element for element in decided if not isinstance(element, RunCount)],
+                [element for element in decided if isinstance(element, RunCount)])
 
     def expand(self, batches: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
         sides = {"manifest": batches}

@@ -56,9 +56,13 @@ class SampleExtractor:
         config: the feature configuration.
         tokenizer: the tokenizer of the ``text`` table.
         context: the run's fingerprint, id, encoder requests and cache content.
+        decode_threads: a video's decoder threads (``None``: ``video_rows.decode_threads()``, the process's share of
+            the cores).
     """
 
-    def __init__(self, config: ExtractConfig, tokenizer: TextTokenizer, context: Optional[RunContext] = None) -> None:
+    def __init__(self, config: ExtractConfig, tokenizer: TextTokenizer, context: Optional[RunContext] = None,
+                 decode_threads: Optional[int] = None) -> None:
+        self.decode_threads = decode_threads
         self.config = config
         self.tokenizer = tokenizer
         context = context or RunContext()
@@ -232,7 +236,7 @@ class SampleExtractor:
 
     def _video(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         # One decode pass: frames rows and the sound track's audio rows (each stream's failure is its own error row).
-        yield from video_file_rows(self.config, self.requests, uri, path, state)
+        yield from video_file_rows(self.config, self.requests, uri, path, state, threads=self.decode_threads)
 
     def _video_sound_track(self, uri: str, path: str, state: SampleState) -> Iterator[TableRow]:
         yield from self._audio_stream(path, state, source="video", require_stream=False, feed_encoder=True)

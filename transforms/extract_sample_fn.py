@@ -1,10 +1,12 @@
 """The Beam wrapper of ``SampleExtractor``, with the run's counters and progress logging."""
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import itertools
 import logging
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 import apache_beam as beam
 
@@ -14,20 +16,30 @@ from schemas.records import ManifestRecord
 from schemas.tables import SKIPPED_TABLE
 from transforms.extract_sample import SampleExtractor
 from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows
+from transforms.mfcc import single_threaded_blas
 from transforms.sample_state import RunContext, TableRow
 from transforms.unchanged import KnownSample
 from transforms.text import TextTokenizer
+from transforms.video_rows import decode_threads
 
 logger = logging.getLogger(__name__)
 
 
+Element = tuple[ManifestRecord, Optional[KnownSample]]
+
+
 class ExtractSampleFn(beam.DoFn):
-    """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output only).
+    """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output
+    only). An element may also be a *list* of those (a chunk: ``pipelines.extract_graph`` makes them for a small
+    manifest on a direct runner): its samples are extracted side by side in up to ``decode_threads()`` threads, each
+    decoding with the cores shared out (one each when they are as many as the cores; FFmpeg, OpenCV, numpy and the
+    tokenizer release the GIL), which keeps the cores busier than one sample at a time with a video's slice threads.
 
     Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. ``scipy.fft`` is
     imported by the first audio stream (a text-only run never pays for it). With ``feature_files``, a sample's feature
     rows past its limit are written to the sample's own files (``transforms.large_samples``): their ``DataFile`` s come
-    out as ``(WRITTEN_FILE, DataFile)`` instead of the rows.
+    out as ``(WRITTEN_FILE, DataFile)`` instead of the rows. Counters are taken in the bundle's thread (Beam's metrics
+    belong to it).
     """
 
     def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None,
@@ -36,21 +48,41 @@ class ExtractSampleFn(beam.DoFn):
         self._config = config
         self._tokenizer_path = tokenizer_path
         self._context = context or RunContext()
-        self._extractor: Optional[SampleExtractor] = None
+        self._tokenizer: Optional[TextTokenizer] = None
         self._done = 0
         self._last_report = 0.0
 
     def setup(self) -> None:
-        tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
-        self._extractor = SampleExtractor(self._config, tokenizer, self._context)
+        self._tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
 
-    def process(self, element: tuple[ManifestRecord, Optional[KnownSample]]) -> Iterator[TableRow]:
+    def process(self, element: Union[Element, list[Element]]) -> Iterator[TableRow]:
+        if isinstance(element, list):
+            yield from self._side_by_side(element)
+        else:
+            extractor = self._extractor()
+            yield from self._counted(self._sample_rows(extractor, element), extractor, element[0].sample_id)
+
+    def _side_by_side(self, chunk: list[Element]) -> Iterator[TableRow]:
+        """The rows of a chunk's samples, extracted in threads (see the class docstring), in the order they finish."""
+        parallel = max(1, min(decode_threads(), len(chunk)))
+
+        def extracted(element: Element) -> tuple[list[TableRow], SampleExtractor, str]:
+            extractor = self._extractor(max(1, decode_threads() // parallel))
+            return list(self._sample_rows(extractor, element)), extractor, element[0].sample_id
+
+        with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            for rows, extractor, sample_id in _completed(pool, extracted, chunk, ahead=2 * parallel):
+                yield from self._counted(rows, extractor, sample_id)
+
+    def _extractor(self, decode_threads: Optional[int] = None) -> SampleExtractor:
+        return SampleExtractor(self._config, self._tokenizer, self._context, decode_threads=decode_threads)
+
+    def _sample_rows(self, extractor: SampleExtractor, element: Element) -> Iterator[TableRow]:
+        """One sample's rows, those of a feature table past its limit written to its own files."""
         record, known = element
-        files, content = self._extractor.hashed_files, self._extractor.hashed_bytes
         features = SampleRows(self._feature_files, record.manifest_row) if self._feature_files else None
         try:
-            for table, row in self._extractor.extract(record, known):
-                _count(table, row)
+            for table, row in extractor.extract(record, known):
                 if features is None or not features.add(table, row):
                     yield table, row
         except BaseException:
@@ -58,17 +90,38 @@ class ExtractSampleFn(beam.DoFn):
                 features.abort()
             raise
         if features is not None:
-            for table, row in features.finish():
-                if table == WRITTEN_FILE:
-                    counter("mmfeat", "rows_written").inc(row.n_rows)
-                yield table, row
-        if self._extractor.hashed_files > files:  # files read whole to compare their content (identity changed, or --verify-content)
-            counter("mmfeat", "content_files_hashed").inc(self._extractor.hashed_files - files)
-            counter("mmfeat", "content_bytes_hashed").inc(self._extractor.hashed_bytes - content)
+            yield from features.finish()
+
+    def _counted(self, rows: Iterable[TableRow], extractor: SampleExtractor, sample_id: str) -> Iterator[TableRow]:
+        """``rows`` of the sample ``sample_id`` (``extractor``'s), counted as they pass (Beam counters, progress logging)."""
+        for table, row in rows:
+            if table == WRITTEN_FILE:
+                counter("mmfeat", "rows_written").inc(row.n_rows)
+            else:
+                _count(table, row)
+            yield table, row
+        if extractor.hashed_files:  # files read whole to compare their content (identity changed, or --verify-content)
+            counter("mmfeat", "content_files_hashed").inc(extractor.hashed_files)
+            counter("mmfeat", "content_bytes_hashed").inc(extractor.hashed_bytes)
         self._done += 1
         if time.monotonic() - self._last_report > _PROGRESS_EVERY_S:
             self._last_report = time.monotonic()
-            logger.info("extracted %d samples in this worker so far (last: %s)", self._done, record.sample_id)
+            logger.info("extracted %d samples in this worker so far (last: %s)", self._done, sample_id)
+
+
+T = TypeVar("T")
+
+
+def _completed(pool: concurrent.futures.Executor, fn: Callable[[Element], T], elements: list[Element], ahead: int) -> Iterator[T]:
+    """``fn`` of every element, run in ``pool`` with at most ``ahead`` submitted and not yet handed over; results in
+    the order they complete (a long video does not hold back those done after it)."""
+    waiting = iter(elements)
+    running = {pool.submit(fn, element) for element in itertools.islice(waiting, ahead)}
+    while running:
+        done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+        running |= {pool.submit(fn, element) for element in itertools.islice(waiting, len(done))}
+        for future in done:
+            yield future.result()
 
 
 _PROGRESS_EVERY_S = 10.0

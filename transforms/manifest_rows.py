@@ -335,6 +335,12 @@ class ReadManifestRows(beam.PTransform):
             | "ReadRanges" >> beam.ParDo(_ReadRangeFn(self._buckets))
         )
 
+    def read_here(self) -> Iterator[Any]:
+        """What ``expand`` outputs, read in this process (a small manifest, joined with the cache by the launcher)."""
+        read = _ReadRangeFn(self._buckets)
+        for element in self._ranges:
+            yield from read.process(element)
+
 
 def stem_key(stem: str) -> int:
     """A 63-bit ``manifest_row`` for the sample of a folder's stem (stable across runs; collisions need 2^31 stems)."""

@@ -58,8 +58,15 @@ def mfcc_frames(samples: np.ndarray, *, config: AudioConfig) -> np.ndarray:
     """
     if len(samples) < config.n_fft:
         return np.zeros((0, config.n_mfcc), dtype=np.float32)
-    with _blas_controller().limit(limits=1, user_api="blas"):
+    with single_threaded_blas():
         return _mfcc_single_threaded(samples, config=config)
+
+
+def single_threaded_blas() -> Any:
+    """A context in which this process's BLAS runs one thread (restored after). ``mfcc_frames`` enters one per call;
+    samples extracted side by side in threads enter one around them all, so that one thread's leaving its own never
+    gives BLAS its threads back while another computes."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import uuid
 import zlib
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import apache_beam as beam
 import numpy as np
@@ -229,12 +229,18 @@ class _WritePendingListFn(beam.DoFn):
         self._path = pending_uri(cache, attempt)
 
     def process(self, element: tuple[None, Iterable[PendingEntry]]) -> Iterator[int]:
-        entries = sorted(element[1], key=lambda e: e.to_json())
-        temporary = f"{self._path}.tmp-{uuid.uuid4().hex}"
-        with FileSystems.create(temporary) as handle:
-            handle.write("".join(f"{e.to_json()}\n" for e in entries).encode("utf-8"))
-        FileSystems.rename([temporary], [self._path])
-        yield sum(1 for e in entries if isinstance(e, DataFile))
+        yield write_pending_list(self._path, element[1])
+
+
+def write_pending_list(path: str, entries: Iterable[PendingEntry]) -> int:
+    """Writes ``entries`` as the ``_pending`` list at ``path`` (``layout.pending_uri``; a temporary file renamed into
+    place); returns the number of data files among them."""
+    entries = sorted(entries, key=lambda e: e.to_json())
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(temporary) as handle:
+        handle.write("".join(f"{e.to_json()}\n" for e in entries).encode("utf-8"))
+    FileSystems.rename([temporary], [path])
+    return sum(1 for e in entries if isinstance(e, DataFile))
 
 
 class WriteDataFiles(beam.PTransform):
@@ -247,12 +253,12 @@ class WriteDataFiles(beam.PTransform):
         attempt: the run attempt; names the files.
         schemas: pyarrow schema of each table name that may occur.
         num_shards: files per table at most; rows are spread by ``shard_of(sample_id)``.
-        extra_fields: a one-element PCollection of the manifest's extra columns, added to ``samples``
-            (``transforms.extra_columns.InferExtraFields``); ``None``: ``schemas["samples"]`` as it is.
+        extra_fields: the manifest's extra columns, added to ``samples`` (``transforms.extra_columns.InferExtraFields``):
+            their fields, or a one-element PCollection of them; ``None``: ``schemas["samples"]`` as it is.
     """
 
     def __init__(self, cache: str, attempt: str, schemas: Mapping[str, pa.Schema], num_shards: int,
-                 extra_fields: Optional[beam.PCollection] = None) -> None:
+                 extra_fields: Union[beam.PCollection, Sequence[pa.Field], None] = None) -> None:
         super().__init__()
         self._cache = cache
         self._attempt = attempt
@@ -262,7 +268,9 @@ class WriteDataFiles(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         num_shards = self._num_shards
-        side = {} if self._extra_fields is None else {"extra_fields": beam.pvalue.AsSingleton(self._extra_fields)}
+        fields = self._extra_fields
+        side = ({} if fields is None else {"extra_fields": beam.pvalue.AsSingleton(fields)} if isinstance(fields, beam.PCollection)
+                else {"extra_fields": list(fields)})
         return (
             rows
             | "KeyByTableShard" >> beam.Map(lambda pair: ((pair[0], shard_of(pair[1]["sample_id"], num_shards)), pair[1]))

@@ -57,13 +57,15 @@ def audio_row(window: MfccWindow, *, source: str, sample_rate: int) -> dict[str,
     }
 
 
-def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str, path: str, state: Any) -> Iterator[TableRow]:
+def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str, path: str, state: Any,
+                    threads: Optional[int] = None) -> Iterator[TableRow]:
     """Every row of the video file ``path`` (``uri`` in error rows), decoded in one pass.
 
     Args:
         config: the features' configuration (``video``: sampling and ``frame_mode``; ``audio``: MFCCs).
         requests: the run's encoder requests by modality (objects with ``needs``).
         state: the sample's ``_SampleState`` (``feature_row``/``error_row``, counters, payloads), updated here.
+        threads: the video decoder's threads (``None``: ``decode_threads()``).
 
     Yields ``frames`` rows, ``audio`` rows of the sound track and ``errors`` rows (a frames failure and a sound
     track failure are independent: each is its own row, the other stream's rows are kept). Never raises
@@ -71,7 +73,7 @@ def video_file_rows(config: ExtractConfig, requests: Mapping[str, Any], uri: str
     for speech recognition, and its failure noted there.
     """
     audio_config = config.audio
-    media = MediaPass(path, video=config.video, sample_rate=audio_config.sample_rate, threads=decode_threads())
+    media = MediaPass(path, video=config.video, sample_rate=audio_config.sample_rate, threads=threads or decode_threads())
     keep_frames = "video" in requests and "frames" in requests["video"].needs
     # The track feeds the audio encoder only when the sample has no readable audio file (only one track's items are
     # held; the same choice as re-embedding makes).

@@ -4,7 +4,8 @@ Beam's ``FnApiRunner`` hands a stage's input to its N workers statically: the ke
 turn. After the join those keys are buckets of sample ids, so one worker may get most of the long videos of a small
 corpus while the other idles (measured: 2 workers slower than one process on 20 videos and 20 light samples).
 ``SpreadByCost(n)`` keys each record by one of ``n`` slots, the least loaded so far by estimated cost, and groups by
-slot: n keys for n workers, so each worker extracts one slot's records (within a largest sample of the others).
+slot: n keys for n workers, so each worker extracts one slot's records (within a largest sample of the others), as
+one chunk (a list, which ``ExtractSampleFn`` extracts in as many threads as its worker has cores).
 
 Only for a runner that gives each of exactly ``n`` workers one key (the direct runner's ``--workers N``): a
 distributed runner (Dask, Dataflow) balances its own work and wants many keys. And only for a small manifest
@@ -71,13 +72,13 @@ class _AssignSlotFn(beam.DoFn):
         yield slot, element
 
 
-def _ungroup(pair: tuple[int, Iterable[Element]]) -> Iterable[Element]:
-    return pair[1]
+def _chunk(pair: tuple[int, Iterable[Element]]) -> list[Element]:
+    return list(pair[1])
 
 
 class SpreadByCost(beam.PTransform):
-    """``PCollection[(ManifestRecord, KnownSample | None)]`` -> the same elements, grouped into ``slots`` keys of about
-    equal estimated cost (see the module docstring). ``slots`` < 2: returned as they are."""
+    """``PCollection[(ManifestRecord, KnownSample | None)]`` -> the same elements in ``slots`` lists (one per key) of
+    about equal estimated cost (see the module docstring). ``slots`` < 2: returned as they are, one by one."""
 
     def __init__(self, slots: int) -> None:
         super().__init__()
@@ -89,4 +90,4 @@ class SpreadByCost(beam.PTransform):
         return (records
                 | "AssignSlot" >> beam.ParDo(_AssignSlotFn(self._slots))
                 | "GroupBySlot" >> beam.GroupByKey()
-                | "Ungroup" >> beam.FlatMap(_ungroup))
+                | "Chunks" >> beam.Map(_chunk))

@@ -1,8 +1,10 @@
+import pickle
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.config import ExtractConfig, VideoConfig
+from schemas.config import DECODE_THREADS_ENV, ExtractConfig, VideoConfig
 from schemas.records import ManifestRecord
 from tests import media
 from tests.beam_helpers import in_process_pipeline
@@ -62,3 +64,26 @@ def test_dofn_in_a_pipeline(record, tokenizer_path):
             | beam.combiners.Count.PerElement()
         )
         assert_that(tables, equal_to([("frames", 4), ("audio", 2), ("text", 1), ("samples", 1)]))
+
+
+def test_a_chunk_extracted_in_threads_gives_every_sample_s_rows_in_its_order(tmp_path, tokenizer_path, monkeypatch):
+    """A list of samples (the chunk of a small manifest on one process) is extracted by 2 threads: the same rows as
+    one sample at a time, each sample's ``samples`` row after its features."""
+    monkeypatch.setenv(DECODE_THREADS_ENV, "2")
+    records = [ManifestRecord(sample_id=f"s{i}", manifest_row=i,
+                              video=media.video(str(tmp_path / f"{i}.mp4"), seconds=1.0 + 0.5 * i),
+                              audio=media.wav(str(tmp_path / f"{i}.wav"), seconds=1.0, frequency_hz=300.0 + 50 * i),
+                              text=media.text(str(tmp_path / f"{i}.txt"), f"sample number {i}"))
+               for i in range(5)]
+    fn = ExtractSampleFn(ExtractConfig(video=VideoConfig(fps=2.0)), tokenizer_path)
+    fn.setup()
+    one_by_one = [pair for record in records for pair in fn.process((record, None))]
+    chunk = list(fn.process([(record, None) for record in records]))
+
+    def keyed(pairs):
+        return sorted((table, row["sample_id"], pickle.dumps(row)) for table, row in pairs)
+
+    assert keyed(chunk) == keyed(one_by_one) and len(chunk) == len(one_by_one) > 5 * 4
+    for record in records:
+        positions = [i for i, (_, row) in enumerate(chunk) if row["sample_id"] == record.sample_id]
+        assert chunk[positions[-1]][0] == "samples"

@@ -44,10 +44,15 @@ def test_heavy_and_light_samples_in_any_order_end_up_in_slots_of_about_equal_cos
 
 
 def test_every_record_comes_out_once_whatever_the_slots(tmp_path):
+    """Each of 2 or 3 slots is one list (a worker's chunk); 1 slot leaves the records one by one."""
     records = [(ManifestRecord(sample_id=f"s{i}", manifest_row=i, text=_file(tmp_path, f"{i}.txt", 10 * i + 1)), None)
                for i in range(25)]
     for slots in (1, 2, 3):
         with in_process_pipeline() as pipeline:
             out = pipeline | f"Create{slots}" >> beam.Create(records) | f"Spread{slots}" >> SpreadByCost(slots)
-            assert_that(out | f"Ids{slots}" >> beam.Map(lambda element: element[0].sample_id),
+            elements = out if slots == 1 else out | f"Unchunk{slots}" >> beam.FlatMap(lambda chunk: chunk)
+            assert_that(elements | f"Ids{slots}" >> beam.Map(lambda element: element[0].sample_id),
                         equal_to([f"s{i}" for i in range(25)]), label=f"Check{slots}")
+            if slots > 1:
+                assert_that(out | f"Sizes{slots}" >> beam.Map(len) | f"Chunks{slots}" >> beam.combiners.Count.Globally(),
+                            equal_to([slots]), label=f"CheckChunks{slots}")
