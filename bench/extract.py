@@ -11,14 +11,15 @@ target of issue 11 is met (``MET`` / ``MISSED``):
 ``long``    one 180 s 480p H.264+AAC video, 1 frame/s + MFCCs: the pipeline time (the run's ``pipeline_s``: building
             and running the Beam pipeline) <= 1.0x ffmpeg's ``fps=1,scale=-2:224,mjpeg`` (goal 0.8x);
             ``--frame-mode keyframes`` <= 0.3x. The whole run (imports, checks, Delta commit) is printed beside.
-``scaling`` the mixed corpus in 1 process with 1 and 2 decode threads, ``--workers 2`` (worker processes of 1
-            decode/BLAS thread each) and Beam's own multi_processing mode with 2 workers (no thread limits); then
+``scaling`` the mixed corpus in 1 process with 1 and 2 threads (samples extracted side by side, one decode thread
+            each; 1: one sample at a time), ``--workers 2`` (worker processes of 1 decode/sample/BLAS thread each) and Beam's own multi_processing mode with 2 workers (no thread limits); then
             the whole ``mmfeat extract`` command (a fresh interpreter: imports, and the workers' start overlapping
             them) in one process and with ``--workers 2``: ``--workers 2`` >= 1.0x one process.
 ``commit``  the commit share of an incremental run (``bench/extract_commit.py``).
 
-Scaling beyond this machine: each worker process of ``--workers N`` decodes with ``max(1, cores // N)``
-threads and BLAS/OpenMP limited alike (``runners.worker_main``), and samples are independent, so throughput
+Scaling beyond this machine: one process extracts as many samples side by side as it has cores, but the per-row
+Python work holds the GIL, so on many cores ``--workers N`` is the way: each worker process extracts with
+``max(1, cores // N)`` threads and BLAS/OpenMP limited alike (``runners.worker_main``), and samples are independent, so throughput
 grows with processes until the disk or the launcher's commit is the limit. With one process per core and
 single-threaded decode, the ``scaling`` part's per-process throughput (in-process, 1 thread) times the cores
 is the ceiling: 2 cores gave about 1.6-1.9x of one single-threaded process here; at that efficiency (80-95 %)
@@ -86,8 +87,9 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 def mmfeat(manifest: str, work: str, *, mode: str = "in-process", config: ExtractConfig = CONFIG,
            threads: Optional[int] = None, output: Optional[str] = None) -> dict[str, float]:
     """One ``run_extract`` into a new cache: ``in-process``, ``workers`` (2 worker processes, the CLI's ``--workers 2``)
-    or ``beam-mp`` (Beam's ``multi_processing`` mode, 2 workers); ``threads`` sets the in-process decoder's;
-    ``output``: run into this cache (incrementally) instead.
+    or ``beam-mp`` (Beam's ``multi_processing`` mode, 2 workers); ``threads``: the in-process threads
+    (``$MMFEAT_DECODE_THREADS``: samples side by side, or a lone video's decoder); ``output``: run into this cache
+    (incrementally) instead.
 
     Returns ``{"pipeline": s}``: the run's ``pipeline_s`` (building and running the Beam pipeline; not the imports,
     the launcher's checks, the reading back and the commit), beside the whole call's time that ``measure`` takes."""
@@ -206,11 +208,11 @@ def scaling_part(corpus: str, work: str, quick: bool) -> None:
     print(f"\n[scaling] the mixed corpus on {available_cores()} cores")
     mmfeat(manifest, work, threads=1)  # warm-up
     cores = available_cores()
-    t = measure({"1 process, 1 decode thread": lambda: mmfeat(manifest, work, threads=1),
-                 f"1 process, {cores} decode threads": lambda: mmfeat(manifest, work),
+    t = measure({"1 process, 1 thread": lambda: mmfeat(manifest, work, threads=1),
+                 f"1 process, {cores} threads": lambda: mmfeat(manifest, work),
                  "--workers 2 (1 thread each)": lambda: mmfeat(manifest, work, mode="workers"),
                  "Beam multi_processing 2, no limits": lambda: mmfeat(manifest, work, mode="beam-mp")})
-    one = t["1 process, 1 decode thread"]
+    one = t["1 process, 1 thread"]
     for label, seconds in t.items():
         if "/" not in label:  # the whole runs (measure also keeps each run's pipeline_s, as "label/pipeline")
             print(f"  {label:<38}{seconds:7.2f} s  speed-up {one / seconds:4.2f}x")

@@ -212,6 +212,10 @@ LAUNCHER_JOIN_MAX_BYTES = 1 << 20
 (``ExtractCorpus.join_here``) when the cache files it joins hold up to ``LAUNCHER_JOIN_MAX_CACHED_ROWS`` rows: for
 such a corpus Beam's fixed cost of the reading, counting and joining stages (0.1-0.2 s here) is more than their work."""
 LAUNCHER_JOIN_MAX_CACHED_ROWS = 50_000
+CHUNK_SAMPLES = 64
+"""Samples per chunk (``ExtractSampleFn``: extracted side by side in threads) of a corpus the workers join and one
+process extracts; the launcher's join hands its samples over as one chunk. At a chunk's end one thread may idle
+while another finishes its last sample: 64 samples make that a small share of the chunk."""
 
 
 @dataclass(frozen=True)
@@ -305,6 +309,8 @@ class ExtractCorpus(beam.PTransform):
             extra_fields = summary | "ExtraColumns" >> beam.Map(lambda rows_and_fields: rows_and_fields[1])
         if self._spread_over > 1 and not corpus.folder and manifest_bytes <= SPREAD_MAX_MANIFEST_BYTES:
             to_extract = to_extract | "SpreadOverWorkers" >> SpreadByCost(self._spread_over)
+        elif self._spread_over == 1 and self._joined is None:  # one process: chunks, their samples extracted side by side
+            to_extract = to_extract | "Chunks" >> beam.BatchElements(min_batch_size=CHUNK_SAMPLES, max_batch_size=CHUNK_SAMPLES)
         entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
                                                                  **self._extract)
         return ((entries, *counts) | "AllEntries" >> beam.Flatten()

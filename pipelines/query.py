@@ -95,7 +95,7 @@ def embed_query(cache: str, table: str, *, modality: str, text: Optional[str] = 
 
         report = run_extract(open_manifest(manifest), output=output, config=config,
                              tokenizer_path=resolve_tokenizer_path(record["config"].get("tokenizer")), runner=FnApiRunner(),
-                             encoders={modality: resolved}, encode=encode, device=device)
+                             encoders={modality: resolved}, encode=encode, device=device, spread_over=1)
         return _query_vector(output, report.summary, modality, record)
 
 

@@ -22,8 +22,9 @@ FRAME_MODES = ("sampled", "keyframes")
 ``keyframes`` decodes only the key frames and keeps each of them (``fps``/``frames_per_video`` then do not apply)."""
 
 DECODE_THREADS_ENV = "MMFEAT_DECODE_THREADS"
-"""Environment variable that sets the video decoder's threads in a process (worker processes get
-``max(1, cores // workers)``); unset: one per available core."""
+"""Environment variable that sets a process's extraction threads: the samples of a chunk it extracts side by side,
+or a lone sample's video decoder threads (worker processes get ``max(1, cores // workers)``); unset: one per
+available core."""
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ def available_cores() -> int:
 
 
 def decode_threads() -> int:
-    """Video decoder threads for this process: ``$MMFEAT_DECODE_THREADS`` (set per worker process by the runner
-    presets: ``max(1, cores // workers)``), else one per available core."""
+    """This process's extraction threads (``schemas.config.DECODE_THREADS_ENV``): ``$MMFEAT_DECODE_THREADS`` (set per
+    worker process by the runner presets: ``max(1, cores // workers)``), else one per available core. A sample
+    extracted alone decodes its video with that many threads; a chunk's samples share them out."""
     value = os.environ.get(DECODE_THREADS_ENV, "")
     try:
         return max(1, int(value)) if value else available_cores()

@@ -90,4 +90,4 @@ class SpreadByCost(beam.PTransform):
         return (records
                 | "AssignSlot" >> beam.ParDo(_AssignSlotFn(self._slots))
                 | "GroupBySlot" >> beam.GroupByKey()
-                | "Chunks" >> beam.Map(_chunk))
+                | "SlotChunks" >> beam.Map(_chunk))

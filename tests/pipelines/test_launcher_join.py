@@ -38,21 +38,24 @@ def _counts(report) -> dict:
 
 
 def test_the_launcher_s_join_and_threads_write_what_the_workers_join_writes(tmp_path, tokenizer_path, monkeypatch):
-    """Every bad-input case (duplicate and missing ids, broken files, extra columns), a first run and a rerun after an
-    edit: the launcher's join with one chunk in 2 threads, and the workers' join with one sample at a time."""
+    """Every bad-input case (duplicate and missing ids, broken files, extra columns), a first run and reruns after an
+    edit: the launcher's join with one chunk in 2 threads, the workers' join with chunks of 4 in 2 threads (one
+    process, a large corpus), and the workers' join with one sample at a time (another runner)."""
     (tmp_path / "corpus").mkdir()
     manifest, expected = media.bad_corpus(str(tmp_path / "corpus"))
-    here, there = str(tmp_path / "here"), str(tmp_path / "there")
+    here, chunks, there = str(tmp_path / "here"), str(tmp_path / "chunks"), str(tmp_path / "there")
 
     def both(run_id: str) -> dict:
         with monkeypatch.context() as patch:
             patch.setenv(DECODE_THREADS_ENV, "2")
             joined_here = _run(manifest, here, tokenizer_path, run_id)
-        with monkeypatch.context() as patch:
             patch.setattr(extract_graph, "LAUNCHER_JOIN_MAX_BYTES", -1)  # no manifest is small enough: the workers join
-            joined_there = _run(manifest, there, tokenizer_path, run_id, spread_over=0)
-        assert _counts(joined_here) == _counts(joined_there)
+            patch.setattr(extract_graph, "CHUNK_SAMPLES", 4)
+            in_chunks = _run(manifest, chunks, tokenizer_path, run_id)
+            one_by_one = _run(manifest, there, tokenizer_path, run_id, spread_over=0)
+        assert _counts(joined_here) == _counts(in_chunks) == _counts(one_by_one)
         assert_same_cache_rows(_tables(there), _tables(here))
+        assert_same_cache_rows(_tables(there), _tables(chunks))
         return _counts(joined_here)
 
     both("one")

@@ -103,6 +103,7 @@ def test_the_records_of_a_small_manifest_are_split_by_cost_between_the_direct_ru
     _ = pipeline | transform
     labels = {node.unique_name for node in pipeline.to_runner_api().components.transforms.values()}
     assert any(label.endswith("SpreadOverWorkers/GroupBySlot") for label in labels) == spread
+    assert any(label.endswith("/Chunks") for label in labels) == (spread_over == 1)  # one process: chunks in threads
 
 
 @pytest.mark.parametrize("committed", [False, True])
