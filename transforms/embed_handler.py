@@ -114,7 +114,9 @@ class EncoderModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
                     return self.encoder.embed_with_sequences(model.model, payloads, device=device, precision=self.precision)
                 return self.encoder.embed(model.model, payloads, device=device, precision=self.precision), None
 
-        return self._rows.of_batch(batch, embed)
+        rows = self._rows.of_batch(batch, embed)
+        self._rows.count(rows)
+        return rows
 
     def get_num_bytes(self, batch: Sequence[Item]) -> int:
         return int(sum(self.encoder.cost(item["payload"]) for item in batch))

@@ -61,15 +61,22 @@ class EmbeddingRows:
                 raise ValueError(f"the encoder returned shape {vectors.shape} for {len(batch)} items, expected ({len(batch)}, dim)")
             if not np.isfinite(vectors).all() or (sequences and not all(np.isfinite(s).all() for s in sequences)):
                 raise ValueError("the encoder produced NaN or infinite values")
-            if not self.encoder.windowed:  # windows are counted once pooled, per sample
-                _counter(f"embeddings_{self.encoder.modality}").inc(len(batch))
             return self._embedding_rows(batch, vectors, sequences)
         except Exception as error:  # isolate the failing items; keep the rest of the batch
             if len(batch) == 1:
                 logger.warning("%s failed on %s: %s", self.encoder.name, batch[0]["sample_id"], error)
-                _counter(f"failures_{Stage.EMBED}_{ErrorKind.ENCODER_FAILED}").inc()
                 return [self._error_row(batch[0], error)]
             return [row for item in batch for row in self.of_batch([item], embed)]
+
+    def count(self, rows: Sequence[TableRow]) -> None:
+        """Beam's counters of ``of_batch`` 's ``rows``, in the calling thread (Beam's metrics belong to the bundle's
+        thread): ``embeddings_<modality>`` (a windowed encoder's windows are counted once pooled, per sample) and
+        the encoder's failures."""
+        failed = sum(1 for table, _ in rows if table == "errors")
+        if failed:
+            _counter(f"failures_{Stage.EMBED}_{ErrorKind.ENCODER_FAILED}").inc(failed)
+        if len(rows) > failed and not self.encoder.windowed:
+            _counter(f"embeddings_{self.encoder.modality}").inc(len(rows) - failed)
 
     def _row_constants(self) -> dict[str, Any]:
         """The fields every embedding row of this encoder shares (computed once)."""
@@ -119,7 +126,8 @@ class InlineEmbedder(EmbeddingRows):
         super().__init__(encoder, table)
 
     def rows(self, item: Item) -> list[TableRow]:
-        """The result of one item: its embedding row, or an ``errors`` row when the encoder failed on it."""
+        """The result of one item: its embedding row, or an ``errors`` row when the encoder failed on it (counted by
+        the extraction's DoFn, with the sample's other rows)."""
         return self.of_batch([item], self._embed)
 
     def _embed(self, payloads: list[dict[str, Any]]) -> tuple[np.ndarray, None]:

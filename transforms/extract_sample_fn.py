@@ -13,7 +13,7 @@ import apache_beam as beam
 from schemas.config import ExtractConfig
 from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
-from schemas.tables import SKIPPED_TABLE
+from schemas.tables import EMBEDDINGS_DIR, SKIPPED_TABLE
 from transforms.extract_sample import SampleExtractor
 from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows
 from transforms.mfcc import single_threaded_blas
@@ -30,10 +30,11 @@ Element = tuple[ManifestRecord, Optional[KnownSample]]
 
 class ExtractSampleFn(beam.DoFn):
     """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output
-    only). An element may also be a *list* of those (a chunk: ``pipelines.extract_graph`` makes them for a small
-    manifest on a direct runner): its samples are extracted side by side in up to ``decode_threads()`` threads, each
-    decoding with the cores shared out (one each when they are as many as the cores; FFmpeg, OpenCV, numpy and the
-    tokenizer release the GIL), which keeps the cores busier than one sample at a time with a video's slice threads.
+    only). An element may also be a *list* of those (a chunk: ``pipelines.extract_graph`` makes them where the direct
+    runner extracts in one process, and one per worker of ``--workers N``): its samples are extracted side by side in
+    up to ``decode_threads()`` threads, each decoding with the cores shared out (one each when they are as many as
+    the cores; FFmpeg, OpenCV, numpy and the tokenizer release the GIL), which keeps the cores busier than one sample
+    at a time with a video's slice threads.
 
     Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. ``scipy.fft`` is
     imported by the first audio stream (a text-only run never pays for it). With ``feature_files``, a sample's feature
@@ -145,6 +146,8 @@ def _count(table: str, row: dict[str, Any]) -> None:
         counter("mmfeat", "frames").inc()
     elif table == "text":
         counter("mmfeat", "tokens").inc(len(row["token_ids"]))
+    elif table.startswith(f"{EMBEDDINGS_DIR}/"):  # an inline encoder's (its failures are errors rows, below)
+        counter("mmfeat", f"embeddings_{row['modality']}").inc()
     elif table == "errors":
         outcome = "warnings" if row["error_kind"] in WARNING_KINDS else "failures"
         counter("mmfeat", f"{outcome}_{row['stage']}_{row['error_kind']}").inc()
