@@ -275,7 +275,7 @@ def _run(
     joined = extract.join_here(cached_rows=sum(file.get("num_records") or 0 for _, file in to_join))
     metrics = collections.Counter(joined.metrics() if joined is not None else {})  # the launcher's join's counters
     if joined is not None and not joined.records:  # a small corpus with nothing to compute: no pipeline at all
-        logger.info("run %s: every sample is unchanged; no pipeline runs", run_id)
+        logger.info("run %s: no sample to extract or embed; no pipeline runs", run_id)
         write_pending_list(pending_uri(output, attempt), joined.counts)
     else:
         pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
