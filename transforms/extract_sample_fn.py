@@ -115,14 +115,19 @@ T = TypeVar("T")
 
 def _completed(pool: concurrent.futures.Executor, fn: Callable[[Element], T], elements: list[Element], ahead: int) -> Iterator[T]:
     """``fn`` of every element, run in ``pool`` with at most ``ahead`` submitted and not yet handed over; results in
-    the order they complete (a long video does not hold back those done after it)."""
+    the order they complete (a long video does not hold back those done after it). When it stops early (a failure,
+    an interrupt) the submitted elements not yet started are cancelled: only those running are waited for."""
     waiting = iter(elements)
     running = {pool.submit(fn, element) for element in itertools.islice(waiting, ahead)}
-    while running:
-        done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-        running |= {pool.submit(fn, element) for element in itertools.islice(waiting, len(done))}
-        for future in done:
-            yield future.result()
+    try:
+        while running:
+            done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            running |= {pool.submit(fn, element) for element in itertools.islice(waiting, len(done))}
+            for future in done:
+                yield future.result()
+    finally:
+        for future in running:
+            future.cancel()
 
 
 _PROGRESS_EVERY_S = 10.0

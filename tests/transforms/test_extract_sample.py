@@ -1,4 +1,5 @@
 import pickle
+import time
 
 import apache_beam as beam
 import pytest
@@ -87,3 +88,25 @@ def test_a_chunk_extracted_in_threads_gives_every_sample_s_rows_in_its_order(tmp
     for record in records:
         positions = [i for i, (_, row) in enumerate(chunk) if row["sample_id"] == record.sample_id]
         assert chunk[positions[-1]][0] == "samples"
+
+
+def test_an_unforeseen_failure_in_a_chunk_fails_the_bundle_without_extracting_the_rest(tmp_path, tokenizer_path, monkeypatch):
+    """A bug (not a bad file) in one sample of a chunk reaches Beam, which fails the run (nothing is committed); the
+    chunk's samples not yet started are not extracted meanwhile."""
+    monkeypatch.setenv(DECODE_THREADS_ENV, "2")
+    started = []
+
+    def extract(self, record, known=None):
+        started.append(record.sample_id)
+        if record.sample_id == "s0":
+            raise RuntimeError("a bug")
+        time.sleep(0.5)  # long enough that the failure is handled before either thread is free again
+        yield "samples", {"sample_id": record.sample_id, "status": "ok", "audio_duration_s": None}
+
+    monkeypatch.setattr(SampleExtractor, "extract", extract)
+    records = [(ManifestRecord(sample_id=f"s{i}", manifest_row=i, text=str(tmp_path / "unused.txt")), None) for i in range(20)]
+    fn = ExtractSampleFn(ExtractConfig(), tokenizer_path)
+    fn.setup()
+    with pytest.raises(RuntimeError, match="a bug"):
+        list(fn.process(records))
+    assert "s0" in started and len(started) <= 4
