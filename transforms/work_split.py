@@ -14,12 +14,13 @@ a large corpus each bucket holds thousands of samples, so the static split of bu
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 
+from schemas.errors import SampleFailure
 from schemas.records import ManifestRecord
+from transforms import media_io
 from transforms.unchanged import KnownSample
 
 Element = tuple[ManifestRecord, Optional[KnownSample]]
@@ -48,11 +49,11 @@ def estimated_cost(record: ManifestRecord) -> float:
 
 
 def _size(uri: str) -> int:
-    if "://" in uri and not uri.startswith("file://"):
+    if not media_io.is_local(uri):
         return UNKNOWN_FILE_BYTES
     try:
-        return os.stat(uri[len("file://"):] if uri.startswith("file://") else uri).st_size
-    except OSError:
+        return media_io.check_readable(uri)
+    except SampleFailure:
         return 0  # the extraction records why it cannot be read
 
 

@@ -24,6 +24,9 @@ def test_a_video_costs_its_bytes_and_an_audio_or_text_file_a_fraction_of_theirs(
     remote = ManifestRecord(sample_id="r", manifest_row=3, video="gs://bucket/clip.mp4")
     assert estimated_cost(missing) == VIDEO_FILE_COST  # its extraction fails fast and says why
     assert estimated_cost(remote) == UNKNOWN_FILE_BYTES + VIDEO_FILE_COST  # no remote call just to estimate
+    spaced = _file(tmp_path, "a clip.mp4", 5_000)  # a file:// URI as the extraction reads it: host, percent-encoding
+    as_uri = ManifestRecord(sample_id="u", manifest_row=4, video="file://localhost" + spaced.replace(" ", "%20"))
+    assert estimated_cost(as_uri) == 5_000 + VIDEO_FILE_COST
 
 
 def test_heavy_and_light_samples_in_any_order_end_up_in_slots_of_about_equal_cost(tmp_path):
