@@ -65,10 +65,11 @@ class ExtractSampleFn(beam.DoFn):
 
     def _side_by_side(self, chunk: list[Element]) -> Iterator[TableRow]:
         """The rows of a chunk's samples, extracted in threads (see the class docstring), in the order they finish."""
-        parallel = max(1, min(decode_threads(), len(chunk)))
+        threads = decode_threads()
+        parallel = max(1, min(threads, len(chunk)))
 
         def extracted(element: Element) -> tuple[list[TableRow], SampleExtractor, str]:
-            extractor = self._extractor(max(1, decode_threads() // parallel))
+            extractor = self._extractor(max(1, threads // parallel))
             return list(self._sample_rows(extractor, element)), extractor, element[0].sample_id
 
         with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:
