@@ -26,3 +26,11 @@ def assert_same_cache_rows(direct: dict[str, list[dict]], other: dict[str, list[
             assert {k: v for k, v in row.items() if k not in arrays} == {k: v for k, v in expected.items() if k not in arrays}
             for name in arrays:
                 np.testing.assert_allclose(np.asarray(row[name], "float32"), np.asarray(expected[name], "float32"), rtol=1e-4, atol=1e-5)
+
+
+def cache_tables(output: str) -> dict[str, list[dict]]:
+    """Every row of the cache at ``output``, by table: its feature tables, ``errors`` and its embedding sets."""
+    from schemas.cache import CacheView
+
+    view = CacheView.open(output)
+    return {table: view.read(table).to_pylist() for table in ["samples", "frames", "audio", "text", "errors", *view.embedding_tables()]}

@@ -13,7 +13,7 @@ from pipelines.manifest import open_manifest
 from schemas.cache import CacheView
 from schemas.config import EncodeConfig, ExtractConfig
 from tests import media, tiny_models
-from tests.beam_helpers import assert_same_cache_rows
+from tests.beam_helpers import assert_same_cache_rows, cache_tables
 from transforms.encoders.registry import resolve_encoders
 
 FAST = dict(text_encoder="minilm", image_encoder="builtin:color-hog", audio_encoder="builtin:mfcc-stats")
@@ -42,11 +42,6 @@ def _run(manifest, output, tokenizer_path, *, run_id, recompute=False, runner=No
 
 def _rows(output, table):
     return CacheView.open(output).read(table).to_pylist()
-
-
-def _all_rows(output):
-    view = CacheView.open(output)
-    return {table: view.read(table).to_pylist() for table in ["samples", "frames", "audio", "text", "errors", *view.embedding_tables()]}
 
 
 def _set(output, modality):
@@ -101,19 +96,19 @@ def _copy(first_run, tmp_path):
 
 def test_rerun_on_an_unchanged_corpus_adds_no_rows(first_run, tmp_path, tokenizer_path):
     _, manifest, output = _copy(first_run, tmp_path)
-    before = _all_rows(output)
+    before = cache_tables(output)
     report = _run(manifest, output, tokenizer_path, run_id="r2")
     assert report.summary["samples"]["unchanged"] == 6 and report.summary["samples"]["total"] == 0
     assert all(count == 0 for count in report.summary["rows"].values())
-    assert {t: len(r) for t, r in _all_rows(output).items()} == {t: len(r) for t, r in before.items()}
+    assert {t: len(r) for t, r in cache_tables(output).items()} == {t: len(r) for t, r in before.items()}
 
 
 def test_changing_one_encoder_reembeds_only_that_modality(first_run, tmp_path, tokenizer_path):
     _, manifest, output = _copy(first_run, tmp_path)
-    before = _all_rows(output)
+    before = cache_tables(output)
     scripted = tiny_models.torchscript_mfcc_file(str(tmp_path / "mfcc.pt"))
     report = _run(manifest, output, tokenizer_path, run_id="r2", audio_encoder=scripted)
-    after = _all_rows(output)
+    after = cache_tables(output)
     new_sets = set(after) - set(before)
     assert len(new_sets) == 1 and new_sets.pop().startswith("embeddings/audio/mfcc.pt-")
     assert report.summary["rows"][report.summary["encoders"]["audio"]["table"]] == 6
@@ -127,10 +122,10 @@ def test_adding_the_inline_audio_encoder_embeds_cached_samples_as_a_first_run_do
     _, manifest, first_output, _ = first_run
     output = str(tmp_path / "out")
     _run(manifest, output, tokenizer_path, run_id="r1", audio_encoder="none")
-    before = _all_rows(output)
+    before = cache_tables(output)
     report = _run(manifest, output, tokenizer_path, run_id="r2")
     assert (report.summary["samples"]["unchanged"], report.summary["samples"]["total"]) == (6, 0)
-    after = _all_rows(output)
+    after = cache_tables(output)
     (new_set,) = set(after) - set(before)
     assert new_set == _set(first_output, "audio")
     for table, rows in before.items():
@@ -155,7 +150,7 @@ def test_a_changed_file_is_recomputed_without_duplicates(first_run, tmp_path, to
         media.text(str(directory / "s1.txt"), "sample number 1 says hello")
         os.utime(directory / "s1.txt", ns=(original.st_atime_ns, original.st_mtime_ns))
     assert (report.summary["samples"]["ok"], report.summary["samples"]["unchanged"]) == (1, 5)
-    rows = _all_rows(output)
+    rows = cache_tables(output)
     for table, table_rows in rows.items():
         keys = collections.Counter((r["sample_id"], r.get("source"), r.get("window_index"), r.get("frame_index")) for r in table_rows)
         assert all(count == 1 for count in keys.values()), table
@@ -167,10 +162,10 @@ def test_a_changed_file_is_recomputed_without_duplicates(first_run, tmp_path, to
 
 def test_recompute_forces_everything_without_duplicates(first_run, tmp_path, tokenizer_path):
     _, manifest, output = _copy(first_run, tmp_path)
-    before = {t: len(r) for t, r in _all_rows(output).items()}
+    before = {t: len(r) for t, r in cache_tables(output).items()}
     report = _run(manifest, output, tokenizer_path, run_id="r2", recompute=True)
     assert report.summary["samples"]["ok"] == 6
-    assert {t: len(r) for t, r in _all_rows(output).items()} == before
+    assert {t: len(r) for t, r in cache_tables(output).items()} == before
     assert {r["run_id"] for r in _rows(output, "samples")} == {"r2"}
 
 
@@ -199,13 +194,13 @@ def test_dask_runner_gives_the_same_embeddings(first_run, tmp_path, tokenizer_pa
     dask_output = str(tmp_path / "dask")
     options = PipelineOptions(["--dask_npartitions=3", f"--dask_client_address={dask_address}"])
     _run(manifest, dask_output, tokenizer_path, run_id="r1", runner=DaskRunner(), options=options)
-    assert_same_cache_rows(_all_rows(output), _all_rows(dask_output))
+    assert_same_cache_rows(cache_tables(output), cache_tables(dask_output))
 
 
 def test_beam_counters_are_reported_in_the_run_summary(first_run):
     _, _, output, report = first_run
     metrics = report.summary["metrics"]
-    rows = {t: len(r) for t, r in _all_rows(output).items()}
+    rows = {t: len(r) for t, r in cache_tables(output).items()}
     assert metrics["samples_ok"] == 6 and metrics["frames"] == rows["frames"]
     assert metrics["tokens"] == sum(len(r["token_ids"]) for r in _rows(output, "text"))
     assert metrics["embeddings_text"] == 6 and metrics["embeddings_video"] == 4 and metrics["embeddings_audio"] == 6

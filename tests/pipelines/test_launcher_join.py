@@ -13,7 +13,7 @@ from pipelines.manifest import open_manifest
 from schemas.cache import CacheView
 from schemas.config import DECODE_THREADS_ENV, ExtractConfig
 from tests import media
-from tests.beam_helpers import assert_same_cache_rows
+from tests.beam_helpers import assert_same_cache_rows, cache_tables
 
 
 class _NoPipeline(PipelineRunner):
@@ -26,11 +26,6 @@ class _NoPipeline(PipelineRunner):
 def _run(manifest: str, output: str, tokenizer_path: str, run_id: str, *, runner=None, spread_over: int = 1):
     return run_extract(open_manifest(manifest), output=output, config=ExtractConfig(num_shards=2), tokenizer_path=tokenizer_path,
                        runner=runner or FnApiRunner(), run_id=run_id, spread_over=spread_over)
-
-
-def _tables(output: str) -> dict[str, list[dict]]:
-    view = CacheView.open(output)
-    return {name: view.read(name).to_pylist() for name in ["samples", "frames", "audio", "text", "errors"]}
 
 
 def _counts(report) -> dict:
@@ -54,8 +49,8 @@ def test_the_launcher_s_join_and_threads_write_what_the_workers_join_writes(tmp_
             in_chunks = _run(manifest, chunks, tokenizer_path, run_id)
             one_by_one = _run(manifest, there, tokenizer_path, run_id, spread_over=0)
         assert _counts(joined_here) == _counts(in_chunks) == _counts(one_by_one)
-        assert_same_cache_rows(_tables(there), _tables(here))
-        assert_same_cache_rows(_tables(there), _tables(chunks))
+        assert_same_cache_rows(cache_tables(there), cache_tables(here))
+        assert_same_cache_rows(cache_tables(there), cache_tables(chunks))
         return _counts(joined_here)
 
     both("one")

@@ -16,7 +16,7 @@ from schemas.config import EncodeConfig, ExtractConfig
 from schemas.errors import ConfigError
 from schemas.tables import table_schemas
 from transforms.encoders.registry import resolve_encoders
-from tests.beam_helpers import assert_same_cache_rows
+from tests.beam_helpers import assert_same_cache_rows, cache_tables
 
 FAST_ENCODERS = ["--image-encoder", "builtin:color-hog", "--audio-encoder", "builtin:mfcc-stats", "--text-encoder", "minilm"]
 
@@ -31,12 +31,6 @@ def direct_output(sample_manifest, tmp_path_factory) -> str:
     output = str(tmp_path_factory.mktemp("direct") / "cache")
     assert main(["extract", "--manifest", sample_manifest, "--output", output, "--run-id", "r", *FAST_ENCODERS]) == 0
     return output
-
-
-def _tables(output: str) -> dict[str, list[dict]]:
-    view = CacheView.open(output)
-    names = ["samples", "frames", "audio", "text", "errors", *view.embedding_tables()]
-    return {name: view.read(name).to_pylist() for name in names}
 
 
 def _leftovers(output: str) -> list[str]:
@@ -59,7 +53,7 @@ def _leftovers(output: str) -> list[str]:
 def test_every_runner_writes_identical_rows(sample_manifest, direct_output, tmp_path, runner_args):
     output = str(tmp_path / "cache")
     assert main(["extract", "--manifest", sample_manifest, "--output", output, "--run-id", "r", *FAST_ENCODERS, *runner_args]) == 0
-    direct, other = _tables(direct_output), _tables(output)
+    direct, other = cache_tables(direct_output), cache_tables(output)
     assert len(direct) == 8
     assert_same_cache_rows(direct, other)
     assert _leftovers(output) == []
