@@ -14,7 +14,10 @@ Finalize groups a sample's ``samples`` row with its embedding results (by
 ``manifest_row``), so that a failed embedding makes the sample ``partial``.
 A sample whose rows of a feature table are too large to group writes them
 to a file of its own in ExtractSampleFn (``transforms.large_samples``); its
-``DataFile`` joins the entries directly, as the unchanged counts do.
+``DataFile`` joins the entries directly, as the unchanged counts do. So do a
+chunk's files: after the launcher's join on the direct runner, each process
+extracts one chunk, whose feature rows all go to files of its own as its
+samples finish; only ``samples`` and ``errors`` rows reach the grouping.
 
 With ``--transcribe`` (``speech``), the extraction's ``_encode/speech`` items go
 through ``TranscribeItems`` (RunInference) and ``TranscriptRowsFn``
@@ -111,6 +114,9 @@ class ExtractToCache(beam.PTransform):
         extra_fields: the manifest's extra columns (``InferExtraFields``), which ``samples`` gets: their fields, or a
             one-element PCollection of them; ``None``: none.
         speech: the speech recogniser's handler (``--transcribe``), or ``None``.
+        chunk_files: records come as chunks that are each a process's whole share (the launcher's join on the direct
+            runner): each writes its feature rows to files of its own (``transforms.large_samples``), so that only
+            ``samples`` and ``errors`` rows go to the writers' grouping.
 
     Output: the ``DataFile`` of every file written, the ``Replacement`` of every committed file rewritten and
     the ``RunCount`` s of unchanged samples (``WritePendingList`` lists them for the commit).
@@ -130,8 +136,10 @@ class ExtractToCache(beam.PTransform):
         committed: Optional[list[CommittedFile]] = None,
         extra_fields: Union[beam.PCollection, list[pa.Field], None] = None,
         speech: Optional[WhisperModelHandler] = None,
+        chunk_files: bool = False,
     ) -> None:
         super().__init__()
+        self._chunk_files = chunk_files
         self._speech = speech
         self._committed = committed or []
         self._extra_fields = extra_fields
@@ -149,7 +157,7 @@ class ExtractToCache(beam.PTransform):
         context = replace(self._context, requests=requests, transcribe=self._speech is not None)
         feature_files = FeatureFiles(self._cache, self._attempt, {
             table: schema for table, schema in self._schemas.items() if table not in ("samples", "errors")}, large_samples.LARGE_SAMPLE_BYTES)
-        extract = ExtractSampleFn(self._config, self._tokenizer_path, context, feature_files)
+        extract = ExtractSampleFn(self._config, self._tokenizer_path, context, feature_files, chunk_files=self._chunk_files)
         rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
         speech_rows = self._transcribe(rows, requests) if self._speech is not None else None
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
@@ -311,8 +319,9 @@ class ExtractCorpus(beam.PTransform):
             to_extract = to_extract | "SpreadOverWorkers" >> SpreadByCost(self._spread_over)
         elif self._spread_over == 1 and self._joined is None:  # one process: chunks, their samples extracted side by side
             to_extract = to_extract | "Chunks" >> beam.BatchElements(min_batch_size=CHUNK_SAMPLES, max_batch_size=CHUNK_SAMPLES)
-        entries = to_extract | "ExtractToCache" >> ExtractToCache(cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
-                                                                 **self._extract)
+        entries = to_extract | "ExtractToCache" >> ExtractToCache(
+            cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
+            chunk_files=self._joined is not None and self._spread_over >= 1, **self._extract)
         return ((entries, *counts) | "AllEntries" >> beam.Flatten()
                 | "ListPending" >> WritePendingList(self._cache, self._attempt))
 

@@ -15,7 +15,7 @@ from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import EMBEDDINGS_DIR, SKIPPED_TABLE
 from transforms.extract_sample import SampleExtractor
-from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows
+from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows, chunk_file_name, sample_file_name
 from transforms.mfcc import single_threaded_blas
 from transforms.sample_state import RunContext, TableRow
 from transforms.unchanged import KnownSample
@@ -39,13 +39,15 @@ class ExtractSampleFn(beam.DoFn):
     Config is kept from ``__init__``; the tokenizer is built in ``setup()``, once per worker. ``scipy.fft`` is
     imported by the first audio stream (a text-only run never pays for it). With ``feature_files``, a sample's feature
     rows past its limit are written to the sample's own files (``transforms.large_samples``): their ``DataFile`` s come
-    out as ``(WRITTEN_FILE, DataFile)`` instead of the rows. Counters are taken in the bundle's thread (Beam's metrics
-    belong to it).
+    out as ``(WRITTEN_FILE, DataFile)`` instead of the rows; with ``chunk_files`` too, a chunk writes all its feature
+    rows to its own files as its samples finish (a chunk that is its process's whole share; see there). Counters are
+    taken in the bundle's thread (Beam's metrics belong to it).
     """
 
     def __init__(self, config: ExtractConfig, tokenizer_path: str, context: Optional[RunContext] = None,
-                 feature_files: Optional[FeatureFiles] = None) -> None:
+                 feature_files: Optional[FeatureFiles] = None, chunk_files: bool = False) -> None:
         self._feature_files = feature_files
+        self._chunk_files = chunk_files and feature_files is not None
         self._config = config
         self._tokenizer_path = tokenizer_path
         self._context = context or RunContext()
@@ -72,9 +74,24 @@ class ExtractSampleFn(beam.DoFn):
             extractor = self._extractor(max(1, threads // parallel))
             return list(self._sample_rows(extractor, element)), extractor, element[0].sample_id
 
-        with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-            for rows, extractor, sample_id in _completed(pool, extracted, chunk, ahead=2 * parallel):
-                yield from self._counted(rows, extractor, sample_id)
+        chunk_rows = None
+        if self._chunk_files:
+            first_row = min(record.manifest_row for record, _ in chunk)
+            chunk_rows = SampleRows(self._feature_files.of_chunk(), chunk_file_name(self._feature_files.attempt, first_row))
+        try:
+            with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+                for rows, extractor, sample_id in _completed(pool, extracted, chunk, ahead=2 * parallel):
+                    for table, row in self._counted(rows, extractor, sample_id):
+                        if chunk_rows is None or not chunk_rows.add(table, row):
+                            yield table, row
+        except BaseException:
+            if chunk_rows is not None:
+                chunk_rows.abort()
+            raise
+        if chunk_rows is not None:
+            for table, row in chunk_rows.finish():
+                _count(table, row)
+                yield table, row
 
     def _extractor(self, decode_threads: Optional[int] = None) -> SampleExtractor:
         return SampleExtractor(self._config, self._tokenizer, self._context, decode_threads=decode_threads)
@@ -82,7 +99,8 @@ class ExtractSampleFn(beam.DoFn):
     def _sample_rows(self, extractor: SampleExtractor, element: Element) -> Iterator[TableRow]:
         """One sample's rows, those of a feature table past its limit written to its own files."""
         record, known = element
-        features = SampleRows(self._feature_files, record.manifest_row) if self._feature_files else None
+        features = (SampleRows(self._feature_files, sample_file_name(self._feature_files.attempt, record.manifest_row))
+                    if self._feature_files else None)
         try:
             for table, row in extractor.extract(record, known):
                 if features is None or not features.add(table, row):
@@ -97,10 +115,7 @@ class ExtractSampleFn(beam.DoFn):
     def _counted(self, rows: Iterable[TableRow], extractor: SampleExtractor, sample_id: str) -> Iterator[TableRow]:
         """``rows`` of the sample ``sample_id`` (``extractor``'s), counted as they pass (Beam counters, progress logging)."""
         for table, row in rows:
-            if table == WRITTEN_FILE:
-                counter("mmfeat", "rows_written").inc(row.n_rows)
-            else:
-                _count(table, row)
+            _count(table, row)
             yield table, row
         if extractor.hashed_files:  # files read whole to compare their content (identity changed, or --verify-content)
             counter("mmfeat", "content_files_hashed").inc(extractor.hashed_files)
@@ -140,9 +155,11 @@ def counter(namespace: str, name: str) -> Any:
     return beam.metrics.Metrics.counter(namespace, name)
 
 
-def _count(table: str, row: dict[str, Any]) -> None:
+def _count(table: str, row: Any) -> None:
     """Beam counters (namespace ``mmfeat``) reported at the end of a run, in its summary (the metadata of its ``samples`` commit)."""
-    if table == "samples":
+    if table == WRITTEN_FILE:  # row: the DataFile of a file the extraction wrote itself
+        counter("mmfeat", "rows_written").inc(row.n_rows)
+    elif table == "samples":
         counter("mmfeat", f"samples_{row['status']}").inc()
         counter("mmfeat", "audio_ms").inc(int(1000 * (row["audio_duration_s"] or 0.0)))
     elif table == SKIPPED_TABLE:

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     if moment == "before-writing":
         _kill_on_call(extract, "ExtractCorpus")  # the graph is being built: no worker has written yet
     elif moment == "mid-run":
-        _kill_on_call(sink, "write_rows", after_calls=2)
+        _kill_on_call(sink.ParquetRowWriter, "close", after_calls=2)  # every data file (a chunk's, a shard's) is closed so
     elif moment == "after-workers":
         _kill_on_call(extract, "read_pending")
     elif moment == "between-table-commits":

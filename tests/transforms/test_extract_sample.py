@@ -1,16 +1,22 @@
+import glob
+import os
 import pickle
 import time
 
 import apache_beam as beam
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.config import DECODE_THREADS_ENV, ExtractConfig, VideoConfig
 from schemas.records import ManifestRecord
+from schemas.tables import table_schemas
 from tests import media
 from tests.beam_helpers import in_process_pipeline
 from transforms.extract_sample import SampleExtractor
 from transforms.extract_sample_fn import ExtractSampleFn
+from transforms.large_samples import LARGE_SAMPLE_BYTES, WRITTEN_FILE, FeatureFiles, chunk_file_name
+from transforms.parquet_sink import rows_to_table
 
 
 @pytest.fixture()
@@ -110,3 +116,66 @@ def test_an_unforeseen_failure_in_a_chunk_fails_the_bundle_without_extracting_th
     with pytest.raises(RuntimeError, match="a bug"):
         list(fn.process(records))
     assert "s0" in started and len(started) <= 4
+
+
+def _chunk_records(tmp_path, count: int = 4) -> list[ManifestRecord]:
+    return [ManifestRecord(sample_id=f"s{i}", manifest_row=10 + i,
+                           video=media.video(str(tmp_path / f"{i}.mp4"), seconds=1.0),
+                           audio=media.wav(str(tmp_path / f"{i}.wav"), seconds=1.0, frequency_hz=300.0 + 50 * i),
+                           text=media.text(str(tmp_path / f"{i}.txt"), f"sample number {i}"))
+            for i in range(count)]
+
+
+def _feature_files(cache: str) -> FeatureFiles:
+    schemas = {table: schema for table, schema in table_schemas([]).items() if table not in ("samples", "errors")}
+    return FeatureFiles(cache, "run-a", schemas, LARGE_SAMPLE_BYTES)
+
+
+def test_a_chunk_with_files_of_its_own_writes_every_feature_row_there(tmp_path, tokenizer_path, monkeypatch):
+    """A chunk that is its process's whole share (``chunk_files``) sends on only ``samples`` rows and one ``DataFile``
+    per feature table, named by its first manifest row; those files hold exactly the feature rows of one sample at
+    a time."""
+    monkeypatch.setenv(DECODE_THREADS_ENV, "2")
+    records = _chunk_records(tmp_path)
+    config = ExtractConfig(video=VideoConfig(fps=2.0))
+    files = _feature_files(str(tmp_path / "cache"))
+    one_at_a_time = ExtractSampleFn(config, tokenizer_path)
+    one_at_a_time.setup()
+    expected = [pair for record in records for pair in one_at_a_time.process((record, None))]
+    chunk_fn = ExtractSampleFn(config, tokenizer_path, feature_files=files, chunk_files=True)
+    chunk_fn.setup()
+    out = list(chunk_fn.process([(record, None) for record in reversed(records)]))
+
+    assert sorted(table for table, _ in out) == [*[WRITTEN_FILE] * 3, *["samples"] * 4]
+    written = {row.table: row for table, row in out if table == WRITTEN_FILE}
+    assert sorted(written) == ["audio", "frames", "text"]
+    for table, data_file in written.items():
+        assert data_file.name == chunk_file_name("run-a", 10)
+        stored = pq.read_table(os.path.join(str(tmp_path / "cache"), table, data_file.name))
+        rows = rows_to_table([row for name, row in expected if name == table], files.schemas[table])
+        assert data_file.n_rows == stored.num_rows == rows.num_rows > 0
+        assert sorted(map(repr, stored.to_pylist())) == sorted(map(repr, rows.to_pylist()))
+
+
+def test_a_chunk_that_fails_leaves_no_file_of_its_own(tmp_path, tokenizer_path, monkeypatch):
+    """A bug in one sample after others' rows were written: the chunk's files (and their temporaries) are removed,
+    and the failure reaches Beam."""
+    monkeypatch.setenv(DECODE_THREADS_ENV, "2")
+    extract = SampleExtractor.extract
+
+    def failing_last(self, record, known=None):
+        if record.sample_id == "s3":
+            time.sleep(1.0)  # the others' rows have reached the chunk's files by now
+            raise RuntimeError("a bug")
+        yield from extract(self, record, known)
+
+    monkeypatch.setattr(SampleExtractor, "extract", failing_last)
+    cache = str(tmp_path / "cache")
+    fn = ExtractSampleFn(ExtractConfig(video=VideoConfig(fps=2.0)), tokenizer_path, feature_files=_feature_files(cache),
+                         chunk_files=True)
+    fn.setup()
+    out = []
+    with pytest.raises(RuntimeError, match="a bug"):
+        out.extend(fn.process([(record, None) for record in _chunk_records(tmp_path)]))
+    assert [table for table, _ in out].count("samples") == 3  # those samples were done, their rows in the files
+    assert [path for path in glob.glob(f"{cache}/**/*", recursive=True) if os.path.isfile(path)] == []
