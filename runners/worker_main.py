@@ -5,22 +5,30 @@ both (about 180 MB a worker) running, and every worker printed Beam's import war
 twice (once on its stderr, once forwarded to the launcher). This entry point is started with ``exec`` (the
 launcher is its parent), sets up logging like the launcher's (each line once, on the stderr it shares with the
 launcher), makes the process end with the launcher (``runners.worker_guard``), then runs Beam's SDK harness.
+With ``--wait-on`` it imports once and forks the warm workers instead (``runners.worker_pool``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import importlib
 import json
+import logging
 import os
 import shlex
+import signal
 import socket
 import sys
-from typing import Optional, Sequence
+import time
+from typing import Iterator, Optional, Sequence
 
 from runners import logging_setup
 from runners.fast_exit import exit_at_once
 from runners.worker_guard import guard_worker
 from schemas.config import DECODE_THREADS_ENV
+
+logger = logging.getLogger(__name__)
 
 MODULE = "runners.worker_main"
 
@@ -70,18 +78,101 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=MODULE, description="a Beam SDK worker process of mmfeat extract")
     parser.add_argument("--launcher-pid", type=int, required=True, help="pid of the mmfeat process that started this worker")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--wait-on", help="a warm worker (runners.worker_pool): import, then wait on this Unix socket for a run")
+    parser.add_argument("--wait-on", action="append", default=[],
+                        help="warm workers (runners.worker_pool): import once, then fork one worker per Unix socket given, "
+                             "each waiting on its socket for a run")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Set up logging and the launcher guard, then serve Beam's control plane until the launcher is done."""
+    """Set up logging and the launcher guard, then serve Beam's control plane until the launcher is done; with
+    ``--wait-on``, fork the warm workers and wait for them."""
     args = _parse(argv)
     logging_setup.install_handler()
     logging_setup.configure(args.log_level)
+    if args.wait_on:
+        exit_at_once(_fork_warm_workers(args.wait_on, args.launcher_pid))
     guard_worker(args.launcher_pid)
+    exit_at_once(_serve(None))  # the harness has answered every bundle and closed its channels; the launcher stops its workers one by one
+
+
+WORKER_MODULES = ("apache_beam.runners.worker.sdk_worker_main", "pipelines.extract_graph", "transforms.media_pass")
+"""What a worker runs: Beam's harness and the extraction."""
+
+
+def _fork_warm_workers(paths: Sequence[str], launcher_pid: int) -> int:
+    """Bind a Unix socket at each of ``paths`` (a run that claims one from now on waits for its worker), import
+    ``WORKER_MODULES`` once, then fork one worker per socket: each waits on its socket for the run that claims it
+    (``runners.worker_pool.main``). This process ends with the launcher, its workers with it; it waits for them and
+    returns 0.
+
+    The workers are copies of a process that has only imported: no thread, no thread pool used (a fork copies only
+    the calling thread; OpenCV's pool, once used, hangs a copy that resizes it), no CUDA."""
+    started = time.monotonic()
+    listeners = [_listen(path) for path in paths]
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
+    gc.freeze()  # the imported objects left out of every collection: no worker's collector writes to (copies) their pages
+    workers, forking = [], os.getpid()
+    for listener in listeners:
+        pid = os.fork()
+        if pid == 0:
+            for other in listeners:
+                if other is not listener:
+                    other.close()
+            exit_at_once(_serve_claimed(listener, forking))
+        workers.append(pid)
+        listener.close()
+    logger.info("%d warm workers forked after %.1f s of imports", len(workers), time.monotonic() - started)
+    guard_worker(launcher_pid)  # now, not before: no thread of its own is copied into the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the launcher's to handle: it ends this process
+    for pid in workers:
+        os.waitpid(pid, 0)
+    return 0
+
+
+def _listen(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    folder, name = os.path.split(path)
+    with working_directory(folder):
+        listener.bind(name)
+    listener.listen(1)
+    return listener
+
+
+@contextlib.contextmanager
+def working_directory(folder: str) -> Iterator[None]:
+    """``folder`` as this single-threaded process's working directory for the block: a Unix socket's path may hold
+    107 bytes at most (a pool's folder under a test's or a job's temporary folder is longer), so sockets are bound
+    and connected by their name in their folder."""
+    previous = os.open(".", os.O_RDONLY)
+    try:
+        os.chdir(folder)
+        yield
+    finally:
+        os.fchdir(previous)
+        os.close(previous)
+
+
+def _serve_claimed(listener: socket.socket, forking_pid: int) -> int:
+    """A forked warm worker: wait on ``listener`` for the run that claims it, serve it; returns the exit status."""
+    try:
+        guard_worker(forking_pid)  # ends with the process that forked it, which ends with the launcher
+        with listener:
+            run, _ = listener.accept()
+        return _serve(run)
+    except BaseException:  # never back into the forking process's code
+        logger.exception("warm worker %d failed", os.getpid())
+        return 1
+
+
+def _serve(run: Optional[socket.socket]) -> int:
+    """Run Beam's SDK harness until the launcher is done; returns its exit status. ``run``: the connection of the run
+    that claimed this warm worker (its environment, Beam's endpoints and options, becomes this process's; the
+    status is sent back on it), or ``None`` (started by Beam itself, with that environment)."""
+    if run is not None:
+        os.environ.update(json.loads(run.makefile("rb").readline()))
     _limit_opencv_threads()
-    run = _wait_for_run(args.wait_on) if args.wait_on else None
     # This worker's stderr is the launcher's: forwarding its records to the launcher as well printed them twice.
     os.environ.pop("LOGGING_API_SERVICE_DESCRIPTOR", None)
     from apache_beam.runners.worker import sdk_worker_main
@@ -92,28 +183,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         status = 0
     except SystemExit as done:
         status = done.code if isinstance(done.code, int) else int(done.code is not None)
-        raise
     finally:
         if run is not None:  # the process Beam started waits for this (unless Beam already ended it)
             with run, contextlib.suppress(OSError):
                 run.sendall(f"{status}\n".encode("ascii"))
-    exit_at_once(status)  # the harness has answered every bundle and closed its channels; the launcher stops its workers one by one
-
-
-def _wait_for_run(path: str) -> socket.socket:
-    """Bind ``path``, import what a worker runs (Beam's harness, the extraction), then wait for the run that claims
-    this worker (``runners.worker_pool.main``): its environment (Beam's endpoints and options) becomes this process's.
-    Returns the connection to send the exit status on."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(path)
-        listener.listen(1)
-        import apache_beam.runners.worker.sdk_worker_main  # noqa: F401  (the imports are the point: done while waiting)
-        import pipelines.extract_graph  # noqa: F401
-        import transforms.media_pass  # noqa: F401
-
-        connection, _ = listener.accept()
-    os.environ.update(json.loads(connection.makefile("rb").readline()))
-    return connection
+    return status
 
 
 def _limit_opencv_threads() -> None:

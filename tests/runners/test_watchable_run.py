@@ -114,16 +114,22 @@ def test_killing_the_launcher_leaves_no_worker_process(tmp_path):
     launcher = subprocess.Popen([SCRIPT, "extract", "--manifest", manifest, "--output", str(tmp_path / "out"), "--no-embed",
                                  "--workers", "2"], stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
     try:
+        def processes() -> tuple[list[int], list[int]]:  # the process that forks the workers, and the workers
+            ours = [pid for pid in _descendants(launcher.pid) if "runners.worker_main" in _cmdline(pid)]
+            forking = [pid for pid in ours if _parent(pid) == launcher.pid]
+            return forking, [pid for pid in ours if _parent(pid) in forking]
+
         def working() -> bool:  # both workers started, and one of them is extracting samples
-            workers = [pid for pid in _descendants(launcher.pid) if "runners.worker_main" in _cmdline(pid)]
-            return len(workers) == 2 and "extracted" in (tmp_path / "stderr.txt").read_text(encoding="utf-8")
+            forking, workers = processes()
+            return len(forking) == 1 and len(workers) == 2 and "extracted" in (tmp_path / "stderr.txt").read_text(encoding="utf-8")
 
         assert _wait_for(lambda: working() or launcher.poll() is not None, timeout_s=240)
         assert launcher.poll() is None, "the run ended before it could be killed mid-run"
         started = _descendants(launcher.pid)
-        # The workers are the launcher's own children (no shell in between that would outlive it).
-        workers = [pid for pid in started if "runners.worker_main" in _cmdline(pid)]
-        assert len(workers) == 2 and {_parent(pid) for pid in workers} == {launcher.pid}, [_cmdline(pid) for pid in started]
+        # The forking process is the launcher's own child, the workers are its children: no shell in between that
+        # would outlive either.
+        forking, workers = processes()
+        assert len(forking) == 1 and len(workers) == 2, [_cmdline(pid) for pid in started]
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
         killed_at = time.monotonic()

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -43,7 +46,7 @@ def test_a_workers_run_claims_every_warm_worker_and_leaves_no_process(tmp_path, 
     assert CacheView.open(str(tmp_path / "cache")).read("samples").num_rows == 2
     pool, = pools
     assert len(pool.seen) == 2 and all(".sock.claimed-" in name for name in pool.seen), pool.seen
-    assert all(process.poll() is not None for process in pool._processes)
+    assert _no_process_names(pool.folder)
     assert not os.path.exists(pool.folder)
 
 
@@ -52,7 +55,7 @@ def test_workers_started_for_a_command_that_then_fails_are_ended(tmp_path, pools
     assert main(["extract", "--manifest", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "cache"), "--no-embed",
                  "--workers", "2"]) == 2
     pool, = pools
-    assert all(process.poll() is not None for process in pool._processes) and not os.path.exists(pool.folder)
+    assert _no_process_names(pool.folder) and not os.path.exists(pool.folder)
 
 
 def test_a_worker_start_claims_each_waiting_socket_once_and_none_when_all_are_taken(tmp_path):
@@ -61,3 +64,50 @@ def test_a_worker_start_claims_each_waiting_socket_once_and_none_when_all_are_ta
     claimed = {worker_pool._claim(str(tmp_path)), worker_pool._claim(str(tmp_path))}
     assert len(claimed) == 2 and all(".claimed-" in path for path in claimed)
     assert worker_pool._claim(str(tmp_path)) is None  # the next worker Beam starts is a cold one
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_LAUNCHER = """
+import atexit, os, sys
+from runners.cli import main
+marker = sys.argv[1]
+atexit.register(lambda: open(marker, "a").write(f"{os.getpid()}\\n"))  # the launcher's own exit callback
+status = main(["extract", "--manifest", sys.argv[2], "--output", sys.argv[3], "--no-embed", "--workers", "2", "--log-level", "INFO"])
+sys.exit(status)
+"""
+
+
+def _no_process_names(text: str, wait_s: float = 5.0) -> bool:
+    """No process (a zombie has no command line) holds ``text`` in its command line, within ``wait_s``: the warm
+    workers keep the command line of the process that forked them (their sockets' folder), and end with it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if text.encode() in cmdline.read():
+                        found.append(int(pid))
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return not found
+        time.sleep(0.1)
+
+
+def test_the_warm_workers_are_forked_after_one_import_and_run_none_of_the_launcher_s_exit_callbacks(tmp_path):
+    """A command as users start it: one process imports and forks the 2 workers, the run writes every sample, the
+    launcher's exit callback runs once (in the launcher), and no worker is left once the command is done."""
+    media.text(str(tmp_path / "a.txt"), "a few words")
+    manifest = media.manifest(str(tmp_path / "m.jsonl"), [{"id": f"s{i}", "text": "a.txt"} for i in range(4)])
+    output, marker, temporary = str(tmp_path / "cache"), str(tmp_path / "exit-callbacks"), tmp_path / "tmp"
+    temporary.mkdir()
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, marker, manifest, output], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(temporary)})  # the sockets' folder in it
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 warm workers forked after" in done.stderr
+    assert CacheView.open(output).read("samples").num_rows == 4
+    with open(marker) as lines:
+        assert len(lines.read().split()) == 1
+    assert _no_process_names(str(temporary)) and os.listdir(temporary) == []
