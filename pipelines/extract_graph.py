@@ -195,7 +195,9 @@ class ExtractToCache(beam.PTransform):
         )
         entries = [data_files, direct]
         if self._committed:  # a new cache (or --overwrite) has no file to rewrite: no stages for it
-            entries.append(finalized | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed))
+            touched = rows | "TouchedUnchanged" >> beam.Filter(lambda pair: pair[0] == SKIPPED_TABLE and "file_identity" in pair[1])
+            entries.append((finalized, touched) | "RuleRows" >> beam.Flatten()
+                           | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed))
         return entries | "MergeEntries" >> beam.Flatten()
 
     def _transcribe(self, rows: beam.PCollection, requests: dict[str, EncodeRequest]) -> beam.PCollection:

@@ -1,7 +1,9 @@
 """Taking superseded rows out of the committed files, on the workers: the commit then only commits.
 
 The rows a run replaces are known once its ``samples`` rows and embeddings
-exist (``SupersedeRule``: the samples it recomputed, those it embedded again).
+exist (``SupersedeRule``: the samples it recomputed, those it embedded again,
+and those it found unchanged by their content, whose ``samples`` rows get their
+files' new identities).
 Each committed file of the state the run started from is then read and,
 where it holds such rows, rewritten without them (``replace_file``), in
 parallel. The replacements go into the attempt's ``_pending`` list; the
@@ -14,41 +16,49 @@ from typing import Any, Iterable, Iterator, Optional
 import apache_beam as beam
 
 from schemas.cache import Replacement, SupersedeRule, replace_file
-from schemas.tables import EMBEDDINGS_DIR
+from schemas.tables import EMBEDDINGS_DIR, SKIPPED_TABLE
 
 CommittedFile = tuple[str, dict[str, Any]]
 """A table name and one of its files as ``schemas.cache.file_rows`` describes it."""
 
 
 class _RuleFn(beam.CombineFn):
-    """``(table, row)`` pairs of samples and embeddings -> the ``SupersedeRule`` of an extraction.
+    """``(table, row)`` pairs of samples, embeddings and unchanged samples -> the ``SupersedeRule`` of an extraction.
 
-    Accumulator: (ids of recomputed samples, ids of embedded samples by embedding table).
+    Accumulator: (ids of recomputed samples, ids of embedded samples by embedding table, the file identities now of
+    samples unchanged by their content, by id).
     """
 
-    def create_accumulator(self) -> tuple[set[str], dict[str, set[str]]]:
-        return set(), {}
+    def create_accumulator(self) -> tuple[set[str], dict[str, set[str]], dict[str, str]]:
+        return set(), {}, {}
 
-    def add_input(self, accumulator: tuple[set[str], dict[str, set[str]]], pair: tuple[str, dict[str, Any]]) -> tuple[set[str], dict[str, set[str]]]:
+    def add_input(self, accumulator: tuple[set[str], dict[str, set[str]], dict[str, str]],
+                  pair: tuple[str, dict[str, Any]]) -> tuple[set[str], dict[str, set[str]], dict[str, str]]:
         table, row = pair
         if table == "samples" and row["manifest_ok"]:
             accumulator[0].add(row["sample_id"])
         elif table.startswith(f"{EMBEDDINGS_DIR}/"):
             accumulator[1].setdefault(table, set()).add(row["sample_id"])
+        elif table == SKIPPED_TABLE and row.get("file_identity"):
+            accumulator[2][row["sample_id"]] = row["file_identity"]
         return accumulator
 
-    def merge_accumulators(self, accumulators: Iterable[tuple[set[str], dict[str, set[str]]]]) -> tuple[set[str], dict[str, set[str]]]:
+    def merge_accumulators(self, accumulators: Iterable[tuple[set[str], dict[str, set[str]], dict[str, str]]]
+                           ) -> tuple[set[str], dict[str, set[str]], dict[str, str]]:
         recomputed: set[str] = set()
         embedded: dict[str, set[str]] = {}
-        for more_recomputed, more_embedded in accumulators:
+        refreshed: dict[str, str] = {}
+        for more_recomputed, more_embedded, more_refreshed in accumulators:
             recomputed |= more_recomputed
+            refreshed.update(more_refreshed)
             for table, ids in more_embedded.items():
                 embedded.setdefault(table, set()).update(ids)
-        return recomputed, embedded
+        return recomputed, embedded, refreshed
 
-    def extract_output(self, accumulator: tuple[set[str], dict[str, set[str]]]) -> SupersedeRule:
-        recomputed, embedded = accumulator
-        return SupersedeRule.of("extract", frozenset(recomputed), {table: frozenset(ids) for table, ids in embedded.items()})
+    def extract_output(self, accumulator: tuple[set[str], dict[str, set[str]], dict[str, str]]) -> SupersedeRule:
+        recomputed, embedded, refreshed = accumulator
+        return SupersedeRule.of("extract", frozenset(recomputed), {table: frozenset(ids) for table, ids in embedded.items()},
+                                refreshed)
 
 
 class _ReplaceFileFn(beam.DoFn):
@@ -66,7 +76,7 @@ class _ReplaceFileFn(beam.DoFn):
 
 
 class ReplaceSupersededRows(beam.PTransform):
-    """``PCollection[(table, row)]`` of the run's samples and embedding rows -> ``PCollection[Replacement]``.
+    """``PCollection[(table, row)]`` of the run's samples, embedding and ``_skipped`` rows -> ``PCollection[Replacement]``.
 
     Args:
         cache: the cache folder; attempt: the run attempt that names the rewrites.

@@ -91,7 +91,10 @@ class SampleExtractor:
         unchanged_by = self._unchanged_by(state, known)  # an unreadable file has no identity: its state is compared too
         missing = known.missing_embeddings({m: request.fingerprint for m, request in self.requests.items()}) if unchanged_by else set()
         if unchanged_by and not (self.transcribe and "text" in missing and record.text is None):
-            yield SKIPPED_TABLE, {"sample_id": record.sample_id, "manifest_row": record.manifest_row, "unchanged_by": unchanged_by}
+            skipped = {"sample_id": record.sample_id, "manifest_row": record.manifest_row, "unchanged_by": unchanged_by}
+            if unchanged_by == UNCHANGED_BY_CONTENT and state.file_identity() not in (None, known.file_identity):
+                skipped["file_identity"] = state.file_identity()  # touched, not edited: recorded, so that the next run need not hash
+            yield SKIPPED_TABLE, skipped
             if missing:
                 state.speech_tracks = None  # re-embedding: no transcript is needed
                 yield from self._reembed(state, readable, missing)

@@ -165,6 +165,8 @@ def _count(table: str, row: Any) -> None:
     elif table == SKIPPED_TABLE:
         counter("mmfeat", "samples_unchanged").inc()
         counter("mmfeat", f"samples_unchanged_by_{row['unchanged_by']}").inc()
+        if "file_identity" in row:  # touched, not edited: its samples row gets the files' identity now
+            counter("mmfeat", "file_identities_recorded").inc()
     elif table == "frames":
         counter("mmfeat", "frames").inc()
     elif table == "text":

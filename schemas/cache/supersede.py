@@ -2,7 +2,10 @@
 
 A run's new rows replace the earlier rows of the samples it recomputed. Delta
 files are immutable: a file holding superseded rows is replaced by a rewrite
-without them (``Replacement``; both in the table's next commit). The rewrites
+without them (``Replacement``; both in the table's next commit). A sample found
+unchanged by its content (its files were touched or copied, not edited) keeps
+its ``samples`` row, rewritten with its files' new identities, so that the next
+run finds it unchanged by metadata instead of reading its files again. The rewrites
 are made by the pipeline's workers (``transforms.cache_rewrite``), so the
 commit only commits; the commit makes them itself when the cache changed
 after the run planned them.
@@ -32,24 +35,37 @@ class SupersedeRule:
         reembedded: sorted sample ids embedded again: their earlier embedding errors leave ``errors``.
         dropped_in: per embedding table that has samples embedded again, the sorted ids whose rows leave it
             (``superseded`` and those samples: a sample embedded again has one row per set, not two).
+        refreshed: ``(sample id, file identity)`` sorted by id: samples unchanged by their content whose
+            ``samples`` row stays, with that ``file_identity`` (``transforms.unchanged.identities_json``).
     """
 
     kind: str
     superseded: tuple[str, ...] = ()
     reembedded: tuple[str, ...] = ()
     dropped_in: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    refreshed: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, kind: str, superseded: frozenset[str] = frozenset(),
-           reembedded_in: Optional[dict[str, frozenset[str]]] = None) -> "SupersedeRule":
-        """The rule of a run that recomputed ``superseded`` and embedded other samples again (``reembedded_in``: by table)."""
+           reembedded_in: Optional[dict[str, frozenset[str]]] = None,
+           refreshed: Optional[dict[str, str]] = None) -> "SupersedeRule":
+        """The rule of a run that recomputed ``superseded``, embedded other samples again (``reembedded_in``: by table)
+        and found others unchanged by their content (``refreshed``: their files' identities now, by id)."""
         reembedded_in = {table: ids - superseded for table, ids in (reembedded_in or {}).items() if ids - superseded}
         reembedded = frozenset().union(*reembedded_in.values())
         return cls(kind, tuple(sorted(superseded)), tuple(sorted(reembedded)),
-                   {table: tuple(sorted(superseded | ids)) for table, ids in reembedded_in.items()})
+                   {table: tuple(sorted(superseded | ids)) for table, ids in reembedded_in.items()},
+                   tuple(sorted((sample_id, identity) for sample_id, identity in (refreshed or {}).items()
+                                if sample_id not in superseded)))
 
     def _dropped(self, table: str) -> tuple[str, ...]:
         return self.dropped_in.get(table, self.superseded)
+
+    def _rewritten(self, table: str) -> tuple[str, ...]:
+        """The sorted ids whose rows of ``table`` leave it or change."""
+        if table == "samples" and self.refreshed:
+            return tuple(sorted({*self._dropped(table), *(sample_id for sample_id, _ in self.refreshed)}))
+        return self._dropped(table)
 
     def columns(self, table: str) -> list[str]:
         """The columns ``drop_mask`` reads."""
@@ -73,7 +89,7 @@ class SupersedeRule:
             if low is None or high is None or any(low <= stage <= high for stage in stages):
                 return True
         low, high = file.get("min.sample_id"), file.get("max.sample_id")
-        ids = self._dropped(table)
+        ids = self._rewritten(table)
         if low is None or high is None:
             return bool(ids)
         start = bisect.bisect_left(ids, low)
@@ -90,6 +106,20 @@ class SupersedeRule:
             reembedded = pc.is_in(ids, value_set=pa.array(self.reembedded, pa.string()))
             drop = pc.or_(drop, pc.or_(pc.equal(stage, Stage.MANIFEST), pc.and_(pc.equal(stage, Stage.EMBED), reembedded)))
         return drop
+
+    def refresh_mask(self, data: pa.Table, table: str) -> pa.Array:
+        """True for the rows of ``data`` (with ``columns(table)``) whose ``file_identity`` the rule rewrites."""
+        ids = [sample_id for sample_id, _ in self.refreshed] if table == "samples" else []
+        return pc.is_in(data.column("sample_id"), value_set=pa.array(ids, pa.string()))
+
+    def refresh(self, data: pa.Table, table: str) -> pa.Table:
+        """``data`` (every column) with the refreshed samples' ``file_identity``."""
+        if table != "samples" or not self.refreshed:
+            return data
+        ids, identities = (pa.array(column, pa.string()) for column in zip(*self.refreshed))
+        position = data.schema.get_field_index("file_identity")
+        found = pc.take(identities, pc.index_in(data.column("sample_id"), value_set=ids))
+        return data.set_column(position, data.schema.field(position), pc.coalesce(found, data.column(position)))
 
 
 def file_rows(dt: Any) -> list[dict[str, Any]]:
@@ -121,18 +151,19 @@ def write_data_file(cache: str, table: str, name: str, data: pa.Table) -> DataFi
 
 
 def replace_file(cache: str, table: str, file: dict[str, Any], rule: SupersedeRule, attempt: str) -> Optional[Replacement]:
-    """The replacement of the committed ``file`` (a ``file_rows`` row) without the rows ``rule`` drops, or ``None`` when it
-    keeps them all. The rewrite is named after the attempt and the file, so a retried worker writes the same name.
+    """The replacement of the committed ``file`` (a ``file_rows`` row) without the rows ``rule`` drops and with those it
+    refreshes rewritten, or ``None`` when it keeps them all as they are. The rewrite is named after the attempt and the file, so a retried worker writes the same name.
 
     Raises:
         DamagedFileError: the file cannot be read.
     """
     if not rule.may_hold(file, table):
         return None
-    drop = rule.drop_mask(read_data_file(cache, table, file["path"], rule.columns(table)), table)
-    if not pc.any(drop).as_py():
+    decisive = read_data_file(cache, table, file["path"], rule.columns(table))
+    drop = rule.drop_mask(decisive, table)
+    if not pc.any(drop).as_py() and not pc.any(rule.refresh_mask(decisive, table)).as_py():
         return None
-    kept = read_data_file(cache, table, file["path"]).filter(pc.invert(drop))
+    kept = rule.refresh(read_data_file(cache, table, file["path"]).filter(pc.invert(drop)), table)
     rewrite = None
     if kept.num_rows:
         name = f"{attempt}-rewrite-{hashlib.sha256(file['path'].encode()).hexdigest()[:12]}.parquet"

@@ -6,10 +6,11 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.extract import run_extract
 from pipelines.manifest import open_manifest
-from schemas.cache import CacheView
+from schemas.cache import CacheView, supersede
 from schemas.config import ExtractConfig
 from schemas.errors import ConfigError
 from tests import media
+from transforms.unchanged import files_identity
 
 
 def _run(manifest: str, output: str, tokenizer_path: str, run_id: str, *, allow_empty: bool = False, **kwargs):
@@ -46,10 +47,13 @@ def test_a_touched_file_is_hashed_and_found_unchanged_an_edited_one_recomputed(t
     report = _run(manifest, output, tokenizer_path, "two")
     assert report.summary["samples"]["unchanged_by"] == {"content": 1, "metadata": 2}
     assert (report.summary["samples"]["ok"], _hashed(report)) == (1, 2)
+    assert report.summary["metrics"]["file_identities_recorded"] == 1
     texts_now = {r["sample_id"]: r["text"] for r in CacheView.open(output).read("text").to_pylist()}
     assert texts_now["t1"] == "an edited text"
-    third = _run(manifest, output, tokenizer_path, "three")  # the edited sample's new identity is in the cache now
-    assert third.summary["samples"]["unchanged_by"] == {"content": 1, "metadata": 3} and _hashed(third) == 1
+    identities = {r["sample_id"]: r["file_identity"] for r in CacheView.open(output).read("samples").to_pylist()}
+    assert identities["t0"] == files_identity({"text": str(directory / "t0.txt")})  # the touched file's, recorded
+    third = _run(manifest, output, tokenizer_path, "three")  # the edited and the touched samples' identities are the cache's now
+    assert third.summary["samples"]["unchanged_by"] == {"metadata": 4} and _hashed(third) == 0
 
 
 def test_verify_content_finds_an_edit_that_kept_size_and_time(texts, tmp_path, tokenizer_path):
@@ -64,6 +68,10 @@ def test_verify_content_finds_an_edit_that_kept_size_and_time(texts, tmp_path, t
     report = _run(manifest, output, tokenizer_path, "three", verify_content=True)
     assert (report.summary["samples"]["ok"], _hashed(report)) == (1, 4)
     assert {r["sample_id"]: r["text"] for r in CacheView.open(output).read("text").to_pylist()}["t2"] == "text number X"
+    files = {row["path"] for row in supersede.file_rows(CacheView.open(output).table("samples"))}
+    fourth = _run(manifest, output, tokenizer_path, "four", verify_content=True)  # every file read, none with a new identity
+    assert fourth.summary["samples"]["unchanged_by"] == {"content": 4}
+    assert {row["path"] for row in supersede.file_rows(CacheView.open(output).table("samples"))} == files  # nothing rewritten
 
 
 def test_a_duplicate_id_across_shards_keeps_the_first_by_shard_and_line(tmp_path, tokenizer_path):
@@ -94,8 +102,6 @@ def test_an_input_without_rows_fails_unless_allowed(tmp_path, tokenizer_path):
 def test_an_unchanged_rerun_rewrites_only_the_files_holding_manifest_level_rows(tmp_path, tokenizer_path, monkeypatch):
     """Each extraction replaces the manifest-level rows (an invalid ``samples`` row, its ``manifest`` error): the files'
     statistics say which files hold any, so a rerun reads just those, not every ``samples`` and ``errors`` file."""
-    from schemas.cache import supersede
-
     rows = [{"id": f"t{i}", "text": media.text(str(tmp_path / f"t{i}.txt"), f"text {i}")} for i in range(6)]
     manifest = media.manifest(str(tmp_path / "m.jsonl"), [*rows, {"id": "bad", "label": 1}])  # no modality
     output = str(tmp_path / "cache")

@@ -307,6 +307,32 @@ def test_an_extraction_reads_only_files_whose_statistics_allow_rows_it_replaces(
     assert reembedded.may_hold(errors("audio", "embed"), "errors") and not unchanged.may_hold(errors("audio", "embed"), "errors")
 
 
+def test_a_rule_that_refreshes_identities_rewrites_only_the_samples_files_holding_those_samples(tmp_path):
+    """Samples unchanged by their content keep their rows, with their files' new identity: a ``samples`` file holding
+    one is rewritten with every other column and row as it was; a file holding none, or another table, is kept."""
+    from schemas.cache import SupersedeRule
+    from schemas.cache.supersede import replace_file, write_data_file
+
+    schema = pa.schema([("sample_id", pa.string()), ("manifest_ok", pa.bool_()), ("file_identity", pa.string()), ("n_tokens", pa.int32())])
+    holding = write_data_file(str(tmp_path), "samples", "a.parquet", pa.table(
+        {"sample_id": ["a", "b", "c"], "manifest_ok": [True] * 3, "file_identity": ["old-a", "old-b", None], "n_tokens": [1, 2, 3]}, schema))
+    other = write_data_file(str(tmp_path), "samples", "x.parquet", pa.table(
+        {"sample_id": ["x"], "manifest_ok": [True], "file_identity": ["old-x"], "n_tokens": [9]}, schema))
+    rule = SupersedeRule.of("extract", frozenset({"c"}), refreshed={"b": "new-b", "c": "new-c"})  # c recomputed: dropped, not refreshed
+
+    def described(data_file):
+        return {"path": data_file.name, "size_bytes": data_file.size, "num_records": data_file.n_rows,
+                **{f"{bound}.{name}": value for name, (low, high, *_) in data_file.stats.items() for bound, value in (("min", low), ("max", high))}}
+
+    replacement = replace_file(str(tmp_path), "samples", described(holding), rule, "attempt")
+    rewritten = pq.read_table(tmp_path / "samples" / replacement.rewrite.name)
+    assert rewritten.to_pylist() == [{"sample_id": "a", "manifest_ok": True, "file_identity": "old-a", "n_tokens": 1},
+                                     {"sample_id": "b", "manifest_ok": True, "file_identity": "new-b", "n_tokens": 2}]
+    assert rewritten.schema == schema
+    assert replace_file(str(tmp_path), "samples", described(other), rule, "attempt") is None
+    assert not rule.may_hold({"num_records": 1, "min.sample_id": "x", "max.sample_id": "x", "min.manifest_ok": True}, "samples")
+
+
 def test_an_empty_samples_folder_is_no_cache_but_plain_parquet_is_refused(tmp_path):
     """A first run that failed writing ``samples`` (a full disk) leaves an empty folder once its files are removed: the
     next run must start a cache there, not refuse it as an older layout. A folder of plain Parquet still is refused."""
