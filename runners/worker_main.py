@@ -2,9 +2,10 @@
 
 Beam's own ``multi_processing`` mode starts ``sdk_worker_main`` under a shell: a SIGKILL of the launcher left
 both (about 180 MB a worker) running, and every worker printed Beam's import warning and each of its log lines
-twice (once on its stderr, once forwarded to the launcher). This entry point is started with ``exec`` (the
-launcher is its parent), sets up logging like the launcher's (each line once, on the stderr it shares with the
-launcher), makes the process end with the launcher (``runners.worker_guard``), then runs Beam's SDK harness.
+twice (once on its stderr, once forwarded to the launcher). This entry point is started by the launcher itself
+(``runners.worker_runner``: no shell in between), sets up logging like the launcher's (each line once, on the
+stderr it shares with the launcher), makes the process end with the launcher (``runners.worker_guard``), then runs
+Beam's SDK harness.
 With ``--wait-on`` it imports once and forks the warm workers instead (``runners.worker_pool``).
 """
 from __future__ import annotations
@@ -16,12 +17,11 @@ import importlib
 import json
 import logging
 import os
-import shlex
 import signal
 import socket
 import sys
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 from runners import logging_setup
 from runners.fast_exit import exit_at_once
@@ -56,22 +56,11 @@ def threads_per_worker(workers: int) -> int:
     return max(1, available_cores() // workers)
 
 
-def worker_argv(launcher_pid: int, log_level: str, *, module: str = MODULE, extra: Sequence[str] = ()) -> list[str]:
-    """The arguments that start one worker: this interpreter, ``-P`` (the current directory off ``sys.path``: the
-    worker imports the installed mmfeat, as the launcher does), ``module`` and its arguments, then ``extra``."""
-    return [sys.executable, "-P", "-m", module, "--launcher-pid", str(int(launcher_pid)), "--log-level", log_level, *extra]
-
-
-def worker_command(launcher_pid: int, log_level: str, threads: Optional[int] = None, *, module: str = MODULE,
-                   extra: Sequence[str] = ()) -> str:
-    """The shell command Beam runs to start one worker: ``worker_argv``, with ``exec`` (no shell stays between
-    launcher and worker).
-
-    ``threads``: set ``worker_thread_env(threads)`` in the worker's environment (through ``env``, before Python starts).
-    ``module`` and ``extra``: what runs, and its further arguments (``runners.worker_pool`` claims a warm worker).
-    """
-    prefix = "" if threads is None else "env " + " ".join(f"{k}={v}" for k, v in worker_thread_env(threads).items()) + " "
-    return f"exec {prefix}{shlex.join(worker_argv(launcher_pid, log_level, module=module, extra=extra))}"
+def worker_argv(launcher_pid: int, log_level: str, *, extra: Sequence[str] = ()) -> list[str]:
+    """The arguments that start one worker (or, with ``--wait-on`` in ``extra``, the warm workers): this interpreter,
+    ``-P`` (the current directory off ``sys.path``: the worker imports the installed mmfeat, as the launcher does),
+    this module and its arguments."""
+    return [sys.executable, "-P", "-m", MODULE, "--launcher-pid", str(int(launcher_pid)), "--log-level", log_level, *extra]
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -103,13 +92,17 @@ WORKER_MODULES = ("apache_beam.runners.worker.sdk_worker_main", "pipelines.extra
 def _fork_warm_workers(paths: Sequence[str], launcher_pid: int) -> int:
     """Bind a Unix socket at each of ``paths`` (a run that claims one from now on waits for its worker), import
     ``WORKER_MODULES`` once, then fork one worker per socket: each waits on its socket for the run that claims it
-    (``runners.worker_pool.main``). This process ends with the launcher, its workers with it; it waits for them and
+    (``runners.worker_pool.run_worker``). This process ends with the launcher, its workers with it; it waits for them and
     returns 0.
 
     The workers are copies of a process that has only imported: no thread, no thread pool used (a fork copies only
     the calling thread; OpenCV's pool, once used, hangs a copy that resizes it), no CUDA."""
     started = time.monotonic()
-    listeners = [_listen(path) for path in paths]
+    try:
+        listeners = [_listen(path) for path in paths]
+    except OSError as error:
+        logger.error("no warm workers (%s): the run starts its workers itself", error)
+        return 1
     for name in WORKER_MODULES:
         importlib.import_module(name)
     gc.freeze()  # the imported objects left out of every collection: no worker's collector writes to (copies) their pages
@@ -133,25 +126,9 @@ def _fork_warm_workers(paths: Sequence[str], launcher_pid: int) -> int:
 
 def _listen(path: str) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    folder, name = os.path.split(path)
-    with working_directory(folder):
-        listener.bind(name)
+    listener.bind(path)
     listener.listen(1)
     return listener
-
-
-@contextlib.contextmanager
-def working_directory(folder: str) -> Iterator[None]:
-    """``folder`` as this single-threaded process's working directory for the block: a Unix socket's path may hold
-    107 bytes at most (a pool's folder under a test's or a job's temporary folder is longer), so sockets are bound
-    and connected by their name in their folder."""
-    previous = os.open(".", os.O_RDONLY)
-    try:
-        os.chdir(folder)
-        yield
-    finally:
-        os.fchdir(previous)
-        os.close(previous)
 
 
 def _serve_claimed(listener: socket.socket, forking_pid: int) -> int:

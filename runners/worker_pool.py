@@ -8,32 +8,33 @@ imports too, then forks N workers, each waiting on its socket (``runners.worker_
 started as N interpreters, they each spent 1.3-2 CPU-s importing, on 2 cores at the same time as the launcher, which
 held back the work by about 0.5 s; forked, they share the imported modules' memory until they write it.
 
-When Beam starts a worker (the command ``worker_command`` gives it), this module's ``main`` claims a waiting
-worker's socket (an atomic rename, so two never share one), hands it the environment Beam set (its control and
-logging endpoints, options, worker id), then waits for the worker's exit status and exits with it, as Beam expects
-of the process it started. With no waiting worker left it becomes a worker itself (``exec``, the cold start). The
-warm workers end with the launcher (``runners.worker_guard``: each with the process that forked it, which ends with
-the launcher); ``WarmWorkers.close`` ends those a run did not use.
+When Beam starts a worker (``runners.worker_runner``), ``run_worker`` claims a waiting worker's socket (an atomic
+rename, so two never share one), hands it the environment Beam sets for a worker (its control endpoint, options,
+worker id) and waits for the worker's exit status. With no waiting worker left it starts a new worker process (the
+cold start). The warm workers end with the launcher (``runners.worker_guard``: each with the process that forked
+it, which ends with the launcher); ``WarmWorkers.close`` ends those a run did not use.
 
-This module imports nothing of Beam's: the command runs it for each worker, and the launcher starts the pool
-before it imports Beam.
+This module imports nothing of Beam's: the launcher starts the pool before it imports Beam.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-from typing import Optional, Sequence
+import threading
+from typing import Mapping, Optional
 
-from runners.worker_main import worker_argv, worker_command, worker_thread_env, working_directory
+from runners.worker_main import worker_argv, worker_thread_env
 
-MODULE = "runners.worker_pool"
+logger = logging.getLogger(__name__)
+
 SOCKET_SUFFIX = ".sock"
+SOCKET_PATH_BYTES = 107
+"""The longest path a Unix socket may have (Linux; 103 on macOS): the sockets' folder is made short enough."""
 
 
 class WarmWorkers:
@@ -46,17 +47,13 @@ class WarmWorkers:
     """
 
     def __init__(self, count: int, *, launcher_pid: int, log_level: str, threads: int) -> None:
-        self.folder = tempfile.mkdtemp(prefix="mmfeat-workers-")
+        self.folder = _sockets_folder()
         self.launcher_pid = launcher_pid
         self.log_level = log_level
         self.threads = threads
         sockets = [arg for index in range(count) for arg in ("--wait-on", os.path.join(self.folder, f"{index}{SOCKET_SUFFIX}"))]
         self._forking = subprocess.Popen(worker_argv(launcher_pid, log_level, extra=sockets),
                                          env={**os.environ, **worker_thread_env(threads)})
-
-    def worker_command(self) -> str:
-        """The shell command Beam runs to start one worker: claim a warm one (``main``), else start cold."""
-        return worker_command(self.launcher_pid, self.log_level, self.threads, module=MODULE, extra=("--pool", self.folder))
 
     def close(self) -> None:
         """Ends the workers no run claimed (those a run used have exited with it; the others end with the process that
@@ -72,7 +69,7 @@ def _claim(pool: str) -> Optional[str]:
     for name in sorted(os.listdir(pool)):
         if not name.endswith(SOCKET_SUFFIX):
             continue
-        claimed = os.path.join(pool, f"{name}.claimed-{os.getpid()}")
+        claimed = os.path.join(pool, f"{name}.claimed-{threading.get_ident()}")
         try:
             os.rename(os.path.join(pool, name), claimed)
         except OSError:  # another worker start claimed it first
@@ -81,27 +78,29 @@ def _claim(pool: str) -> Optional[str]:
     return None
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=MODULE, description="start one Beam SDK worker of mmfeat extract, warm when one waits")
-    parser.add_argument("--pool", required=True, help="the folder of the waiting workers' sockets")
-    parser.add_argument("--launcher-pid", type=int, required=True)
-    parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+def run_worker(environment: Mapping[str, str], *, launcher_pid: int, log_level: str, threads: int, pool: Optional[str]) -> int:
+    """One SDK worker of a run, until it ends; returns its exit status. ``environment``: what Beam tells a worker (its
+    control endpoint, options and id). A warm worker waiting in ``pool`` gets it, claimed by an atomic rename (two
+    never share one); with none left (or no pool), a new process runs one (the cold start, ``threads`` threads)."""
+    claimed = _claim(pool) if pool and os.path.isdir(pool) else None
+    if claimed is not None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            try:
+                connection.connect(claimed)
+            except OSError as error:  # the process that forks them failed (it said why): start one instead
+                logger.warning("no warm worker at %s (%s): starting a new worker process", claimed, error)
+            else:
+                connection.sendall(json.dumps(dict(environment)).encode("utf-8") + b"\n")
+                status = connection.makefile("rb").readline().strip()  # empty: the worker died without saying
+                return int(status) if status.lstrip(b"-").isdigit() else 1
+    return subprocess.run(worker_argv(launcher_pid, log_level), env={**os.environ, **environment, **worker_thread_env(threads)},
+                          check=False).returncode
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Hand this process's environment to a waiting worker and exit with its status; or become a worker."""
-    args = _parse(argv)
-    claimed = _claim(args.pool) if os.path.isdir(args.pool) else None
-    if claimed is None:
-        os.execv(sys.executable, worker_argv(args.launcher_pid, args.log_level))
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        with working_directory(args.pool):
-            connection.connect(os.path.basename(claimed))
-        connection.sendall(json.dumps(dict(os.environ)).encode("utf-8") + b"\n")
-        status = connection.makefile("rb").readline().strip()  # empty: the worker died without saying
-    sys.exit(int(status) if status.lstrip(b"-").isdigit() else 1)
-
-
-if __name__ == "__main__":
-    main()
+def _sockets_folder() -> str:
+    """A new private folder for the sockets: in the temporary folder, or in ``/tmp`` where that one's path leaves too
+    little room for the sockets' names (``{index}.sock.claimed-{thread}``, 40 bytes)."""
+    base = tempfile.gettempdir()
+    if len(base) + 64 > SOCKET_PATH_BYTES and os.access("/tmp", os.W_OK):
+        base = "/tmp"
+    return tempfile.mkdtemp(prefix="mmfeat-workers-", dir=base)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from runners.worker_guard import EXIT_ORPHANED
-from runners.worker_main import worker_command
+from runners.worker_main import worker_argv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,7 +80,6 @@ def test_a_worker_whose_launcher_is_already_gone_exits_at_once():
     assert "the launcher (pid 1) is gone" in done.stderr
 
 
-def test_the_worker_command_replaces_the_shell_and_carries_the_launcher_pid():
-    command = worker_command(4321, "WARNING")
-    assert command.startswith("exec ")  # the shell Beam starts it with becomes the worker: the launcher is its parent
-    assert command.endswith(" -P -m runners.worker_main --launcher-pid 4321 --log-level WARNING")
+def test_a_worker_imports_the_installed_mmfeat_and_carries_the_launcher_pid():
+    argv = worker_argv(4321, "WARNING")  # started by the launcher itself, no shell between: the launcher is its parent
+    assert argv[1:] == ["-P", "-m", "runners.worker_main", "--launcher-pid", "4321", "--log-level", "WARNING"]

@@ -79,8 +79,8 @@ sys.exit(status)
 
 
 def _no_process_names(text: str, wait_s: float = 5.0) -> bool:
-    """No process (a zombie has no command line) holds ``text`` in its command line, within ``wait_s``: the warm
-    workers keep the command line of the process that forked them (their sockets' folder), and end with it."""
+    """No process (a zombie has no command line) holds ``text`` in its command line, within ``wait_s`` (the warm
+    workers keep the command line of the process that forked them, and end with it)."""
     deadline = time.monotonic() + wait_s
     while True:
         found = []
@@ -101,13 +101,25 @@ def test_the_warm_workers_are_forked_after_one_import_and_run_none_of_the_launch
     launcher's exit callback runs once (in the launcher), and no worker is left once the command is done."""
     media.text(str(tmp_path / "a.txt"), "a few words")
     manifest = media.manifest(str(tmp_path / "m.jsonl"), [{"id": f"s{i}", "text": "a.txt"} for i in range(4)])
-    output, marker, temporary = str(tmp_path / "cache"), str(tmp_path / "exit-callbacks"), tmp_path / "tmp"
-    temporary.mkdir()
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, marker, manifest, output], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(temporary)})  # the sockets' folder in it
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 warm workers forked after" in done.stderr
+    output, marker = str(tmp_path / "cache"), str(tmp_path / "exit-callbacks")
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, marker, manifest, output], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert "2 warm workers forked after" in stderr and "starting a new worker process" not in stderr
     assert CacheView.open(output).read("samples").num_rows == 4
     with open(marker) as lines:
         assert len(lines.read().split()) == 1
-    assert _no_process_names(str(temporary)) and os.listdir(temporary) == []
+    assert _no_process_names(f"--launcher-pid\0{launcher.pid}\0")  # the forking process and its workers carry it
+
+
+def test_a_sockets_folder_leaves_room_for_the_sockets_names_under_a_long_temporary_folder(tmp_path, monkeypatch):
+    """A Unix socket's path holds 107 bytes at most: under a job's long temporary folder the sockets go to /tmp."""
+    long = tmp_path / ("x" * 80)
+    long.mkdir()
+    monkeypatch.setattr(worker_pool.tempfile, "tempdir", str(long))
+    folder = worker_pool._sockets_folder()
+    try:
+        assert len(os.path.join(folder, f"0.sock.claimed-{2 ** 64}")) <= worker_pool.SOCKET_PATH_BYTES
+    finally:
+        os.rmdir(folder)
