@@ -12,7 +12,8 @@ target of issue 11 is met (``MET`` / ``MISSED``):
             and running the Beam pipeline) <= 1.0x ffmpeg's ``fps=1,scale=-2:224,mjpeg`` (goal 0.8x);
             ``--frame-mode keyframes`` <= 0.3x. The whole run (imports, checks, Delta commit) is printed beside.
 ``scaling`` the mixed corpus in 1 process with 1 and 2 threads (samples extracted side by side, one decode thread
-            each; 1: one sample at a time), ``--workers 2`` (worker processes of 1 decode/sample/BLAS thread each) and Beam's own multi_processing mode with 2 workers (no thread limits); then
+            each; 1: one sample at a time), ``--workers 2`` (worker processes of 1 decode/sample/BLAS thread each,
+            started cold: each imports) and Beam's own multi_processing mode with 2 workers (no thread limits); then
             the whole ``mmfeat extract`` command (a fresh interpreter: imports, and the workers' start overlapping
             them) in one process and with ``--workers 2``: ``--workers 2`` >= 1.0x one process.
 ``commit``  the commit share of an incremental run (``bench/extract_commit.py``).
@@ -20,11 +21,13 @@ target of issue 11 is met (``MET`` / ``MISSED``):
 Scaling beyond this machine: one process extracts as many samples side by side as it has cores, but the per-row
 Python work holds the GIL, so on many cores ``--workers N`` is the way: each worker process extracts with
 ``max(1, cores // N)`` threads and BLAS/OpenMP limited alike (``runners.worker_main``), and samples are independent, so throughput
-grows with processes until the disk or the launcher's commit is the limit. With one process per core and
+grows with processes until the disk or the launcher's commit is the limit. The workers are forked after one
+import (``runners.worker_pool``), and each writes its own feature files, so neither the imports nor the rows
+go through one process N times. With one process per core and
 single-threaded decode, the ``scaling`` part's per-process throughput (in-process, 1 thread) times the cores
 is the ceiling: 2 cores gave about 1.6-1.9x of one single-threaded process here; at that efficiency (80-95 %)
 16 cores give 12.8-15x, >= 10x, as long as the work is >= 16 files (a file is decoded by one process) and
-the corpus is long enough to pay each worker's start (imports and librosa's warm-up, a few seconds).
+the corpus is long enough to pay the workers' start (one import, about 1.3 s, beside the launcher's).
 
     python bench/extract.py [--part all|mixed|small|long|scaling|commit] [--quick] [--repeats 1] [--corpus-dir DIR]
                             [--commit-samples 1000] [--commit-changed 100] [--commit-repeats 1] [--commit-audio-s 0]
