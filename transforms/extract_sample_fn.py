@@ -60,13 +60,18 @@ class ExtractSampleFn(beam.DoFn):
 
     def process(self, element: Union[Element, list[Element]]) -> Iterator[TableRow]:
         if isinstance(element, list):
-            yield from self._side_by_side(element)
+            pairs = self._side_by_side(element)
         else:
             extractor = self._extractor()
-            yield from self._counted(self._sample_rows(extractor, element), extractor, element[0].sample_id)
+            pairs = self._counted(self._sample_rows(extractor, element), extractor, element[0].sample_id)
+        for table, row in pairs:
+            if table == WRITTEN_FILE:  # a file the extraction wrote itself (a large sample's, a chunk's): its DataFile
+                counter("mmfeat", "rows_written").inc(row.n_rows)
+            yield table, row
 
     def _side_by_side(self, chunk: list[Element]) -> Iterator[TableRow]:
-        """The rows of a chunk's samples, extracted in threads (see the class docstring), in the order they finish."""
+        """The rows of a chunk's samples, extracted in threads (see the class docstring), in the order they finish;
+        with ``chunk_files``, their feature rows written to the chunk's own files instead."""
         threads = decode_threads()
         parallel = max(1, min(threads, len(chunk)))
 
@@ -74,24 +79,15 @@ class ExtractSampleFn(beam.DoFn):
             extractor = self._extractor(max(1, threads // parallel))
             return list(self._sample_rows(extractor, element)), extractor, element[0].sample_id
 
-        chunk_rows = None
-        if self._chunk_files:
-            first_row = min(record.manifest_row for record, _ in chunk)
-            chunk_rows = SampleRows(self._feature_files.of_chunk(), chunk_file_name(self._feature_files.attempt, first_row))
-        try:
+        def counted() -> Iterator[TableRow]:
             with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:
                 for rows, extractor, sample_id in _completed(pool, extracted, chunk, ahead=2 * parallel):
-                    for table, row in self._counted(rows, extractor, sample_id):
-                        if chunk_rows is None or not chunk_rows.add(table, row):
-                            yield table, row
-        except BaseException:
-            if chunk_rows is not None:
-                chunk_rows.abort()
-            raise
-        if chunk_rows is not None:
-            for table, row in chunk_rows.finish():
-                _count(table, row)
-                yield table, row
+                    yield from self._counted(rows, extractor, sample_id)
+
+        if not self._chunk_files:
+            return counted()
+        first_row = min(record.manifest_row for record, _ in chunk)
+        return SampleRows(self._feature_files.of_chunk(), chunk_file_name(self._feature_files.attempt, first_row)).written(counted())
 
     def _extractor(self, decode_threads: Optional[int] = None) -> SampleExtractor:
         return SampleExtractor(self._config, self._tokenizer, self._context, decode_threads=decode_threads)
@@ -99,18 +95,10 @@ class ExtractSampleFn(beam.DoFn):
     def _sample_rows(self, extractor: SampleExtractor, element: Element) -> Iterator[TableRow]:
         """One sample's rows, those of a feature table past its limit written to its own files."""
         record, known = element
-        features = (SampleRows(self._feature_files, sample_file_name(self._feature_files.attempt, record.manifest_row))
-                    if self._feature_files else None)
-        try:
-            for table, row in extractor.extract(record, known):
-                if features is None or not features.add(table, row):
-                    yield table, row
-        except BaseException:
-            if features is not None:
-                features.abort()
-            raise
-        if features is not None:
-            yield from features.finish()
+        rows = extractor.extract(record, known)
+        if self._feature_files is None:
+            return rows
+        return SampleRows(self._feature_files, sample_file_name(self._feature_files.attempt, record.manifest_row)).written(rows)
 
     def _counted(self, rows: Iterable[TableRow], extractor: SampleExtractor, sample_id: str) -> Iterator[TableRow]:
         """``rows`` of the sample ``sample_id`` (``extractor``'s), counted as they pass (Beam counters, progress logging)."""
@@ -155,11 +143,9 @@ def counter(namespace: str, name: str) -> Any:
     return beam.metrics.Metrics.counter(namespace, name)
 
 
-def _count(table: str, row: Any) -> None:
+def _count(table: str, row: dict[str, Any]) -> None:
     """Beam counters (namespace ``mmfeat``) reported at the end of a run, in its summary (the metadata of its ``samples`` commit)."""
-    if table == WRITTEN_FILE:  # row: the DataFile of a file the extraction wrote itself
-        counter("mmfeat", "rows_written").inc(row.n_rows)
-    elif table == "samples":
+    if table == "samples":
         counter("mmfeat", f"samples_{row['status']}").inc()
         counter("mmfeat", "audio_ms").inc(int(1000 * (row["audio_duration_s"] or 0.0)))
     elif table == SKIPPED_TABLE:

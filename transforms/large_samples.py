@@ -22,7 +22,7 @@ instead of sending them to another process for the writers' grouping after all e
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
@@ -99,6 +99,18 @@ class SampleRows:
             count, stats = writer.close()
             yield WRITTEN_FILE, data_file(table, writer.path, count, stats)
         self._writers = {}
+
+    def written(self, pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+        """``pairs`` (``(table, row)``) passed on but those ``add`` takes, then what ``finish`` yields; when ``pairs``
+        fails (or the consumer stops early) the files begun are removed (``abort``) and the failure goes on."""
+        try:
+            for table, row in pairs:
+                if not self.add(table, row):
+                    yield table, row
+        except BaseException:
+            self.abort()
+            raise
+        yield from self.finish()
 
     def abort(self) -> None:
         """Removes the files begun (the sample failed before ``finish``)."""
