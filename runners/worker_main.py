@@ -146,7 +146,7 @@ def _serve_claimed(listener: socket.socket, forking_pid: int) -> int:
 def _serve(run: Optional[socket.socket]) -> int:
     """Run Beam's SDK harness until the launcher is done; returns its exit status. ``run``: the connection of the run
     that claimed this warm worker (its environment, Beam's endpoints and options, becomes this process's; the
-    status is sent back on it), or ``None`` (started by Beam itself, with that environment)."""
+    status is sent back on it), or ``None`` (a worker process started for the run, with that environment)."""
     if run is not None:
         os.environ.update(json.loads(run.makefile("rb").readline()))
     _limit_opencv_threads()

@@ -114,7 +114,7 @@ class SupersedeRule:
 
     def refresh(self, data: pa.Table, table: str) -> pa.Table:
         """``data`` (every column) with the refreshed samples' ``file_identity``."""
-        if table != "samples" or not self.refreshed:
+        if table != "samples" or not self.refreshed or "file_identity" not in data.schema.names:
             return data
         ids, identities = (pa.array(column, pa.string()) for column in zip(*self.refreshed))
         position = data.schema.get_field_index("file_identity")
@@ -152,7 +152,8 @@ def write_data_file(cache: str, table: str, name: str, data: pa.Table) -> DataFi
 
 def replace_file(cache: str, table: str, file: dict[str, Any], rule: SupersedeRule, attempt: str) -> Optional[Replacement]:
     """The replacement of the committed ``file`` (a ``file_rows`` row) without the rows ``rule`` drops and with those it
-    refreshes rewritten, or ``None`` when it keeps them all as they are. The rewrite is named after the attempt and the file, so a retried worker writes the same name.
+    refreshes rewritten, or ``None`` when it keeps them all as they are. The rewrite is named after the attempt and
+    the file, so a retried worker writes the same name.
 
     Raises:
         DamagedFileError: the file cannot be read.
