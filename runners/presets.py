@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
@@ -61,14 +62,16 @@ def _direct(args: argparse.Namespace, beam_args: list[str]) -> RunnerChoice:
     and silently changes engines when it can; naming ``FnApiRunner`` pins the
     engine. The worker processes start through ``runners.worker_main``, which
     ends them with the launcher (even a killed one) and logs each line once;
-    they start here, before Beam is imported (``runners.worker_pool``), and
-    wait for the run: the caller enters the choice's ``context`` at once.
+    on Linux they start here, before Beam is imported, forked after one
+    import (``runners.worker_pool``), and wait for the run (the caller enters
+    the choice's ``context`` at once); elsewhere each starts with the run.
     """
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
     log_level = getattr(args, "log_level", "INFO")
     warm = None
-    if args.workers > 1:  # started before this process imports Beam: their imports overlap with the launcher's work
+    if args.workers > 1 and sys.platform.startswith("linux"):  # started before this process imports Beam, to import beside it
+        # (forked: macOS's system libraries are not safe in a forked copy; there each worker starts as a new process)
         from runners.worker_main import threads_per_worker
         from runners.worker_pool import WarmWorkers
 
