@@ -96,6 +96,7 @@ def _no_process_names(text: str, wait_s: float = 5.0) -> bool:
         time.sleep(0.1)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="warm workers are forked on Linux only")
 def test_the_warm_workers_are_forked_after_one_import_and_run_none_of_the_launcher_s_exit_callbacks(tmp_path):
     """A command as users start it: one process imports and forks the 2 workers, the run writes every sample, the
     launcher's exit callback runs once (in the launcher), and no worker is left once the command is done."""
