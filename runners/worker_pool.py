@@ -48,8 +48,6 @@ class WarmWorkers:
 
     def __init__(self, count: int, *, launcher_pid: int, log_level: str, threads: int) -> None:
         self.folder = _sockets_folder()
-        self.launcher_pid = launcher_pid
-        self.log_level = log_level
         self.threads = threads
         sockets = [arg for index in range(count) for arg in ("--wait-on", os.path.join(self.folder, f"{index}{SOCKET_SUFFIX}"))]
         self._forking = subprocess.Popen(worker_argv(launcher_pid, log_level, extra=sockets),
