@@ -92,8 +92,9 @@ class SampleExtractor:
         missing = known.missing_embeddings({m: request.fingerprint for m, request in self.requests.items()}) if unchanged_by else set()
         if unchanged_by and not (self.transcribe and "text" in missing and record.text is None):
             skipped = {"sample_id": record.sample_id, "manifest_row": record.manifest_row, "unchanged_by": unchanged_by}
-            if unchanged_by == UNCHANGED_BY_CONTENT and state.file_identity() not in (None, known.file_identity):
-                skipped["file_identity"] = state.file_identity()  # touched, not edited: recorded, so that the next run need not hash
+            identity = state.file_identity()
+            if unchanged_by == UNCHANGED_BY_CONTENT and identity != known.file_identity:
+                skipped["file_identity"] = identity  # touched, not edited: recorded, so that the next run need not hash
             yield SKIPPED_TABLE, skipped
             if missing:
                 state.speech_tracks = None  # re-embedding: no transcript is needed
