@@ -59,7 +59,7 @@ from schemas.config import DECODE_THREADS_ENV, ExtractConfig, VideoConfig
 from transforms.media_pass import MediaPass
 from transforms.mfcc import MfccStream
 from transforms.text import resolve_tokenizer_path
-from transforms.video_rows import available_cores
+from schemas.config import available_cores
 
 CONFIG = ExtractConfig()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def mmfeat(manifest: str, work: str, *, mode: str = "in-process", config: Extrac
     runner, options, spread_over = FnApiRunner(), PipelineOptions([]), 1  # as the CLI's in-process runner
     if mode == "workers":
         runner = WorkerProcessesRunner(2, log_level="WARNING")
-        spread_over = runner.workers  # as the CLI's --workers 2: samples split between them by cost
+        spread_over = runner.workers  # as the CLI's --workers 2: the samples shared between them, claimed as they go
     elif mode == "beam-mp":
         options, spread_over = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"]), 0
     output = output or tempfile.mkdtemp(dir=work, prefix=f"cache-{mode}-")

@@ -13,6 +13,7 @@ references, removed by a later vacuum.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -39,12 +41,11 @@ from schemas.cache import (
     repair, vacuum,
 )
 from schemas.cache.commit import new_columns
-from schemas.cache.layout import LEGACY_BOOKKEEPING, is_local, normalise, pending_uri
+from schemas.cache.layout import LEGACY_BOOKKEEPING, is_local, normalise
 from schemas.config import EncodeConfig, ExtractConfig, SpeechConfig
 from schemas.errors import ConfigError
 from schemas.tables import SCHEMA_VERSION, SPEECH_TABLES, TABLE_NAMES, embeddings_schema, table_schemas
 from transforms.cache_join import cached_file_groups
-from transforms.parquet_sink import write_pending_list
 from transforms.sample_state import RunContext
 from transforms.media_io import sha256_of
 
@@ -188,8 +189,8 @@ def run_extract(
     resolved by ``transforms.speech.resolve_speech_config``): every sound track
     is transcribed into ``words`` and ``segments``, and a sample without a text
     file gets its transcript as its text (``transforms.asr``). ``spread_over``: the processes of a direct runner (1: this
-    one; N > 1: ``--workers N``, between which the samples to extract are split by estimated cost,
-    ``transforms.work_split``), 0 for another runner (its own distribution).
+    one; N > 1: ``--workers N``, processes of this machine that share the samples to extract, each claiming the next
+    as it is free, ``transforms.work_split``), 0 for another runner (its own distribution).
 
     Raises:
         ConfigError: the cache has another schema version (without ``overwrite``), the output is
@@ -210,10 +211,14 @@ def run_extract(
     # Where the attempt may leave files: its own tables, and every table of the cache (commits rewrite files there).
     view = CacheView.open(output)
     tables = sorted({*TABLE_NAMES, *(SPEECH_TABLES if speech else ()), *(handler.table for handler in handlers.values()), *view.tables()})
+    # --workers N: processes of this machine that share the samples, claiming them in a folder of its own
+    claims = tempfile.TemporaryDirectory(prefix="mmfeat-claims-") if spread_over > 1 else contextlib.nullcontext()
     try:
-        summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner, options=options,
-                       run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device, recompute=recompute,
-                       verify_content=verify_content, allow_empty=allow_empty, speech=speech_handler, spread_over=spread_over)
+        with claims as claims_folder:
+            summary = _run(corpus, view, output=output, config=config, tokenizer_path=tokenizer_path, runner=runner,
+                           options=options, run_id=run_id, attempt=attempt, overwrite=overwrite, handlers=handlers, device=device,
+                           recompute=recompute, verify_content=verify_content, allow_empty=allow_empty, speech=speech_handler,
+                           spread_over=spread_over, claims_folder=claims_folder)
     except BaseException as error:
         removed = discard_attempt(output, attempt, tables)
         logger.error("run %s failed: nothing was committed to %s (%d files of it removed)", run_id, output, removed)
@@ -240,7 +245,7 @@ def _run(
     corpus: Corpus, view: CacheView, *, output: str, config: ExtractConfig, tokenizer_path: str, runner: Union[str, PipelineRunner],
     options: Optional[PipelineOptions], run_id: str, attempt: str, overwrite: bool, handlers: dict[str, EmbeddingSet],
     device: str, recompute: bool, verify_content: bool, allow_empty: bool, speech: Optional[WhisperModelHandler] = None,
-    spread_over: int = 0,
+    spread_over: int = 0, claims_folder: Optional[str] = None,
 ) -> dict[str, Any]:
     num_shards = config.num_shards or corpus.auto_num_shards()
     fingerprint = features_fingerprint(config, tokenizer_path, speech.config if speech else None)
@@ -267,7 +272,7 @@ def _run(
     logger.info("run %s: %s -> %s (%d cache files to join)", run_id, corpus.source, output,
                 sum(len(paths) for _, paths in cached_files))
     extract = ExtractCorpus(
-        corpus, cache=output, attempt=attempt, cached_files=cached_files, spread_over=spread_over,
+        corpus, cache=output, attempt=attempt, cached_files=cached_files, spread_over=spread_over, claims_folder=claims_folder,
         config=config, tokenizer_path=tokenizer_path, schemas=schemas, num_shards=num_shards, handlers=handlers,
         context=RunContext(features_fingerprint=fingerprint, run_id=run_id, verify_content=verify_content), committed=committed,
         **({"speech": speech} if speech is not None else {}),
@@ -276,7 +281,6 @@ def _run(
     metrics = collections.Counter(joined.metrics() if joined is not None else {})  # the launcher's join's counters
     if joined is not None and not joined.records:  # a small corpus with nothing to compute: no pipeline at all
         logger.info("run %s: no sample to extract or embed; no pipeline runs", run_id)
-        write_pending_list(pending_uri(output, attempt), joined.counts)
     else:
         pipeline = beam.Pipeline(runner=runner, options=options or PipelineOptions([]))
         _ = pipeline | "Extract" >> extract
@@ -285,6 +289,8 @@ def _run(
         metrics.update(runner_metrics(result))
     pipeline_s = time.time() - started
     pending = read_pending(output, attempt)
+    if joined is not None:  # the launcher's join counted the inputs and the unchanged samples itself
+        pending = pending.counted(joined.counts)
     n_inputs = check_accounting(pending)
     if n_inputs == 0 and not allow_empty:
         raise ConfigError(f"{corpus.source} holds no rows to extract; pass --allow-empty to run on an empty input "

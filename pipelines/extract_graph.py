@@ -15,9 +15,11 @@ Finalize groups a sample's ``samples`` row with its embedding results (by
 A sample whose rows of a feature table are too large to group writes them
 to a file of its own in ExtractSampleFn (``transforms.large_samples``); its
 ``DataFile`` joins the entries directly, as the unchanged counts do. So do a
-chunk's files: after the launcher's join on the direct runner, each process
-extracts one chunk, whose feature rows all go to files of its own as its
-samples finish; only ``samples`` and ``errors`` rows reach the grouping.
+chunk's files: after the launcher's join on the direct runner, the process
+extracts one chunk, and with ``--workers N`` each worker its share of the
+list (``transforms.work_split``), whose feature rows all go to files of its
+own as its samples finish; only ``samples`` and ``errors`` rows reach the
+grouping.
 
 With ``--transcribe`` (``speech``), the extraction's ``_encode/speech`` items go
 through ``TranscribeItems`` (RunInference) and ``TranscriptRowsFn``
@@ -54,7 +56,7 @@ from transforms.embedding_rows import InlineEmbedder
 from transforms.unchanged import KnownSample
 from transforms.manifest_rows import ReadFolderRows, ReadManifestRows
 from transforms.record_batches import SummariseBatches, batch_records, num_buckets
-from transforms.work_split import SPREAD_MAX_MANIFEST_BYTES, SpreadByCost
+from transforms.work_split import SPREAD_MAX_MANIFEST_BYTES, ShareOut
 from transforms.parquet_sink import WriteDataFiles, WritePendingList
 
 if TYPE_CHECKING:  # torch and Beam's ml modules: imported below only when an encoder is on
@@ -115,7 +117,7 @@ class ExtractToCache(beam.PTransform):
             one-element PCollection of them; ``None``: none.
         speech: the speech recogniser's handler (``--transcribe``), or ``None``.
         chunk_files: records come as chunks that are each a process's whole share (the launcher's join on the direct
-            runner): each writes its feature rows to files of its own (``transforms.large_samples``), so that only
+            runner, or a worker's ``SharedChunk``): each writes its feature rows to files of its own (``transforms.large_samples``), so that only
             ``samples`` and ``errors`` rows go to the writers' grouping.
 
     Output: the ``DataFile`` of every file written, the ``Replacement`` of every committed file rewritten and
@@ -234,7 +236,8 @@ class JoinedCorpus:
 
     Attributes:
         records: the rows that need work, each with what the cache holds for it (``KnownSample`` or ``None``).
-        counts: the ``RunCount`` of the input rows, and those of the samples unchanged by metadata.
+        counts: the ``RunCount`` of the input rows, and those of the samples unchanged by metadata (added to the
+            pending list's by the launcher after the run: ``Pending.counted``).
         extra_fields: the arrow fields of the manifest's extra columns (``InferExtraFields``).
     """
 
@@ -255,22 +258,27 @@ class ExtractCorpus(beam.PTransform):
     """The whole extraction graph, from a pipeline's start: ``corpus`` rows read by the workers (``ReadManifestRows``
     or ``ReadFolderRows``), joined with the cache (``JoinWithCache``), extracted and written (``ExtractToCache``),
     counted; the files, replacements and counts listed in the attempt's ``_pending`` list. After ``join_here`` (a
-    small manifest, read and joined by the launcher) the graph starts from the rows that need work instead.
+    small manifest, read and joined by the launcher) the graph starts from the rows that need work instead, and the
+    join's counts are the launcher's to add (``JoinedCorpus.counts``).
 
     Args:
         corpus: what to read. cached_files: the committed files of ``samples`` and of the embedding sets the join reads,
             in groups (``transforms.cache_join.cached_file_groups``; none: compute everything). spread_over: the
             processes of a direct runner (1: the launcher's; N > 1: ``--workers N``, each given one key of a grouping,
-            between which the records of a small manifest are split by estimated cost, ``transforms.work_split``), or 0
-            (another runner: its own distribution). Others: as ``ExtractToCache``.
+            which share the records of a small manifest, claiming them in ``claims_folder``, a new folder of this
+            machine: ``transforms.work_split``), or 0 (another runner: its own distribution). Others: as
+            ``ExtractToCache``.
 
     Output: the number of data files written (one element).
     """
 
     def __init__(self, corpus: Corpus, *, cache: str, attempt: str, cached_files: list[CachedFiles], spread_over: int = 0,
-                 **extract: Any) -> None:
+                 claims_folder: Optional[str] = None, **extract: Any) -> None:
         super().__init__()
+        if spread_over > 1 and claims_folder is None:
+            raise ValueError("spread_over > 1 (worker processes) needs a claims_folder for the samples they share")
         self._spread_over = spread_over
+        self._claims_folder = claims_folder
         self._corpus = corpus
         self._cache = cache
         self._attempt = attempt
@@ -301,9 +309,9 @@ class ExtractCorpus(beam.PTransform):
             records = self._joined.records
             if self._spread_over == 1:  # the launcher's process: one chunk, its samples extracted side by side in threads
                 to_extract = begin | "Records" >> beam.Create([records] if records else [])
-            else:  # redistributed over another runner's workers, or split by cost below
+            else:  # redistributed over another runner's workers, or shared out below
                 to_extract = begin | "Records" >> beam.Create(records, reshuffle=self._spread_over == 0)
-            counts = [begin | "Counts" >> beam.Create(self._joined.counts, reshuffle=False)]
+            counts = []  # the launcher adds its join's counts to the pending list's (pipelines.extract)
             extra_fields: Union[beam.PCollection, list[pa.Field]] = self._joined.extra_fields
         else:
             buckets = num_buckets(manifest_bytes)
@@ -317,13 +325,14 @@ class ExtractCorpus(beam.PTransform):
             to_extract, unchanged = batches | "JoinCache" >> self._join(buckets)
             counts = [unchanged, inputs]
             extra_fields = summary | "ExtraColumns" >> beam.Map(lambda rows_and_fields: rows_and_fields[1])
-        if self._spread_over > 1 and not corpus.folder and manifest_bytes <= SPREAD_MAX_MANIFEST_BYTES:
-            to_extract = to_extract | "SpreadOverWorkers" >> SpreadByCost(self._spread_over)
+        shared = self._spread_over > 1 and not corpus.folder and manifest_bytes <= SPREAD_MAX_MANIFEST_BYTES
+        if shared:  # each worker process's chunk: the whole list, of which it extracts the samples it claims first
+            to_extract = to_extract | "SpreadOverWorkers" >> ShareOut(self._spread_over, self._claims_folder)
         elif self._spread_over == 1 and self._joined is None:  # one process: chunks, their samples extracted side by side
             to_extract = to_extract | "Chunks" >> beam.BatchElements(min_batch_size=CHUNK_SAMPLES, max_batch_size=CHUNK_SAMPLES)
         entries = to_extract | "ExtractToCache" >> ExtractToCache(
             cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
-            chunk_files=self._joined is not None and self._spread_over >= 1, **self._extract)
+            chunk_files=shared or (self._joined is not None and self._spread_over == 1), **self._extract)
         return ((entries, *counts) | "AllEntries" >> beam.Flatten()
                 | "ListPending" >> WritePendingList(self._cache, self._attempt))
 

@@ -31,8 +31,8 @@ DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 @dataclass
 class RunnerChoice:
     """A runner (instance or Beam name), its pipeline options, and what must run around it; ``spread_over``: the
-    direct runner's processes (1: in the launcher; N > 1: ``--workers N``, each handed one key of a grouping, between
-    which the extraction splits its samples by cost, ``pipelines.extract.run_extract``), else 0."""
+    direct runner's processes (1: in the launcher; N > 1: ``--workers N``, each handed one key of a grouping, which
+    share the extraction's samples, each claiming the next as it is free, ``pipelines.extract.run_extract``), else 0."""
 
     runner: Union[str, PipelineRunner]
     options: PipelineOptions

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 from runners import logging_setup
 from runners.fast_exit import exit_at_once
 from runners.worker_guard import guard_worker
-from schemas.config import DECODE_THREADS_ENV
+from schemas.config import DECODE_THREADS_ENV, available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ MODULE = "runners.worker_main"
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", DECODE_THREADS_ENV)
 """Thread counts set in each worker's environment (BLAS/OpenMP/torch, and mmfeat's video decoder)."""
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def worker_thread_env(threads: int) -> dict[str, str]:

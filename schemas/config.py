@@ -6,10 +6,14 @@ says what to fix, so a bad command line fails before a pipeline starts.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from schemas.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -25,6 +29,26 @@ DECODE_THREADS_ENV = "MMFEAT_DECODE_THREADS"
 """Environment variable that sets a process's extraction threads: the samples of a chunk it extracts side by side,
 or a lone sample's video decoder threads (worker processes get ``max(1, cores // workers)``); unset: one per
 available core."""
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_threads() -> int:
+    """This process's extraction threads (``DECODE_THREADS_ENV``): ``$MMFEAT_DECODE_THREADS`` (set per
+    worker process by the runner presets: ``max(1, cores // workers)``), else one per available core. A sample
+    extracted alone decodes its video with that many threads; a chunk's samples share them out."""
+    value = os.environ.get(DECODE_THREADS_ENV, "")
+    try:
+        return max(1, int(value)) if value else available_cores()
+    except ValueError:
+        logger.warning("ignoring %s=%r (not an integer)", DECODE_THREADS_ENV, value)
+        return available_cores()
 
 
 @dataclass(frozen=True)

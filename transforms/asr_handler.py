@@ -78,7 +78,7 @@ class WhisperModelHandler(ModelHandler[Item, TableRow, LoadedEncoder]):
         def load() -> tuple[Any, Any]:
             device = resolve_asr_device(self.device)
             logger.info("loading the speech model %s on %s", self.config.model, device)
-            from transforms.video_rows import decode_threads  # the worker's share of the cores (runner presets set it)
+            from schemas.config import decode_threads  # the worker's share of the cores (runner presets set it)
 
             model = load_whisper(self.config, device=device, cpu_threads=self.cpu_threads or decode_threads())
             if device != "cuda":

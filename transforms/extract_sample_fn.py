@@ -6,21 +6,23 @@ import functools
 import itertools
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 import apache_beam as beam
 
-from schemas.config import ExtractConfig
+from schemas.config import ExtractConfig, decode_threads
 from schemas.errors import WARNING_KINDS
 from schemas.records import ManifestRecord
 from schemas.tables import EMBEDDINGS_DIR, SKIPPED_TABLE
-from transforms.extract_sample import SampleExtractor
-from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows, chunk_file_name, sample_file_name
+from transforms.large_samples import WRITTEN_FILE, FeatureFiles, SampleRows, chunk_file_name, sample_file_name, share_file_name
 from transforms.mfcc import single_threaded_blas
 from transforms.sample_state import RunContext, TableRow
 from transforms.unchanged import KnownSample
 from transforms.text import TextTokenizer
-from transforms.video_rows import decode_threads
+from transforms.work_split import SharedChunk, WorkClaims
+
+if TYPE_CHECKING:  # the media stack (OpenCV, PyAV): imported where samples are extracted, not where the graph is built
+    from transforms.extract_sample import SampleExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ Element = tuple[ManifestRecord, Optional[KnownSample]]
 class ExtractSampleFn(beam.DoFn):
     """Beam wrapper of ``SampleExtractor``: ``(ManifestRecord, KnownSample | None)`` in, ``(table, row)`` out (one output
     only). An element may also be a *list* of those (a chunk: ``pipelines.extract_graph`` makes them where the direct
-    runner extracts in one process, and one per worker of ``--workers N``): its samples are extracted side by side in
+    runner extracts in one process), or a ``SharedChunk`` (each worker's of ``--workers N``: the whole list, of which
+    it extracts the samples it claims first, ``transforms.work_split``): its samples are extracted side by side in
     up to ``decode_threads()`` threads, each decoding with the cores shared out (one each when they are as many as
     the cores; FFmpeg, OpenCV, numpy and the tokenizer release the GIL), which keeps the cores busier than one sample
     at a time with a video's slice threads.
@@ -58,9 +61,11 @@ class ExtractSampleFn(beam.DoFn):
     def setup(self) -> None:
         self._tokenizer = TextTokenizer(self._tokenizer_path, max_tokens=self._config.text.max_tokens)
 
-    def process(self, element: Union[Element, list[Element]]) -> Iterator[TableRow]:
+    def process(self, element: Union[Element, list[Element], SharedChunk]) -> Iterator[TableRow]:
         if isinstance(element, list):
             pairs = self._side_by_side(element)
+        elif isinstance(element, SharedChunk):
+            pairs = self._side_by_side(element.elements, element.claims)
         else:
             extractor = self._extractor()
             pairs = self._counted(self._sample_rows(extractor, element), extractor, element[0].sample_id)
@@ -69,11 +74,13 @@ class ExtractSampleFn(beam.DoFn):
                 counter("mmfeat", "rows_written").inc(row.n_rows)
             yield table, row
 
-    def _side_by_side(self, chunk: list[Element]) -> Iterator[TableRow]:
-        """The rows of a chunk's samples, extracted in threads (see the class docstring), in the order they finish;
-        with ``chunk_files``, their feature rows written to the chunk's own files instead."""
+    def _side_by_side(self, chunk: list[Element], claims: Optional[WorkClaims] = None) -> Iterator[TableRow]:
+        """The rows of a chunk's samples (with ``claims``: those it claims, each as a thread is free to start it),
+        extracted in threads (see the class docstring), in the order they finish; with ``chunk_files``, their feature
+        rows written to the chunk's own files instead."""
         threads = decode_threads()
         parallel = max(1, min(threads, len(chunk)))
+        to_extract = chunk if claims is None else (element for element in chunk if claims.take(element[0].manifest_row))
 
         def extracted(element: Element) -> tuple[list[TableRow], SampleExtractor, str]:
             extractor = self._extractor(max(1, threads // parallel))
@@ -81,15 +88,21 @@ class ExtractSampleFn(beam.DoFn):
 
         def counted() -> Iterator[TableRow]:
             with single_threaded_blas(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-                for rows, extractor, sample_id in _completed(pool, extracted, chunk, ahead=2 * parallel):
+                # claimed samples start at once: one waiting for a thread could be another worker's next
+                ahead = 2 * parallel if claims is None else parallel
+                for rows, extractor, sample_id in _completed(pool, extracted, to_extract, ahead=ahead):
                     yield from self._counted(rows, extractor, sample_id)
 
         if not self._chunk_files:
             return counted()
-        first_row = min(record.manifest_row for record, _ in chunk)
-        return SampleRows(self._feature_files.of_chunk(), chunk_file_name(self._feature_files.attempt, first_row)).written(counted())
+        attempt = self._feature_files.attempt
+        name = (share_file_name(attempt, claims.slot) if claims is not None
+                else chunk_file_name(attempt, min(record.manifest_row for record, _ in chunk)))
+        return SampleRows(self._feature_files.of_chunk(), name).written(counted())
 
     def _extractor(self, decode_threads: Optional[int] = None) -> SampleExtractor:
+        from transforms.extract_sample import SampleExtractor
+
         return SampleExtractor(self._config, self._tokenizer, self._context, decode_threads=decode_threads)
 
     def _sample_rows(self, extractor: SampleExtractor, element: Element) -> Iterator[TableRow]:
@@ -117,7 +130,7 @@ class ExtractSampleFn(beam.DoFn):
 T = TypeVar("T")
 
 
-def _completed(pool: concurrent.futures.Executor, fn: Callable[[Element], T], elements: list[Element], ahead: int) -> Iterator[T]:
+def _completed(pool: concurrent.futures.Executor, fn: Callable[[Element], T], elements: Iterable[Element], ahead: int) -> Iterator[T]:
     """``fn`` of every element, run in ``pool`` with at most ``ahead`` submitted and not yet handed over; results in
     the order they complete (a long video does not hold back those done after it). When it stops early (a failure,
     an interrupt) the submitted elements not yet started are cancelled: only those running are waited for."""

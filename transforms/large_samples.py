@@ -13,7 +13,7 @@ in the table's folder, written atomically, so a retried bundle replaces it),
 and only its ``DataFile`` goes on, to the ``_pending`` list.
 
 A chunk of samples that its process extracts whole (the direct runner's, after the launcher's join: one chunk per
-process) writes its feature rows the same way, every one, to a file of the chunk's own per table
+process, or with ``--workers N`` each worker's share of the list) writes its feature rows the same way, every one, to a file of the chunk's own per table
 (``{attempt}-chunk-{first manifest_row}.parquet``): as its samples finish, overlapped with the others' extraction,
 instead of sending them to another process for the writers' grouping after all extraction has ended (with
 ``--workers 2``, 25 MB of MFCC and frame rows took 2 s to travel there and be written). Its row groups are small
@@ -130,3 +130,9 @@ def sample_file_name(attempt: str, manifest_row: int) -> str:
 def chunk_file_name(attempt: str, first_manifest_row: int) -> str:
     """The name of a chunk's own file (``first_manifest_row``: the least of its samples'): the same on a retry."""
     return f"{attempt}-chunk-{first_manifest_row:016x}.parquet"
+
+
+def share_file_name(attempt: str, slot: int) -> str:
+    """The name of the file of a worker's share of a list (``transforms.work_split``; ``slot``: its key): the same on
+    a retry."""
+    return f"{attempt}-share-{slot:04x}.parquet"

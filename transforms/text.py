@@ -7,9 +7,11 @@ read, and long texts are tokenised piece by piece (pieces of
 """
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from schemas.errors import ConfigError, ErrorKind, SampleFailure, Stage
 
@@ -129,9 +131,6 @@ class TextTokenizer:
         self._full = Tokenizer.from_file(path)
         self._full.no_padding()
         self._full.no_truncation()
-        self._cut = Tokenizer.from_file(path)
-        self._cut.no_padding()
-        self._cut.enable_truncation(max_length=max_tokens)
         processor = self._full.post_processor
         self._n_special = processor.num_special_tokens_to_add(False) if processor is not None else 0
 
@@ -156,6 +155,14 @@ class TextTokenizer:
             if prefix_end == len(text) and n_content >= self.max_tokens + _MARGIN_TOKENS:
                 prefix_end = end
         return n_content + self._n_special, prefix_end
+
+    @functools.cached_property
+    def _cut(self) -> Any:
+        """A copy of the tokenizer that cuts at ``max_tokens`` (closing special tokens kept): made when a text first
+        needs it (loading a tokenizer costs 20-40 ms, every worker's start)."""
+        cut = copy.deepcopy(self._full)
+        cut.enable_truncation(max_length=self.max_tokens)
+        return cut
 
     def _cut_to_max(self, text: str, *, n_full: int) -> Tokens:
         encoding = self._cut.encode(text)

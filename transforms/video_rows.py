@@ -9,40 +9,16 @@ two separate passes (OpenCV frames, then PyAV audio) gave, in file order.
 """
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
-from schemas.config import DECODE_THREADS_ENV, ExtractConfig
+from schemas.config import ExtractConfig, decode_threads
 from schemas.errors import ErrorKind, SampleFailure
 from transforms.media_pass import MediaPass
 from transforms.mfcc import AudioEncoderInput, MfccStream, MfccWindow
 
-logger = logging.getLogger(__name__)
-
 TableRow = tuple[str, dict[str, Any]]
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def decode_threads() -> int:
-    """This process's extraction threads (``schemas.config.DECODE_THREADS_ENV``): ``$MMFEAT_DECODE_THREADS`` (set per
-    worker process by the runner presets: ``max(1, cores // workers)``), else one per available core. A sample
-    extracted alone decodes its video with that many threads; a chunk's samples share them out."""
-    value = os.environ.get(DECODE_THREADS_ENV, "")
-    try:
-        return max(1, int(value)) if value else available_cores()
-    except ValueError:
-        logger.warning("ignoring %s=%r (not an integer)", DECODE_THREADS_ENV, value)
-        return available_cores()
 
 
 def audio_row(window: MfccWindow, *, source: str, sample_rate: int) -> dict[str, Any]:

@@ -1,19 +1,27 @@
-"""Records to extract, split between a known number of worker processes by their estimated cost.
+"""Records to extract, shared between a known number of worker processes of this machine, which claim them as they go.
 
 Beam's ``FnApiRunner`` hands a stage's input to its N workers statically: the keys of the grouping before it, in
 turn. After the join those keys are buckets of sample ids, so one worker may get most of the long videos of a small
-corpus while the other idles (measured: 2 workers slower than one process on 20 videos and 20 light samples).
-``SpreadByCost(n)`` keys each record by one of ``n`` slots, the least loaded so far by estimated cost, and groups by
-slot: n keys for n workers, so each worker extracts one slot's records (within a largest sample of the others), as
-one chunk (a list, which ``ExtractSampleFn`` extracts in as many threads as its worker has cores).
+corpus while the other idles (measured: 2 workers slower than one process on 20 videos and 20 light samples). A
+split fixed in advance, even by estimated cost, still left one of 2 workers idle for 0.1-0.7 s at the end of the
+mixed bench corpus (4 s of extraction): estimates miss, and a worker that shares its core with the launcher's
+threads runs slower. One process's threads take the next sample when they are free; ``ShareOut(n, claims)`` gives
+``n`` worker processes the same: every worker gets the whole list (one key of a grouping each, n keys for n
+workers), the largest samples first by estimated cost, and extracts only the samples it claims first
+(``WorkClaims``: a file per sample in a folder of this machine, created atomically). The workers end within one
+sample of each other, and the small samples come last.
 
-Only for a runner that gives each of exactly ``n`` workers one key (the direct runner's ``--workers N``): a
-distributed runner (Dask, Dataflow) balances its own work and wants many keys. And only for a small manifest
-(``SPREAD_MAX_MANIFEST_BYTES``): a slot's records reach its worker as one grouped value, held whole in memory, and in
-a large corpus each bucket holds thousands of samples, so the static split of buckets is balanced already.
+Only for a runner whose ``n`` workers are processes of this machine that each get one key (the direct runner's
+``--workers N``): a distributed runner (Dask, Dataflow) balances its own work and wants many keys. And only for a
+small manifest (``SPREAD_MAX_MANIFEST_BYTES``): the list reaches each worker as one grouped value, held whole in
+memory, and in a large corpus each bucket holds thousands of samples, so the static split of buckets is balanced
+already.
 """
 from __future__ import annotations
 
+import errno
+import os
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
@@ -26,8 +34,8 @@ from transforms.unchanged import KnownSample
 Element = tuple[ManifestRecord, Optional[KnownSample]]
 
 SPREAD_MAX_MANIFEST_BYTES = 4 << 20
-"""The largest manifest (bytes; about 60,000 rows) whose records are spread by cost; a folder's are not (its size is
-not known before the workers list it)."""
+"""The largest manifest (bytes; about 60,000 rows) whose records are shared out; a folder's are not (its size is not
+known before the workers list it)."""
 VIDEO_FILE_COST = 80_000
 """A video file's fixed cost (opening, probing, the decoder's start) in bytes of video: about 20 ms on this
 project's 2-core machine, where a 480p H.264 file costs about 0.25 ms per KB."""
@@ -57,38 +65,63 @@ def _size(uri: str) -> int:
         return 0  # the extraction records why it cannot be read
 
 
-class _AssignSlotFn(beam.DoFn):
-    """``element`` -> ``(slot, element)``: the slot (``0 .. slots - 1``) this instance has given the least cost so far."""
+@dataclass(frozen=True)
+class WorkClaims:
+    """Which of the workers sharing one list extracts a sample: the first that claims it. A claim is a symbolic link
+    named after the sample's manifest row in ``folder`` (a folder of this machine that every worker sees), pointing at
+    the claimer's ``slot``: made in one atomic step, so two workers never both get one. A slot's retried bundle gets
+    back the samples it had claimed (their rows were discarded with the failed bundle)."""
 
-    def __init__(self, slots: int) -> None:
-        self._slots = slots
-        self._loads: list[float] = []
+    folder: str
+    slot: int
 
-    def setup(self) -> None:
-        self._loads = [0.0] * self._slots
-
-    def process(self, element: Element) -> Iterator[tuple[int, Element]]:
-        slot = min(range(self._slots), key=self._loads.__getitem__)
-        self._loads[slot] += estimated_cost(element[0])
-        yield slot, element
-
-
-def _chunk(pair: tuple[int, Iterable[Element]]) -> list[Element]:
-    return list(pair[1])
+    def take(self, manifest_row: int) -> bool:
+        """Whether this slot extracts the sample of ``manifest_row``: it claimed it now, or had claimed it before."""
+        path = os.path.join(self.folder, f"{manifest_row:x}")
+        try:
+            os.symlink(str(self.slot), path)
+        except OSError as error:
+            if error.errno != errno.EEXIST:
+                raise
+            return os.readlink(path) == str(self.slot)
+        return True
 
 
-class SpreadByCost(beam.PTransform):
-    """``PCollection[(ManifestRecord, KnownSample | None)]`` -> the same elements in ``slots`` lists (one per key) of
-    about equal estimated cost (see the module docstring). ``slots`` < 2: returned as they are, one by one."""
+@dataclass(frozen=True)
+class SharedChunk:
+    """One worker's share (``ShareOut``): the whole list of ``elements``, largest estimated cost first, of which it
+    extracts those its ``claims`` take (``ExtractSampleFn``)."""
 
-    def __init__(self, slots: int) -> None:
+    elements: list[Element]
+    claims: WorkClaims
+
+
+def _copies(element: Element, slots: int) -> Iterator[tuple[int, tuple[float, Element]]]:
+    cost = estimated_cost(element[0])
+    for slot in range(slots):
+        yield slot, (cost, element)
+
+
+def _shared_chunk(pair: tuple[int, Iterable[tuple[float, Element]]], claims_folder: str) -> SharedChunk:
+    slot, costed = pair
+    ordered = sorted(costed, key=lambda item: (-item[0], item[1][0].manifest_row))
+    return SharedChunk([element for _, element in ordered], WorkClaims(claims_folder, slot))
+
+
+class ShareOut(beam.PTransform):
+    """``PCollection[(ManifestRecord, KnownSample | None)]`` -> ``slots`` ``SharedChunk`` s (one per key), each the
+    whole list, whose samples the workers claim in ``claims_folder`` (a new, empty folder of this machine; see the
+    module docstring). ``slots`` < 2: the elements as they are, one by one."""
+
+    def __init__(self, slots: int, claims_folder: str) -> None:
         super().__init__()
         self._slots = slots
+        self._claims_folder = claims_folder
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         if self._slots < 2:
             return records
         return (records
-                | "AssignSlot" >> beam.ParDo(_AssignSlotFn(self._slots))
+                | "CopyPerSlot" >> beam.FlatMap(_copies, self._slots)
                 | "GroupBySlot" >> beam.GroupByKey()
-                | "SlotChunks" >> beam.Map(_chunk))
+                | "SharedChunks" >> beam.Map(_shared_chunk, self._claims_folder))

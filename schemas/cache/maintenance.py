@@ -5,7 +5,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,6 +32,13 @@ class Pending:
     replacements: list[Replacement]
     counts: dict[str, int]
 
+    def counted(self, counts: Iterable[RunCount]) -> Pending:
+        """This list with ``counts`` added (the counts of one name are summed: a count taken in several places)."""
+        summed = collections.Counter(self.counts)
+        for count in counts:
+            summed[count.name] += count.value
+        return Pending(self.files, self.replacements, dict(summed))
+
 
 def read_pending(cache: str, attempt: str) -> Pending:
     """The attempt's ``_pending`` list (empty when its workers wrote nothing)."""
@@ -40,11 +47,8 @@ def read_pending(cache: str, attempt: str) -> Pending:
         return Pending([], [], {})
     with fs.open_input_stream(path) as handle:
         entries = [pending_entry(line) for line in handle.read().decode("utf-8").splitlines() if line.strip()]
-    counts: dict[str, int] = {}
-    for entry in entries:  # a count taken in several places of the pipeline is their sum
-        if isinstance(entry, RunCount):
-            counts[entry.name] = counts.get(entry.name, 0) + entry.value
-    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)], counts)
+    return Pending([e for e in entries if isinstance(e, DataFile)], [e for e in entries if isinstance(e, Replacement)],
+                   {}).counted(e for e in entries if isinstance(e, RunCount))
 
 
 def discard_attempt(cache: str, attempt: str, tables: list[str]) -> int:

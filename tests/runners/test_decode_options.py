@@ -39,7 +39,7 @@ def test_worker_processes_run_with_their_share_of_the_cores(monkeypatch):
     import apache_beam as beam
     from apache_beam.testing.util import assert_that, equal_to
 
-    from runners.worker_main import available_cores
+    from schemas.config import available_cores
     from runners.worker_runner import WorkerProcessesRunner
 
     for name in THREAD_ENV_VARS:

@@ -86,12 +86,13 @@ def test_the_whole_pipeline_serialises_for_a_remote_runner(sample_manifest, toke
 
 
 @pytest.mark.parametrize("spread_over, folder, spread", [(2, False, True), (0, False, False), (1, False, False), (2, True, False)])
-def test_the_records_of_a_small_manifest_are_split_by_cost_between_the_direct_runner_s_workers(
+def test_the_records_of_a_small_manifest_are_shared_between_the_direct_runner_s_workers(
         sample_manifest, tokenizer_path, tmp_path, spread_over, folder, spread):
-    """``--workers N`` (``RunnerChoice.spread_over``) splits a manifest's samples between the N workers by estimated
-    cost (``transforms.work_split``); one process, or a folder (of unknown size), keeps the runner's own split."""
+    """``--workers N`` (``RunnerChoice.spread_over``) shares a manifest's samples between the N workers, which claim
+    them (``transforms.work_split``); one process, or a folder (of unknown size), keeps the runner's own split."""
     corpus = open_folder(os.path.dirname(sample_manifest)) if folder else open_manifest(sample_manifest)
     transform = ExtractCorpus(corpus, cache=str(tmp_path), attempt="r-00000000", cached_files=[], spread_over=spread_over,
+                              claims_folder=str(tmp_path / "claims") if spread_over > 1 else None,
                               config=ExtractConfig(), tokenizer_path=tokenizer_path, schemas=table_schemas([]), num_shards=2)
     pipeline = beam.Pipeline()
     _ = pipeline | transform

@@ -15,8 +15,9 @@ from tests import media
 from tests.beam_helpers import in_process_pipeline
 from transforms.extract_sample import SampleExtractor
 from transforms.extract_sample_fn import ExtractSampleFn
-from transforms.large_samples import LARGE_SAMPLE_BYTES, WRITTEN_FILE, FeatureFiles, chunk_file_name
+from transforms.large_samples import LARGE_SAMPLE_BYTES, WRITTEN_FILE, FeatureFiles, chunk_file_name, share_file_name
 from transforms.parquet_sink import rows_to_table
+from transforms.work_split import SharedChunk, WorkClaims
 
 
 @pytest.fixture()
@@ -155,6 +156,43 @@ def test_a_chunk_with_files_of_its_own_writes_every_feature_row_there(tmp_path, 
         rows = rows_to_table([row for name, row in expected if name == table], files.schemas[table])
         assert data_file.n_rows == stored.num_rows == rows.num_rows > 0
         assert sorted(map(repr, stored.to_pylist())) == sorted(map(repr, rows.to_pylist()))
+
+
+def test_two_workers_shares_of_one_list_extract_each_sample_once_into_files_of_their_own(tmp_path, tokenizer_path, monkeypatch):
+    """``--workers 2``: each worker gets the whole list (``SharedChunk``) and extracts the samples it claims first.
+    Worker 0 takes the first samples and is then held up; worker 1 goes through the list and takes the rest. Between
+    them every sample is extracted once, and their files (one per worker and table) hold exactly the feature rows of
+    one sample at a time."""
+    monkeypatch.setenv(DECODE_THREADS_ENV, "1")  # a worker's share of 2 cores
+    records = _chunk_records(tmp_path)
+    config = ExtractConfig(video=VideoConfig(fps=2.0))
+    files = _feature_files(str(tmp_path / "cache"))
+    one_at_a_time = ExtractSampleFn(config, tokenizer_path)
+    one_at_a_time.setup()
+    expected = [pair for record in records for pair in one_at_a_time.process((record, None))]
+    workers = [ExtractSampleFn(config, tokenizer_path, feature_files=files, chunk_files=True) for _ in range(2)]
+    for fn in workers:
+        fn.setup()
+    elements = [(record, None) for record in records]
+    shares = [fn.process(SharedChunk(elements, WorkClaims(str(tmp_path / "claims-folder"), slot)))
+              for slot, fn in enumerate(workers)]
+    (tmp_path / "claims-folder").mkdir()
+    out = [[next(shares[0])], []]  # worker 0 has finished one sample and started its next
+    out[1] = list(shares[1])
+    out[0] += list(shares[0])
+
+    samples = [[row["sample_id"] for table, row in share if table == "samples"] for share in out]
+    assert sorted(samples[0] + samples[1]) == ["s0", "s1", "s2", "s3"] and samples[0] and samples[1]
+    for slot, share in enumerate(out):
+        written = {row.table: row for table, row in share if table == WRITTEN_FILE}
+        assert sorted(written) == ["audio", "frames", "text"]
+        for table, data_file in written.items():
+            assert data_file.name == share_file_name("run-a", slot)
+            stored = pq.read_table(os.path.join(str(tmp_path / "cache"), table, data_file.name))
+            rows = rows_to_table([row for name, row in expected if name == table and row["sample_id"] in samples[slot]],
+                                 files.schemas[table])
+            assert data_file.n_rows == stored.num_rows == rows.num_rows > 0
+            assert sorted(map(repr, stored.to_pylist())) == sorted(map(repr, rows.to_pylist()))
 
 
 def test_a_chunk_that_fails_leaves_no_file_of_its_own(tmp_path, tokenizer_path, monkeypatch):
