@@ -11,7 +11,10 @@ Shape (one chain with branches merged by Flatten, safe on every runner; see FACT
                                     committed files -> rewrite without superseded rows (rule from Finalize) ------------+-> entries
 
 Finalize groups a sample's ``samples`` row with its embedding results (by
-``manifest_row``), so that a failed embedding makes the sample ``partial``.
+``manifest_row``), so that a failed embedding makes the sample ``partial``;
+without a model encoder or speech recognition nothing changes a ``samples``
+row after its extraction, and the graph has no Finalize (nor its grouping's
+stage): the rows go from the extraction to the writers' grouping.
 A sample whose rows of a feature table are too large to group writes them
 to a file of its own in ExtractSampleFn (``transforms.large_samples``); its
 ``DataFile`` joins the entries directly, as the unchanged counts do. So do a
@@ -161,13 +164,32 @@ class ExtractToCache(beam.PTransform):
             table: schema for table, schema in self._schemas.items() if table not in ("samples", "errors")}, large_samples.LARGE_SAMPLE_BYTES)
         extract = ExtractSampleFn(self._config, self._tokenizer_path, context, feature_files, chunk_files=self._chunk_files)
         rows = records | "Extract" >> beam.ParDo(extract)  # records come spread over workers (a Create or the join's grouping)
+        direct = rows | "DirectEntries" >> beam.FlatMap(_pending_entries)
+        models = {modality: handler for modality, handler in self._handlers.items() if not isinstance(handler, InlineEmbedder)}
+        if models or self._speech is not None:
+            written, finalized = self._finalized(rows, requests, models)
+        else:  # nothing changes a samples row after its extraction: written as it comes, without a grouping per sample
+            written = rows | "RowsToWrite" >> beam.Filter(lambda pair: pair[0] == "samples" or _is_cache_row(pair))
+            finalized = None
+        data_files = written | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards,
+                                                         extra_fields=self._extra_fields)
+        entries = [data_files, direct]
+        if self._committed:  # a new cache (or --overwrite) has no file to rewrite: no stages for it
+            touched = rows | "TouchedUnchanged" >> beam.Filter(lambda pair: pair[0] == SKIPPED_TABLE and "file_identity" in pair[1])
+            samples = finalized if finalized is not None else rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")
+            entries.append((samples, touched) | "RuleRows" >> beam.Flatten()
+                           | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed))
+        return entries | "MergeEntries" >> beam.Flatten()
+
+    def _finalized(self, rows: beam.PCollection, requests: dict[str, EncodeRequest],
+                   models: dict[str, EmbeddingSet]) -> tuple[beam.PCollection, beam.PCollection]:
+        """The rows to write when samples are embedded by a model or transcribed: each ``samples`` row grouped with its
+        embedding and speech results (``_FinalizeSamplesFn``), beside the cache rows; and the finalized rows (for the
+        supersede rule: their ``samples`` rows and model embeddings)."""
         speech_rows = self._transcribe(rows, requests) if self._speech is not None else None
         cache_rows = rows | "CacheRows" >> beam.Filter(_is_cache_row)
-        direct = rows | "DirectEntries" >> beam.FlatMap(_pending_entries)
         per_sample = [rows | "SamplesRows" >> beam.Filter(lambda pair: pair[0] == "samples")]
-        for modality, handler in sorted(self._handlers.items()):
-            if isinstance(handler, InlineEmbedder):  # its rows come from the extraction itself, with the cache rows
-                continue
+        for modality, handler in sorted(models.items()):
             from transforms.embed import EmbedItems
 
             items = rows | f"Items_{modality}" >> beam.Filter(lambda pair, table=encode_table(modality): pair[0] == table)
@@ -190,17 +212,7 @@ class ExtractToCache(beam.PTransform):
             | "GroupPerSample" >> beam.GroupByKey()
             | "FinalizeSamples" >> beam.ParDo(_FinalizeSamplesFn())
         )
-        data_files = (
-            (cache_rows, finalized, *written)
-            | "MergeAll" >> beam.Flatten()
-            | "Write" >> WriteDataFiles(self._cache, self._attempt, self._schemas, self._num_shards, extra_fields=self._extra_fields)
-        )
-        entries = [data_files, direct]
-        if self._committed:  # a new cache (or --overwrite) has no file to rewrite: no stages for it
-            touched = rows | "TouchedUnchanged" >> beam.Filter(lambda pair: pair[0] == SKIPPED_TABLE and "file_identity" in pair[1])
-            entries.append((finalized, touched) | "RuleRows" >> beam.Flatten()
-                           | "ReplaceSuperseded" >> ReplaceSupersededRows(self._cache, self._attempt, self._committed))
-        return entries | "MergeEntries" >> beam.Flatten()
+        return (cache_rows, finalized, *written) | "MergeAll" >> beam.Flatten(), finalized
 
     def _transcribe(self, rows: beam.PCollection, requests: dict[str, EncodeRequest]) -> beam.PCollection:
         """The extraction's speech items -> ``(table, row)``: words, segments, transcript texts and their text-encoder
@@ -333,8 +345,9 @@ class ExtractCorpus(beam.PTransform):
         entries = to_extract | "ExtractToCache" >> ExtractToCache(
             cache=self._cache, attempt=self._attempt, extra_fields=extra_fields,
             chunk_files=shared or (self._joined is not None and self._spread_over == 1), **self._extract)
-        return ((entries, *counts) | "AllEntries" >> beam.Flatten()
-                | "ListPending" >> WritePendingList(self._cache, self._attempt))
+        if counts:  # (after the launcher's join none: no stage merges them)
+            entries = (entries, *counts) | "AllEntries" >> beam.Flatten()
+        return entries | "ListPending" >> WritePendingList(self._cache, self._attempt)
 
     def _manifest_bytes(self) -> int:
         return sum(shard.size for shard in self._corpus.shards)

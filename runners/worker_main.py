@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -116,6 +117,17 @@ def _fork_warm_workers(paths: Sequence[str], launcher_pid: int) -> int:
     return 0
 
 
+IMPORTED_LATER = ("scipy.fft",)
+"""What a warm worker imports after its fork, in a thread, while it waits for its run and starts it: what its first
+samples would otherwise import (``scipy.fft``, the first audio's MFCCs: 0.2 s) but the forking process need not, as
+its imports are on the run's critical path (the launcher is ready about when its workers are)."""
+
+
+def _import_later() -> None:
+    for name in IMPORTED_LATER:
+        importlib.import_module(name)
+
+
 def _listen(path: str) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -127,6 +139,7 @@ def _serve_claimed(listener: socket.socket, forking_pid: int) -> int:
     """A forked warm worker: wait on ``listener`` for the run that claims it, serve it; returns the exit status."""
     try:
         guard_worker(forking_pid)  # ends with the process that forked it, which ends with the launcher
+        threading.Thread(target=_import_later, name="mmfeat-import-later", daemon=True).start()
         with listener:
             run, _ = listener.accept()
         return _serve(run)
